@@ -1,0 +1,121 @@
+// Package balancer picks the next target for a request: round robin over the healthy
+// targets, never blocking and never taking a lock on the request path.
+//
+// The target set is an immutable snapshot published through an atomic pointer; a health
+// change or a reload builds a new snapshot and swaps it in. A pick is one atomic load and one
+// atomic add.
+package balancer
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// Target is one backend. Its fields are read atomically; Target values must not be copied.
+type Target struct {
+	// Addr is the dial address, "host:port".
+	Addr string
+
+	healthy atomic.Bool
+}
+
+// Healthy reports whether the target's last published state is healthy.
+func (t *Target) Healthy() bool { return t.healthy.Load() }
+
+// snapshot is an immutable view of the pool. Neither slice is modified once published.
+type snapshot struct {
+	all     []*Target
+	healthy []*Target
+}
+
+// Balancer is a round-robin selector over a pool of targets. Use New.
+type Balancer struct {
+	snap  atomic.Pointer[snapshot]
+	robin atomic.Uint32
+
+	// mu serialises writers (SetHealthy, SetTargets); readers never take it.
+	mu      sync.Mutex
+	targets []*Target
+}
+
+// New returns a balancer over addrs. Every target starts unhealthy, so until health checks
+// pass, Next falls back to all targets (fail-open).
+func New(addrs []string) *Balancer {
+	b := &Balancer{}
+	b.SetTargets(addrs)
+	return b
+}
+
+// Pick is the result of Next.
+type Pick struct {
+	// Target is nil only when the pool is empty.
+	Target *Target
+	// FailOpen is true when no target was healthy and the pick was made among all targets,
+	// as an ALB does when every target fails its health checks.
+	FailOpen bool
+}
+
+// Next returns the next target in round-robin order among the healthy ones. If none is
+// healthy it picks among all targets and says so in Pick.FailOpen. Over M calls with N
+// healthy targets and no changes, each target is picked M/N rounded up or down.
+func (b *Balancer) Next() Pick {
+	s := b.snap.Load()
+	n := b.robin.Add(1) - 1
+	if len(s.healthy) > 0 {
+		return Pick{Target: s.healthy[n%uint32(len(s.healthy))]}
+	}
+	if len(s.all) == 0 {
+		return Pick{}
+	}
+	return Pick{Target: s.all[n%uint32(len(s.all))], FailOpen: true}
+}
+
+// Targets returns the current targets in configuration order. The slice must not be modified.
+func (b *Balancer) Targets() []*Target { return b.snap.Load().all }
+
+// SetHealthy publishes a target's health. Unknown addresses are ignored, since a reload may
+// have removed the target while its last check was running.
+func (b *Balancer) SetHealthy(addr string, healthy bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, t := range b.targets {
+		if t.Addr == addr {
+			if t.healthy.Swap(healthy) != healthy {
+				b.publish()
+			}
+			return
+		}
+	}
+}
+
+// SetTargets replaces the pool with addrs, in that order. Targets that stay keep their
+// health state; new ones start unhealthy until a check passes.
+func (b *Balancer) SetTargets(addrs []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := map[string]*Target{}
+	for _, t := range b.targets {
+		old[t.Addr] = t
+	}
+	targets := make([]*Target, 0, len(addrs))
+	for _, a := range addrs {
+		t := old[a]
+		if t == nil {
+			t = &Target{Addr: a}
+		}
+		targets = append(targets, t)
+	}
+	b.targets = targets
+	b.publish()
+}
+
+// publish builds and swaps in a new snapshot; b.mu must be held.
+func (b *Balancer) publish() {
+	s := &snapshot{all: b.targets}
+	for _, t := range b.targets {
+		if t.healthy.Load() {
+			s.healthy = append(s.healthy, t)
+		}
+	}
+	b.snap.Store(s)
+}

@@ -1,0 +1,222 @@
+// Command edgeproxy is a self-hosted HTTPS edge for Django: TLS termination with static,
+// self-signed or ACME certificates, ALB-style health checks and round robin to the
+// healthy backends. This file only parses flags, loads the configuration, wires the parts
+// and handles signals; the parts live in their own packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"edgeproxy/config"
+	"edgeproxy/edge"
+	"edgeproxy/internal/demo"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+const defaultConfig = "/etc/edgeproxy/edgeproxy.yaml"
+
+type command struct {
+	name, summary string
+	run           func(args []string, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"run", "serve with a configuration file", runCmd},
+		{"validate", "check a configuration file and print every problem", validateCmd},
+		{"demo", "serve https on 127.0.0.1:8443 in front of three built-in backends", demoCmd},
+		{"version", "print the version", versionCmd},
+	}
+}
+
+func main() {
+	os.Exit(mainArgs(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func mainArgs(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "edgeproxy: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: edgeproxy <command> [flags]\n\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'edgeproxy <command> -h' for a command's flags.")
+}
+
+// newFlags returns a flag set whose -h prints usage to stderr and exits 0.
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: edgeproxy %s\n\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args; done is true when the caller should return code at once (after
+// -h, or on a flag error).
+func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
+	switch err := fs.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		return 0, true
+	case err != nil:
+		return 2, true
+	case fs.NArg() > 0:
+		fmt.Fprintf(fs.Output(), "edgeproxy %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2, true
+	}
+	return 0, false
+}
+
+func runCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("run", "run [-config FILE]", stderr)
+	file := fs.String("config", defaultConfig, "configuration `file`")
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	cfg, err := config.Load(*file)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log := newLogger(cfg.Log.Format, stderr)
+	for _, w := range cfg.Warnings {
+		log.Warn(w.String())
+	}
+	return serve(cfg, log, nil)
+}
+
+// serve runs an edge until SIGTERM or SIGINT, then drains. ready, if not nil, is called
+// once the listeners are bound.
+func serve(cfg *config.Config, log *slog.Logger, ready func(*edge.Edge)) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	e, err := edge.New(cfg, log)
+	if err != nil {
+		log.Error(err.Error())
+		return 1
+	}
+	if ready != nil {
+		ready(e)
+	}
+	if err := e.Run(ctx); err != nil {
+		log.Error(err.Error())
+		return 1
+	}
+	return 0
+}
+
+func validateCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("validate", "validate [-config FILE] [-syntax-only]", stderr)
+	file := fs.String("config", defaultConfig, "configuration `file`")
+	syntaxOnly := fs.Bool("syntax-only", false, "skip checks of this machine (files), for a config meant for another host")
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	load := config.Load
+	if *syntaxOnly {
+		load = config.LoadSyntax
+	}
+	cfg, err := load(*file)
+	var cerr *config.Error
+	switch {
+	case errors.As(err, &cerr):
+		for _, p := range cerr.Problems {
+			fmt.Fprintln(stdout, p)
+		}
+		return 1
+	case err != nil:
+		fmt.Fprintln(stdout, err)
+		return 1
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stdout, w)
+	}
+	fmt.Fprintf(stderr, "%s: ok\n", *file)
+	return 0
+}
+
+func demoCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("demo", "demo [-https ADDR] [-metrics ADDR]", stderr)
+	httpsAddr := fs.String("https", "127.0.0.1:8443", "HTTPS listener `address`")
+	metricsAddr := fs.String("metrics", "127.0.0.1:9180", "metrics listener `address`")
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	targets, err := demo.Backends(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	cfg, err := demo.Config(*httpsAddr, *metricsAddr, targets)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log := newLogger("text", stderr)
+	return serve(cfg, log, func(e *edge.Edge) {
+		a := e.Addrs()
+		fmt.Fprintf(stdout, "edgeproxy demo: https://%s in front of %v\n", a["https"], targets)
+		fmt.Fprintf(stdout, "  try:     curl -k https://%s/\n", a["https"])
+		fmt.Fprintf(stdout, "  metrics: http://%s/metrics   targets: http://%s/targets\n", a["metrics"], a["metrics"])
+		fmt.Fprintln(stdout, "  backend-3 fails its health check now and then; watch the log. Ctrl-C stops.")
+	})
+}
+
+func versionCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("version", "version", stderr)
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	v := version
+	if v == "" {
+		v = "(devel)"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			v = bi.Main.Version
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+					v += " " + s.Value[:12]
+				}
+			}
+		}
+	}
+	fmt.Fprintf(stdout, "edgeproxy %s\n", v)
+	return 0
+}
+
+func newLogger(format string, w io.Writer) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}

@@ -1,0 +1,316 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// applyDerivedDefaults fills in defaults that depend on other keys.
+func (c *Config) applyDerivedDefaults() {
+	hc := &c.Pool.HealthCheck
+	if !c.IsSet("pool.health_check.timeout") {
+		hc.Timeout = min(5*time.Second, hc.Interval)
+	}
+}
+
+// checker collects problems, each placed at the key it is about.
+type checker struct {
+	c        *Config
+	problems []Problem
+}
+
+func (k *checker) errorf(path, format string, args ...any) {
+	k.problems = append(k.problems, Problem{File: k.c.File, Pos: k.c.PosOf(path), Message: fmt.Sprintf(format, args...)})
+}
+
+func (k *checker) warnf(path, format string, args ...any) {
+	k.problems = append(k.problems, Problem{File: k.c.File, Pos: k.c.PosOf(path), Message: fmt.Sprintf(format, args...), Warning: true})
+}
+
+// check runs every check that needs only the configuration itself.
+func (c *Config) check() []Problem {
+	k := &checker{c: c}
+	k.listen()
+	k.tls()
+	k.pool()
+	k.limits()
+	k.forwarding()
+	if h := c.Headers.HSTS; h != "" && !strings.HasPrefix(strings.TrimSpace(h), "max-age=") {
+		k.errorf("headers.hsts", "headers.hsts must start with max-age=, e.g. \"max-age=31536000\"")
+	}
+	if f := c.Log.Format; f != "text" && f != "json" {
+		k.errorf("log.format", "log.format must be text or json, got %q", f)
+	}
+	return k.problems
+}
+
+func (k *checker) listen() {
+	l := k.c.Listen
+	if l.HTTPMode != "redirect" && l.HTTPMode != "proxy" {
+		k.errorf("listen.http_mode", "listen.http_mode must be redirect or proxy, got %q", l.HTTPMode)
+	}
+	if l.HTTPS == "" && (l.HTTP == "" || l.HTTPMode != "proxy") {
+		k.errorf("listen.https", "listen.https is empty: nothing would serve (an empty https listener is only allowed with listen.http and http_mode: proxy)")
+	}
+	for _, a := range []struct{ path, addr string }{
+		{"listen.https", l.HTTPS}, {"listen.http", l.HTTP}, {"listen.metrics", l.Metrics},
+	} {
+		if a.addr == "" {
+			continue
+		}
+		if err := checkListenAddr(a.addr); err != nil {
+			k.errorf(a.path, "%s: %v", a.path, err)
+		}
+	}
+	if l.Metrics != "" && checkListenAddr(l.Metrics) == nil && !isLoopbackListen(l.Metrics) {
+		k.warnf("listen.metrics", "listen.metrics %q is not a loopback address: /metrics and /targets would be open to the network", l.Metrics)
+	}
+	if l.HTTPS != "" && l.HTTPS == l.HTTP || l.Metrics != "" && (l.Metrics == l.HTTPS || l.Metrics == l.HTTP) {
+		k.errorf("listen", "listen addresses must differ")
+	}
+}
+
+// checkListenAddr accepts "host:port" and ":port" with a numeric port.
+func checkListenAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (%v)", addr, unwrapAddrErr(err))
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number 0-65535", addr, port)
+	}
+	if strings.ContainsAny(host, " /") {
+		return fmt.Errorf("%q: invalid host %q", addr, host)
+	}
+	return nil
+}
+
+func isLoopbackListen(addr string) bool {
+	host, _, _ := net.SplitHostPort(addr)
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+func unwrapAddrErr(err error) string {
+	if ae, ok := err.(*net.AddrError); ok {
+		return ae.Err
+	}
+	return err.Error()
+}
+
+func (k *checker) tls() {
+	t := k.c.TLS
+	if t.MinVersion != "1.2" && t.MinVersion != "1.3" {
+		k.errorf("tls.min_version", "tls.min_version must be \"1.2\" or \"1.3\", got %q", t.MinVersion)
+	}
+	for i, cf := range t.Certificates {
+		path := fmt.Sprintf("tls.certificates[%d]", i)
+		if cf.Cert == "" {
+			k.errorf(path, "%s: cert is required", path)
+		}
+		if cf.Key == "" {
+			k.errorf(path, "%s: key is required", path)
+		}
+	}
+	if k.c.Listen.HTTPS != "" && len(t.Certificates) == 0 && !t.SelfSigned {
+		k.errorf("tls", "no certificate source: set tls.certificates or tls.self_signed")
+	}
+}
+
+func (k *checker) pool() {
+	p := k.c.Pool
+	if len(p.Targets) == 0 {
+		k.errorf("pool.targets", "pool.targets is empty: list at least one backend as host:port")
+	}
+	seen := map[string]int{}
+	for i, t := range p.Targets {
+		path := fmt.Sprintf("pool.targets[%d]", i)
+		if err := checkTargetAddr(t); err != nil {
+			k.errorf(path, "pool.targets: %v", err)
+			continue
+		}
+		if j, dup := seen[t]; dup {
+			k.errorf(path, "pool.targets: %q is listed twice (also at index %d)", t, j)
+		}
+		seen[t] = i
+	}
+	hc := p.HealthCheck
+	if !strings.HasPrefix(hc.Path, "/") {
+		k.errorf("pool.health_check.path", "pool.health_check.path must start with /, got %q", hc.Path)
+	}
+	if strings.ContainsAny(hc.Host, " /\t") {
+		k.errorf("pool.health_check.host", "pool.health_check.host %q is not a host name", hc.Host)
+	}
+	if hc.Interval < 100*time.Millisecond {
+		k.errorf("pool.health_check.interval", "pool.health_check.interval must be at least 100ms, got %v", hc.Interval)
+	}
+	if hc.Timeout <= 0 {
+		k.errorf("pool.health_check.timeout", "pool.health_check.timeout must be positive, got %v", hc.Timeout)
+	} else if hc.Timeout > hc.Interval {
+		k.errorf("pool.health_check.timeout", "pool.health_check.timeout %v exceeds interval %v", hc.Timeout, hc.Interval)
+	}
+	for _, th := range []struct {
+		path string
+		n    int
+	}{{"pool.health_check.healthy_threshold", hc.HealthyThreshold}, {"pool.health_check.unhealthy_threshold", hc.UnhealthyThreshold}} {
+		if th.n < 1 || th.n > 10 {
+			k.errorf(th.path, "%s must be 1..10, got %d", th.path, th.n)
+		}
+	}
+	k.positive("pool.connect_timeout", p.ConnectTimeout)
+	k.positive("pool.response_header_timeout", p.ResponseHeaderTimeout)
+}
+
+// checkTargetAddr accepts "host:port" with a port 1-65535 and a host that is an IP or a
+// DNS name.
+func checkTargetAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (%v)", addr, unwrapAddrErr(err))
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number 1-65535", addr, port)
+	}
+	if host == "" {
+		return fmt.Errorf("%q: missing host", addr)
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if !validDNSName(host) {
+		return fmt.Errorf("%q: %q is neither an IP address nor a DNS name", addr, host)
+	}
+	return nil
+}
+
+func validDNSName(name string) bool {
+	if len(name) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(name, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (k *checker) limits() {
+	l := k.c.Limits
+	k.positive("limits.read_header_timeout", l.ReadHeaderTimeout)
+	k.positive("limits.idle_timeout", l.IdleTimeout)
+	if l.MaxHeaderBytes < 4096 || l.MaxHeaderBytes > 1<<20 {
+		k.errorf("limits.max_header_bytes", "limits.max_header_bytes must be 4096..1048576, got %d", l.MaxHeaderBytes)
+	}
+	if l.MaxConnections < 1 {
+		k.errorf("limits.max_connections", "limits.max_connections must be at least 1, got %d", l.MaxConnections)
+	}
+	if l.MaxBodyBytes < 0 {
+		k.errorf("limits.max_body_bytes", "limits.max_body_bytes must be 0 (unlimited) or positive, got %d", l.MaxBodyBytes)
+	}
+	if l.ShutdownTimeout < 0 {
+		k.errorf("limits.shutdown_timeout", "limits.shutdown_timeout must not be negative, got %v", l.ShutdownTimeout)
+	}
+}
+
+func (k *checker) positive(path string, d time.Duration) {
+	if d <= 0 {
+		k.errorf(path, "%s must be positive, got %v", path, d)
+	}
+}
+
+func (k *checker) forwarding() {
+	for i, s := range k.c.Forwarding.TrustedProxies {
+		if _, err := ParsePrefix(s); err != nil {
+			k.errorf(fmt.Sprintf("forwarding.trusted_proxies[%d]", i), "forwarding.trusted_proxies: %v", err)
+		}
+	}
+}
+
+// ParsePrefix parses a CIDR, or a single IP as the prefix holding only that address.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8", s)
+		}
+		return p.Masked(), nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR", s)
+	}
+	return netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()), nil
+}
+
+// CheckEnvironment runs the checks that look at this machine: certificate files exist,
+// parse, and match their keys. It returns errors and warnings; Load treats any error as fatal.
+func (c *Config) CheckEnvironment() []Problem {
+	k := &checker{c: c}
+	for i, cf := range c.TLS.Certificates {
+		path := fmt.Sprintf("tls.certificates[%d]", i)
+		if cf.Cert == "" || cf.Key == "" {
+			continue // reported by check
+		}
+		if _, err := LoadCertificate(cf); err != nil {
+			k.errorf(path+".cert", "%s: %v", path, err)
+		}
+	}
+	var errs []Problem
+	for _, p := range k.problems {
+		if !p.Warning {
+			errs = append(errs, p)
+		} else {
+			c.Warnings = append(c.Warnings, p)
+		}
+	}
+	return errs
+}
+
+// LoadCertificate reads a certificate chain and key, checks that they belong together and
+// parses the leaf. The error says which file is at fault.
+func LoadCertificate(cf CertificateFiles) (tls.Certificate, error) {
+	certPEM, err := os.ReadFile(cf.Cert)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("cannot read cert: %v", unwrapPathErr(err))
+	}
+	keyPEM, err := os.ReadFile(cf.Key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("cannot read key: %v", unwrapPathErr(err))
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		if strings.Contains(err.Error(), "does not match") {
+			return tls.Certificate{}, fmt.Errorf("key %s does not match cert %s", cf.Key, cf.Cert)
+		}
+		return tls.Certificate{}, fmt.Errorf("cert %s / key %s: %v", cf.Cert, cf.Key, strings.TrimPrefix(err.Error(), "tls: "))
+	}
+	if pair.Leaf == nil {
+		if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return tls.Certificate{}, fmt.Errorf("cert %s: %v", cf.Cert, err)
+		}
+	}
+	return pair, nil
+}
+
+func unwrapPathErr(err error) string {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Path + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}

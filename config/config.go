@@ -1,0 +1,154 @@
+// Package config reads edgeproxy's YAML configuration: the schema, its defaults and its
+// validation. Every problem is reported with the file, line and column it comes from, and
+// all problems are reported together, so that one run of `edgeproxy validate` shows them all.
+//
+// Loading happens in three steps, as separate functions: decoding (types and unknown keys),
+// defaults, then checks. Checks that look at the machine (files, directories) are kept apart
+// in CheckEnvironment, so that a config meant for another host can be checked for syntax only.
+package config
+
+import (
+	"time"
+)
+
+// Config is a whole edgeproxy configuration. The zero value is not useful; use Parse or Load,
+// which fill in the defaults documented on each field.
+type Config struct {
+	Listen     Listen     `yaml:"listen"`
+	TLS        TLS        `yaml:"tls"`
+	Pool       Pool       `yaml:"pool"`
+	Limits     Limits     `yaml:"limits"`
+	Forwarding Forwarding `yaml:"forwarding"`
+	Headers    Headers    `yaml:"headers"`
+	Log        Log        `yaml:"log"`
+
+	// File is the path the configuration was read from; it prefixes every Problem.
+	File string `yaml:"-"`
+	// Warnings are problems that do not stop edgeproxy from running, such as a metrics
+	// listener on a public address.
+	Warnings []Problem `yaml:"-"`
+
+	// pos maps a dotted key path ("pool.targets[1]") to where its value was written.
+	pos map[string]Pos
+}
+
+// Listen holds the listener addresses.
+type Listen struct {
+	// HTTPS is the TLS listener's address. Default ":443".
+	HTTPS string `yaml:"https"`
+	// HTTP is the plain-HTTP listener's address; empty means no such listener. It answers
+	// ACME HTTP-01 challenges and then does what HTTPMode says.
+	HTTP string `yaml:"http"`
+	// HTTPMode is "redirect" (308 to https, the default) or "proxy" (proxy plain HTTP to the
+	// pool, for benchmarks and for a TLS-terminating load balancer in front).
+	HTTPMode string `yaml:"http_mode"`
+	// Metrics is the admin listener (/metrics, /healthz, /targets); empty means off.
+	Metrics string `yaml:"metrics"`
+}
+
+// TLS holds the certificate sources and protocol settings of the HTTPS listener.
+type TLS struct {
+	// MinVersion is "1.2" (default) or "1.3".
+	MinVersion string `yaml:"min_version"`
+	// Certificates are static certificate/key file pairs, chosen by SNI.
+	Certificates []CertificateFiles `yaml:"certificates"`
+	// SelfSigned generates an ECDSA P-256 certificate at start-up, for local use.
+	SelfSigned bool `yaml:"self_signed"`
+}
+
+// CertificateFiles names one PEM certificate chain and its private key.
+type CertificateFiles struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Pool is the target group: the backends and how they are checked and reached.
+type Pool struct {
+	// Targets are "host:port" addresses; the host may be an IP or a DNS name.
+	Targets     []string    `yaml:"targets"`
+	HealthCheck HealthCheck `yaml:"health_check"`
+	// ConnectTimeout bounds dialling a target. Default 5s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// ResponseHeaderTimeout bounds the wait for a target's response head; then 504. Default 60s.
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+}
+
+// HealthCheck mirrors an AWS ALB target group's health check settings.
+type HealthCheck struct {
+	// Path is the request path of the check. Default "/".
+	Path string `yaml:"path"`
+	// Host is the Host header of the check; empty means the target's address. Django's
+	// ALLOWED_HOSTS usually rejects that, so set it to the site's name.
+	Host string `yaml:"host"`
+	// Interval between checks of one target. Default 30s, at least 100ms.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout of one check. Default min(5s, Interval); at most Interval.
+	Timeout time.Duration `yaml:"timeout"`
+	// HealthyThreshold is the number of passes in a row that make an unhealthy target
+	// healthy. Default 5, 1..10.
+	HealthyThreshold int `yaml:"healthy_threshold"`
+	// UnhealthyThreshold is the number of failures in a row that make a healthy target
+	// unhealthy. Default 2, 1..10.
+	UnhealthyThreshold int `yaml:"unhealthy_threshold"`
+	// Matcher lists the status codes that pass. Default "200-399".
+	Matcher Matcher `yaml:"matcher"`
+}
+
+// Limits protect the listeners from slow, large or too many clients.
+type Limits struct {
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"` // default 10s
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`        // default 120s
+	MaxHeaderBytes    int           `yaml:"max_header_bytes"`    // default 65536
+	MaxConnections    int           `yaml:"max_connections"`     // default 10000
+	// MaxBodyBytes caps a request body (413 beyond); 0 means unlimited.
+	MaxBodyBytes    int64         `yaml:"max_body_bytes"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"` // default 30s
+}
+
+// Forwarding says whose forwarding headers are believed.
+type Forwarding struct {
+	// TrustedProxies are CIDRs (or single IPs) whose X-Forwarded-For is kept and extended;
+	// from any other client it is replaced by the client's address.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+}
+
+// Headers adds response headers at the edge.
+type Headers struct {
+	// HSTS is the Strict-Transport-Security value for HTTPS responses; empty means none.
+	HSTS string `yaml:"hsts"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Format is "text" (default) or "json".
+	Format string `yaml:"format"`
+	// Access writes one line per request.
+	Access bool `yaml:"access"`
+}
+
+// Default returns a configuration holding every default of the schema and no targets.
+func Default() *Config {
+	return &Config{
+		Listen: Listen{HTTPS: ":443", HTTPMode: "redirect"},
+		TLS:    TLS{MinVersion: "1.2"},
+		Pool: Pool{
+			HealthCheck: HealthCheck{
+				Path:               "/",
+				Interval:           30 * time.Second,
+				HealthyThreshold:   5,
+				UnhealthyThreshold: 2,
+				Matcher:            mustMatcher("200-399"),
+			},
+			ConnectTimeout:        5 * time.Second,
+			ResponseHeaderTimeout: 60 * time.Second,
+		},
+		Limits: Limits{
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    65536,
+			MaxConnections:    10000,
+			ShutdownTimeout:   30 * time.Second,
+		},
+		Log: Log{Format: "text"},
+	}
+}

@@ -1,0 +1,286 @@
+// Package edge assembles a running edgeproxy from a configuration: it binds the listeners,
+// builds the certificate source, balancer, health checker, proxy and metrics, connects them
+// (health feeds the balancer, everything reports to telemetry) and serves until its context
+// ends, then drains.
+//
+// It exists so that cmd/edgeproxy only parses flags and handles signals, and so that tests
+// and `edgeproxy demo` can run an edge in-process.
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+
+	"edgeproxy/balancer"
+	"edgeproxy/certs"
+	"edgeproxy/config"
+	"edgeproxy/health"
+	"edgeproxy/proxy"
+	"edgeproxy/telemetry"
+)
+
+// Edge is one configured, bound edgeproxy. Use New, then Run.
+type Edge struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	metrics *telemetry.Metrics
+	bal     *balancer.Balancer
+	checker *health.Checker
+	certs   *certs.Source
+
+	servers   []*http.Server
+	listeners []net.Listener
+
+	// failOpenMu guards failingOpen, so that entering and leaving fail-open is logged once.
+	failOpenMu  sync.Mutex
+	failingOpen bool
+}
+
+// New builds the parts from cfg and binds every listener, so that a taken or forbidden
+// port is reported before anything starts.
+func New(cfg *config.Config, log *slog.Logger) (*Edge, error) {
+	e := &Edge{cfg: cfg, log: log, metrics: telemetry.New()}
+	if err := e.build(); err != nil {
+		return nil, err
+	}
+	if err := e.bind(); err != nil {
+		e.closeListeners()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Edge) build() error {
+	cfg := e.cfg
+	var static []tls.Certificate
+	for _, cf := range cfg.TLS.Certificates {
+		c, err := config.LoadCertificate(cf)
+		if err != nil {
+			return fmt.Errorf("edge: %s: %w", cf.Cert, err)
+		}
+		static = append(static, c)
+	}
+	minVersion := uint16(tls.VersionTLS12)
+	if cfg.TLS.MinVersion == "1.3" {
+		minVersion = tls.VersionTLS13
+	}
+	src, err := certs.New(certs.Options{
+		Static: static, SelfSigned: cfg.TLS.SelfSigned, MinVersion: minVersion,
+		Logger: e.log, Observer: e.metrics,
+	})
+	if err != nil {
+		return err
+	}
+	e.certs = src
+
+	e.bal = balancer.New(cfg.Pool.Targets)
+	hc := cfg.Pool.HealthCheck
+	e.checker = health.New(health.Options{
+		Path: hc.Path, Host: hc.Host, Interval: hc.Interval, Timeout: hc.Timeout,
+		HealthyThreshold: hc.HealthyThreshold, UnhealthyThreshold: hc.UnhealthyThreshold,
+		Matcher: hc.Matcher, Observer: e.metrics, Logger: e.log,
+		OnChange: e.healthChanged,
+	})
+	return nil
+}
+
+// healthChanged publishes a health transition to the balancer and logs entering and
+// leaving fail-open (no healthy target: traffic goes to all, as on an ALB).
+func (e *Edge) healthChanged(addr string, healthy bool) {
+	e.bal.SetHealthy(addr, healthy)
+	anyHealthy := false
+	for _, t := range e.bal.Targets() {
+		anyHealthy = anyHealthy || t.Healthy()
+	}
+	e.failOpenMu.Lock()
+	defer e.failOpenMu.Unlock()
+	switch {
+	case !anyHealthy && !e.failingOpen:
+		e.failingOpen = true
+		e.log.Warn("no healthy target: failing open, requests go to all targets")
+	case anyHealthy && e.failingOpen:
+		e.failingOpen = false
+		e.log.Info("a target is healthy again: fail-open over")
+	}
+}
+
+func (e *Edge) bind() error {
+	cfg := e.cfg
+	l := cfg.Limits
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: l.ReadHeaderTimeout,
+			IdleTimeout:       l.IdleTimeout,
+			MaxHeaderBytes:    l.MaxHeaderBytes,
+			ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+		}
+	}
+	var trusted []netip.Prefix
+	for _, s := range cfg.Forwarding.TrustedProxies {
+		p, _ := config.ParsePrefix(s) // validated by config
+		trusted = append(trusted, p)
+	}
+	handler := proxy.New(proxy.Options{
+		Picker:         e.bal,
+		Transport:      proxy.NewTransport(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout),
+		TrustedProxies: trusted,
+		HSTS:           cfg.Headers.HSTS,
+		MaxBodyBytes:   l.MaxBodyBytes,
+		AccessLog:      cfg.Log.Access,
+		Logger:         e.log,
+		Observer:       e.metrics,
+	})
+
+	if addr := cfg.Listen.HTTPS; addr != "" {
+		ln, err := listen("listen.https", addr)
+		if err != nil {
+			return err
+		}
+		srv := newServer(handler)
+		srv.TLSConfig = e.certs.TLSConfig()
+		e.add(srv, tls.NewListener(limitListener(ln, l.MaxConnections), srv.TLSConfig))
+	}
+	if addr := cfg.Listen.HTTP; addr != "" {
+		ln, err := listen("listen.http", addr)
+		if err != nil {
+			return err
+		}
+		var h http.Handler = handler
+		if cfg.Listen.HTTPMode == "redirect" {
+			h = proxy.RedirectHandler(e.httpsPort())
+		}
+		e.add(newServer(e.certs.HTTPHandler(h)), limitListener(ln, l.MaxConnections))
+	}
+	if addr := cfg.Listen.Metrics; addr != "" {
+		ln, err := listen("listen.metrics", addr)
+		if err != nil {
+			return err
+		}
+		admin := e.metrics.AdminHandler(func() any { return e.checker.Statuses() })
+		e.add(newServer(admin), ln)
+	}
+	return nil
+}
+
+// httpsPort is the bound HTTPS port (the real one when the config says port 0).
+func (e *Edge) httpsPort() string {
+	if len(e.listeners) == 0 || e.cfg.Listen.HTTPS == "" {
+		return ""
+	}
+	_, port, _ := net.SplitHostPort(e.listeners[0].Addr().String())
+	return port
+}
+
+func (e *Edge) add(srv *http.Server, ln net.Listener) {
+	e.servers = append(e.servers, srv)
+	e.listeners = append(e.listeners, ln)
+}
+
+func listen(key, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		hint := ""
+		switch {
+		case errors.Is(err, errAddrInUse()):
+			hint = " (another process has this port; find it with `ss -ltnp`)"
+		case errors.Is(err, errAccess()):
+			hint = " (ports below 1024 need CAP_NET_BIND_SERVICE; the systemd unit grants it)"
+		}
+		return nil, fmt.Errorf("edge: %s %s: %w%s", key, addr, err, hint)
+	}
+	return ln, nil
+}
+
+func (e *Edge) closeListeners() {
+	for _, ln := range e.listeners {
+		_ = ln.Close()
+	}
+}
+
+// Addrs returns the bound listener addresses by config key ("https", "http", "metrics").
+func (e *Edge) Addrs() map[string]string {
+	out := map[string]string{}
+	i := 0
+	for _, key := range []struct{ name, addr string }{
+		{"https", e.cfg.Listen.HTTPS}, {"http", e.cfg.Listen.HTTP}, {"metrics", e.cfg.Listen.Metrics},
+	} {
+		if key.addr != "" {
+			out[key.name] = e.listeners[i].Addr().String()
+			i++
+		}
+	}
+	return out
+}
+
+// Metrics returns the edge's metrics, for parts wired in by later features.
+func (e *Edge) Metrics() *telemetry.Metrics { return e.metrics }
+
+// Run starts health checks and serves until ctx is done, then stops accepting, lets
+// in-flight requests finish within limits.shutdown_timeout, and returns. It returns an
+// error only if a listener fails or the drain times out.
+func (e *Edge) Run(ctx context.Context) error {
+	checkCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		stopChecks()
+		e.checker.Wait()
+	}()
+	e.checker.Start(checkCtx, e.cfg.Pool.Targets)
+
+	serveErr := make(chan error, len(e.servers))
+	for i, srv := range e.servers {
+		go func() {
+			if err := srv.Serve(e.listeners[i]); !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- err
+			}
+		}()
+	}
+	e.log.Info("edgeproxy serving", e.summary()...)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-serveErr:
+	}
+	e.log.Info("shutting down: draining in-flight requests", "timeout", e.cfg.Limits.ShutdownTimeout)
+	drainCtx, cancel := context.WithTimeout(context.Background(), e.cfg.Limits.ShutdownTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(e.servers))
+	for i, srv := range e.servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = srv.Shutdown(drainCtx)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, srv := range e.servers {
+			_ = srv.Close()
+		}
+		return errors.Join(runErr, fmt.Errorf("edge: drain: %w", err))
+	}
+	e.log.Info("drained; bye")
+	return runErr
+}
+
+func (e *Edge) summary() []any {
+	var attrs []any
+	for k, v := range e.Addrs() {
+		attrs = append(attrs, k, v)
+	}
+	src := "self-signed"
+	if n := len(e.cfg.TLS.Certificates); n > 0 {
+		src = fmt.Sprintf("%d static certificate(s)", n)
+	}
+	return append(attrs, "certificates", src, "targets", e.cfg.Pool.Targets,
+		"health_check", fmt.Sprintf("GET %s every %v", e.cfg.Pool.HealthCheck.Path, e.cfg.Pool.HealthCheck.Interval))
+}

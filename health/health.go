@@ -1,0 +1,298 @@
+// Package health runs active health checks against each target with the semantics of an
+// AWS ALB target group: a GET of a path with a given Host header, an interval, a timeout,
+// healthy and unhealthy thresholds and a status matcher, redirects not followed.
+//
+// The checker only writes state and reports changes (through Options.OnChange and the
+// Observer); it never selects targets or proxies requests.
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Matcher decides which status codes pass; config.Matcher implements it.
+type Matcher interface {
+	Match(code int) bool
+	String() string
+}
+
+// Observer receives every check result and every state change, for metrics. A nil Observer
+// is valid and receives nothing.
+type Observer interface {
+	// HealthCheck is called after each check; reason is ReasonNone for a pass.
+	HealthCheck(target string, pass bool, reason string)
+	// TargetHealthy is called at start (false) and on each change of healthy/unhealthy.
+	TargetHealthy(target string, healthy bool)
+}
+
+// Options configure a Checker. Zero durations and thresholds are not valid; the config
+// package supplies the defaults.
+type Options struct {
+	Path string
+	// Host is the Host header of each check; empty means the target's address.
+	Host               string
+	Interval           time.Duration
+	Timeout            time.Duration
+	HealthyThreshold   int
+	UnhealthyThreshold int
+	Matcher            Matcher
+	// OnChange is called, from the target's check goroutine, whenever a target becomes
+	// healthy or stops being healthy. Nil means no one is told.
+	OnChange func(addr string, healthy bool)
+	// Observer receives results for metrics; nil means none.
+	Observer Observer
+	// Logger receives transitions; nil means no logging.
+	Logger *slog.Logger
+	// Transport sends the checks; nil means a transport without keep-alive, so that every
+	// check opens a connection as an ALB's does.
+	Transport http.RoundTripper
+}
+
+// Status is one target's health as shown by /targets.
+type Status struct {
+	Address             string    `json:"address"`
+	State               State     `json:"state"`
+	LastCheck           time.Time `json:"last_check"`
+	LastStatus          int       `json:"last_status"`
+	Reason              string    `json:"reason"`
+	Detail              string    `json:"detail,omitempty"`
+	ConsecutivePasses   int       `json:"consecutive_passes"`
+	ConsecutiveFailures int       `json:"consecutive_failures"`
+}
+
+// Checker checks a set of targets, one goroutine per target. Use New, then Start.
+type Checker struct {
+	opts   Options
+	client *http.Client
+	log    *slog.Logger
+
+	// mu guards targets and ctx.
+	mu      sync.Mutex
+	ctx     context.Context
+	targets map[string]*target
+	wg      sync.WaitGroup
+}
+
+// target is one target's checking loop and its state.
+type target struct {
+	addr   string
+	cancel context.CancelFunc
+
+	// mu guards m and status.
+	mu     sync.Mutex
+	m      machine
+	status Status
+}
+
+// New returns a checker with the given options. It checks nothing until Start.
+func New(opts Options) *Checker {
+	if opts.Transport == nil {
+		opts.Transport = &http.Transport{
+			DialContext:            (&net.Dialer{Timeout: opts.Timeout}).DialContext,
+			DisableKeepAlives:      true,
+			MaxResponseHeaderBytes: 64 << 10,
+		}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Checker{
+		opts: opts,
+		log:  log,
+		client: &http.Client{
+			Transport: opts.Transport,
+			// Redirects are results, not instructions: Django's /admin answers 302.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		targets: map[string]*target{},
+	}
+}
+
+// Start begins checking addrs; checks stop when ctx is done. Each target is checked at once
+// (spread over a short random delay, so that many targets are never checked in step).
+func (c *Checker) Start(ctx context.Context, addrs []string) {
+	c.mu.Lock()
+	c.ctx = ctx
+	c.mu.Unlock()
+	c.SetTargets(addrs)
+}
+
+// SetTargets changes the set of checked targets: new ones are checked at once and start in
+// state Initial; removed ones stop being checked; the others keep their state.
+func (c *Checker) SetTargets(addrs []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keep := map[string]bool{}
+	for _, a := range addrs {
+		keep[a] = true
+		if c.targets[a] != nil {
+			continue
+		}
+		ctx, cancel := context.WithCancel(c.ctx)
+		t := &target{addr: a, cancel: cancel, m: machine{state: Initial}}
+		t.status = Status{Address: a, State: Initial, Reason: ReasonNone}
+		c.targets[a] = t
+		if c.opts.Observer != nil {
+			c.opts.Observer.TargetHealthy(a, false)
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.loop(ctx, t)
+		}()
+	}
+	for a, t := range c.targets {
+		if !keep[a] {
+			t.cancel()
+			delete(c.targets, a)
+		}
+	}
+}
+
+// Wait blocks until every check goroutine has returned (after the Start context is done).
+func (c *Checker) Wait() { c.wg.Wait() }
+
+// Statuses returns every target's status, sorted by address.
+func (c *Checker) Statuses() []Status {
+	c.mu.Lock()
+	out := make([]Status, 0, len(c.targets))
+	for _, t := range c.targets {
+		t.mu.Lock()
+		out = append(out, t.status)
+		t.mu.Unlock()
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out
+}
+
+// loop checks t every interval until ctx is done. The first check comes after a random
+// delay below a quarter of the interval (at most 250ms); later ones every interval with ±5%
+// jitter, so that targets drift apart instead of being checked in step.
+func (c *Checker) loop(ctx context.Context, t *target) {
+	first := time.Duration(rand.Int64N(int64(min(c.opts.Interval/4, 250*time.Millisecond)) + 1))
+	timer := time.NewTimer(first)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		c.checkOnce(ctx, t)
+		jitter := time.Duration(rand.Int64N(int64(c.opts.Interval/10)+1)) - c.opts.Interval/20
+		timer.Reset(c.opts.Interval + jitter)
+	}
+}
+
+// result is the outcome of one probe.
+type result struct {
+	pass   bool
+	status int    // 0 when no response
+	reason string // a Reason constant
+	detail string // for logs: "status 400 not in 200-399"
+}
+
+func (c *Checker) checkOnce(ctx context.Context, t *target) {
+	r := c.probe(ctx, t.addr)
+	if ctx.Err() != nil {
+		return // stopped mid-check: not the target's fault
+	}
+	t.mu.Lock()
+	prev := t.m.state
+	changed := t.m.observe(r.pass, c.opts.HealthyThreshold, c.opts.UnhealthyThreshold)
+	m := t.m
+	t.status = Status{
+		Address: t.addr, State: m.state, LastCheck: time.Now().UTC(), LastStatus: r.status,
+		Reason: r.reason, Detail: r.detail, ConsecutivePasses: m.passes, ConsecutiveFailures: m.fails,
+	}
+	t.mu.Unlock()
+
+	if o := c.opts.Observer; o != nil {
+		o.HealthCheck(t.addr, r.pass, r.reason)
+	}
+	if !changed {
+		if !r.pass {
+			c.log.Debug("health check failed", "target", t.addr, "reason", r.reason, "detail", r.detail, "in_a_row", m.fails)
+		}
+		return
+	}
+	healthy := m.state == Healthy
+	switch {
+	case healthy && prev == Initial:
+		c.log.Info(fmt.Sprintf("target %s healthy: first check passed (status %d)", t.addr, r.status), "target", t.addr, "state", m.state)
+	case healthy:
+		c.log.Info(fmt.Sprintf("target %s healthy: status %d (%d in a row)", t.addr, r.status, m.passes), "target", t.addr, "state", m.state)
+	default:
+		c.log.Warn(fmt.Sprintf("target %s unhealthy: %s (%d in a row)", t.addr, r.detail, m.fails), "target", t.addr, "state", m.state, "reason", r.reason)
+	}
+	if o := c.opts.Observer; o != nil {
+		o.TargetHealthy(t.addr, healthy)
+	}
+	if c.opts.OnChange != nil {
+		c.opts.OnChange(t.addr, healthy)
+	}
+}
+
+// probe sends one check. A panic in it (a bug) counts as a failed check, not a dead process.
+func (c *Checker) probe(ctx context.Context, addr string) (r result) {
+	defer func() {
+		if p := recover(); p != nil {
+			r = result{reason: ReasonFailedHealthChecks, detail: fmt.Sprintf("internal error: %v", p)}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+c.opts.Path, nil)
+	if err != nil {
+		return result{reason: ReasonFailedHealthChecks, detail: err.Error()}
+	}
+	host := c.opts.Host
+	if host == "" {
+		host = addr
+	}
+	req.Host = host
+	req.Header.Set("User-Agent", "edgeproxy-HealthChecker/1.0")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+			return result{reason: ReasonTimeout, detail: fmt.Sprintf("no response within %v", c.opts.Timeout)}
+		}
+		return result{reason: ReasonFailedHealthChecks, detail: connError(err)}
+	}
+	// Bounded and drained, so a chatty target cannot hold the checker.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if !c.opts.Matcher.Match(resp.StatusCode) {
+		detail := fmt.Sprintf("status %d not in %s", resp.StatusCode, c.opts.Matcher)
+		if resp.StatusCode == http.StatusBadRequest {
+			detail += fmt.Sprintf(" (Django's ALLOWED_HOSTS probably rejects Host %q: set pool.health_check.host to the site's name)", host)
+		}
+		return result{status: resp.StatusCode, reason: ReasonResponseCodeMismatch, detail: detail}
+	}
+	return result{pass: true, status: resp.StatusCode, reason: ReasonNone}
+}
+
+// connError shortens a client error to its cause ("dial tcp 127.0.0.2:8000: connect:
+// connection refused").
+func connError(err error) string {
+	var ue interface{ Unwrap() error }
+	if errors.As(err, &ue) {
+		if inner := ue.Unwrap(); inner != nil {
+			return inner.Error()
+		}
+	}
+	return err.Error()
+}

@@ -1,0 +1,5 @@
+from django.apps import AppConfig
+
+
+class SiteAppConfig(AppConfig):
+    name = "site_app"

@@ -1,0 +1,130 @@
+// Package telemetry owns edgeproxy's Prometheus registry and the metrics every other part
+// reports to. Parts do not import Prometheus: they call small observer methods on *Metrics
+// (health.Observer, proxy.Observer, certs.Observer), and a nil observer in those packages
+// means nothing is recorded.
+package telemetry
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds the registry and the collectors of the metrics contract in DESIGN.md. It
+// has no global state: each edge builds its own.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests          *prometheus.CounterVec
+	requestDuration   prometheus.Histogram
+	targetHealthy     *prometheus.GaugeVec
+	healthChecks      *prometheus.CounterVec
+	failOpen          prometheus.Counter
+	unknownServerName prometheus.Counter
+}
+
+// New returns metrics registered on a fresh registry, with the process and Go collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeproxy_requests_total",
+			Help: "Requests answered, by status code and target (\"none\" when no target was chosen).",
+		}, []string{"code", "target"}),
+		requestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "edgeproxy_request_duration_seconds",
+			Help:    "Time from request head read to response finished.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		targetHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgeproxy_target_healthy",
+			Help: "1 if the target passes its health checks, else 0.",
+		}, []string{"target"}),
+		healthChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeproxy_health_checks_total",
+			Help: "Active health checks, by target, result (pass, fail) and ALB reason code.",
+		}, []string{"target", "result", "reason"}),
+		failOpen: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgeproxy_fail_open_total",
+			Help: "Requests sent to a target chosen among all targets because none was healthy.",
+		}),
+		unknownServerName: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgeproxy_tls_unknown_server_name_total",
+			Help: "TLS handshakes for a server name no certificate covers (or without SNI).",
+		}),
+	}
+	m.reg.MustRegister(
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(),
+		m.requests, m.requestDuration, m.targetHealthy, m.healthChecks, m.failOpen, m.unknownServerName,
+	)
+	return m
+}
+
+// Registry is where later parts (TLS cost accounting, ACME) register their collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Request records one answered request.
+func (m *Metrics) Request(code int, target string, d time.Duration) {
+	if target == "" {
+		target = "none"
+	}
+	m.requests.WithLabelValues(strconv.Itoa(code), target).Inc()
+	m.requestDuration.Observe(d.Seconds())
+}
+
+// FailOpen records one request routed while no target was healthy.
+func (m *Metrics) FailOpen() { m.failOpen.Inc() }
+
+// HealthCheck records one active check; it implements health.Observer.
+func (m *Metrics) HealthCheck(target string, pass bool, reason string) {
+	result := "pass"
+	if !pass {
+		result = "fail"
+	}
+	m.healthChecks.WithLabelValues(target, result, reason).Inc()
+}
+
+// TargetHealthy sets a target's health gauge; it implements health.Observer.
+func (m *Metrics) TargetHealthy(target string, healthy bool) {
+	v := 0.0
+	if healthy {
+		v = 1
+	}
+	m.targetHealthy.WithLabelValues(target).Set(v)
+}
+
+// ForgetTarget removes a target's series once a reload has removed the target, so that
+// the label set stays that of the configuration.
+func (m *Metrics) ForgetTarget(target string) {
+	m.targetHealthy.DeleteLabelValues(target)
+	m.healthChecks.DeletePartialMatch(prometheus.Labels{"target": target})
+	m.requests.DeletePartialMatch(prometheus.Labels{"target": target})
+}
+
+// UnknownServerName counts a handshake for a name no certificate covers; it implements
+// certs.Observer.
+func (m *Metrics) UnknownServerName() { m.unknownServerName.Inc() }
+
+// AdminHandler serves /metrics, /healthz and /targets. targets returns the value encoded
+// as JSON at /targets (the health checker's statuses).
+func (m *Metrics) AdminHandler(targets func() any) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /targets", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(targets())
+	})
+	return mux
+}
