@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The full test suite: formatting, vet, staticcheck, then every package's tests with the
+# race detector, end-to-end tests (real Django under gunicorn, Pebble) included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; exit 1; fi
+echo "== go vet"
+go vet ./...
+echo "== staticcheck"
+staticcheck ./...
+echo "== go test -race"
+go test -race -timeout 20m -count=1 ./...
+echo "== CGO_ENABLED=0 static build"
+CGO_ENABLED=0 go build -o /tmp/edgeproxy-static ./cmd/edgeproxy
+if file /tmp/edgeproxy-static 2>/dev/null | grep -q 'dynamically linked'; then
+  echo "edgeproxy binary is not static"; exit 1
+fi
+echo "ok"
