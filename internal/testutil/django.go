@@ -151,7 +151,7 @@ type DjangoOptions struct {
 
 // Django is a running test Django site: the project under
 // internal/testutil/djangosite served by gunicorn on a loopback address.
-// Stop, Kill and Start may be called in any order; the site is stopped when
+// Stop, Kill and Start may be called in any order; the site is killed when
 // the test ends, and its output is written to the test log if the test
 // failed. Start (like StartDjango) must be called from the test's goroutine.
 type Django struct {
@@ -174,7 +174,7 @@ type Django struct {
 // StartDjango starts the test Django site on addr (a loopback host:port,
 // such as one from LoopbackAddr) under gunicorn, and waits until it answers
 // HTTP. It calls RequireDjango first, so the test is skipped (or fails, in
-// CI) when Django is not installed. The site is stopped on test cleanup.
+// CI) when Django is not installed. The site is killed on test cleanup.
 func StartDjango(t testing.TB, addr string, opts DjangoOptions) *Django {
 	t.Helper()
 	RequireDjango(t)
@@ -236,7 +236,7 @@ func StartDjango(t testing.TB, addr string, opts DjangoOptions) *Django {
 		out:  newSyncBuffer(),
 	}
 	t.Cleanup(func() {
-		d.Stop()
+		d.Kill() // no need to be graceful at the end, and faster
 		if t.Failed() {
 			t.Logf("output of Django %s:\n%s", addr, d.out.tail(logTail))
 		}
@@ -282,10 +282,15 @@ func (d *Django) migrate() {
 
 // Start starts the site (again) on the same address and waits until it
 // answers HTTP, failing the test if it does not within 30 s. It fails the
-// test if the site is running already.
+// test if the site is running already (a gunicorn that died on its own
+// counts as not running).
 func (d *Django) Start() {
 	d.t.Helper()
 	d.mu.Lock()
+	if d.cmd != nil && d.exitedLocked() {
+		killGroup(d.cmd.Process.Pid) // it died on its own: clean up and start anew
+		d.cmd, d.done = nil, nil
+	}
 	if d.cmd != nil {
 		d.mu.Unlock()
 		d.t.Fatalf("testutil: Django on %s is already running", d.Addr)
@@ -383,12 +388,22 @@ func (d *Django) Pid() int {
 	return d.cmd.Process.Pid
 }
 
-// Running reports whether the site has been started and not stopped (the
-// process may have died on its own meanwhile).
+// Running reports whether the gunicorn master is running: started, not
+// stopped or killed, and not dead on its own.
 func (d *Django) Running() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.cmd != nil
+	return d.cmd != nil && !d.exitedLocked()
+}
+
+// exitedLocked reports whether the current process has exited; d.mu held.
+func (d *Django) exitedLocked() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Stop stops the site gracefully: SIGTERM to the gunicorn master, which

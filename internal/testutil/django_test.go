@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -212,6 +213,22 @@ func TestDjangoSecondLoopbackAddress(t *testing.T) {
 	}
 	if code, _, _ := get(t, a.URL("/"), "other.test", nil); code != 400 {
 		t.Errorf("first with Host other.test: %d, want 400", code)
+	}
+
+	// gunicorn dying on its own (not through Kill) is seen, and Start works.
+	if err := syscall.Kill(-b.Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Running() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if b.Running() {
+		t.Fatalf("Running() still true after the process group was killed")
+	}
+	b.Start()
+	if w := getWhoami(t, b, "other.test", nil); w.Instance != "two" {
+		t.Errorf("after restart: %+v", w)
 	}
 }
 

@@ -10,6 +10,19 @@
 //
 // Every wait here is bounded in time, and every address is a loopback address
 // (127.0.0.0/8 or ::1): helpers refuse anything else.
+//
+// A typical integration test:
+//
+//	django := testutil.StartDjango(t, testutil.LoopbackAddr(t, "127.0.0.2"),
+//		testutil.DjangoOptions{Instance: "a"})
+//	bin := testutil.BuildEdgeproxy(t)
+//	edge := testutil.StartProc(t, bin, "run", "-config", cfgPath)
+//	testutil.WaitHTTP(t, "https://127.0.0.1:PORT/", client, 200, 10*time.Second)
+//	django.Kill() // a backend crash
+//
+// The Django site (internal/testutil/djangosite, see its README.md) serves
+// /, /whoami, /slow, /mixed, /static-marker.js, /post and the admin; it
+// needs Debian's python3-django and gunicorn, run by /usr/bin/python3.
 package testutil
 
 import (
