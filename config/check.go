@@ -24,9 +24,17 @@ func (c *Config) applyDerivedDefaults() {
 type checker struct {
 	c        *Config
 	problems []Problem
+	// failed are key paths that did not decode; checks about them, or about a key that
+	// contains them, are skipped, so one mistake is reported once, not once per consequence.
+	failed []string
 }
 
 func (k *checker) errorf(path, format string, args ...any) {
+	for _, f := range k.failed {
+		if related(path, f) {
+			return
+		}
+	}
 	k.problems = append(k.problems, Problem{File: k.c.File, Pos: k.c.PosOf(path), Message: fmt.Sprintf(format, args...)})
 }
 
@@ -34,9 +42,17 @@ func (k *checker) warnf(path, format string, args ...any) {
 	k.problems = append(k.problems, Problem{File: k.c.File, Pos: k.c.PosOf(path), Message: fmt.Sprintf(format, args...), Warning: true})
 }
 
-// check runs every check that needs only the configuration itself.
-func (c *Config) check() []Problem {
-	k := &checker{c: c}
+// related reports whether one key path contains the other (or they are equal).
+func related(a, b string) bool {
+	if len(a) > len(b) {
+		a, b = b, a
+	}
+	return strings.HasPrefix(b, a) && (len(a) == len(b) || b[len(a)] == '.' || b[len(a)] == '[')
+}
+
+// check runs every check that needs only the configuration itself, skipping keys in failed.
+func (c *Config) check(failed []string) []Problem {
+	k := &checker{c: c, failed: failed}
 	k.listen()
 	k.tls()
 	k.pool()

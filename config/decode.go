@@ -19,12 +19,19 @@ type decoder struct {
 	file     string
 	problems []Problem
 	pos      map[string]Pos
+	failed   []string // key paths whose values could not be decoded
 }
 
 var (
 	durationType = reflect.TypeOf(time.Duration(0))
 	matcherType  = reflect.TypeOf(Matcher{})
 )
+
+// fail records that the value at path could not be decoded, and why.
+func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
+	d.failed = append(d.failed, path)
+	d.errorf(n, format, args...)
+}
 
 func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
 	d.problems = append(d.problems, Problem{File: d.file, Pos: nodePos(n), Message: fmt.Sprintf(format, args...)})
@@ -62,7 +69,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		if d.scalar(n, path, "a status list such as 200-399") {
 			m, err := ParseMatcher(n.Value)
 			if err != nil {
-				d.errorf(n, "%s: %v", path, err)
+				d.fail(n, path, "%s: %v", path, err)
 				return
 			}
 			v.Set(reflect.ValueOf(m))
@@ -71,7 +78,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		d.decodeStruct(n, v, path)
 	case v.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			d.errorf(n, "%s: want a list, got %s", path, describe(n))
+			d.fail(n, path, "%s: want a list, got %s", path, describe(n))
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -89,7 +96,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		b, err := strconv.ParseBool(n.Value)
 		if n.Tag != "!!bool" || err != nil {
-			d.errorf(n, "%s: want true or false, got %q", path, n.Value)
+			d.fail(n, path, "%s: want true or false, got %q", path, n.Value)
 			return
 		}
 		v.SetBool(b)
@@ -99,7 +106,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		i, err := strconv.ParseInt(n.Value, 0, 64)
 		if n.Tag != "!!int" || err != nil {
-			d.errorf(n, "%s: want an integer, got %q", path, n.Value)
+			d.fail(n, path, "%s: want an integer, got %q", path, n.Value)
 			return
 		}
 		v.SetInt(i)
@@ -111,7 +118,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 // scalar reports whether n is a scalar, and records a problem if not.
 func (d *decoder) scalar(n *yaml.Node, path, want string) bool {
 	if n.Kind != yaml.ScalarNode {
-		d.errorf(n, "%s: want %s, got %s", path, want, describe(n))
+		d.fail(n, path, "%s: want %s, got %s", path, want, describe(n))
 		return false
 	}
 	return true
@@ -127,7 +134,7 @@ func (d *decoder) decodeDuration(n *yaml.Node, v reflect.Value, path string) {
 	}
 	dur, err := time.ParseDuration(n.Value)
 	if err != nil {
-		d.errorf(n, "%s: %q is not a duration (use a unit, e.g. 500ms, 30s, 5m)", path, n.Value)
+		d.fail(n, path, "%s: %q is not a duration (use a unit, e.g. 500ms, 30s, 5m)", path, n.Value)
 		return
 	}
 	v.SetInt(int64(dur))
@@ -135,7 +142,7 @@ func (d *decoder) decodeDuration(n *yaml.Node, v reflect.Value, path string) {
 
 func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 	if n.Kind != yaml.MappingNode {
-		d.errorf(n, "%s: want a mapping of keys, got %s", nameOr(path), describe(n))
+		d.fail(n, path, "%s: want a mapping of keys, got %s", nameOr(path), describe(n))
 		return
 	}
 	fields := yamlFields(v.Type())

@@ -59,7 +59,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		d.decode(&root, reflect.ValueOf(cfg).Elem(), "")
 	}
 	cfg.applyDerivedDefaults()
-	problems := append(d.problems, cfg.check()...)
+	problems := append(d.problems, cfg.check(d.failed)...)
 	sortProblems(problems)
 	var errs, warnings []Problem
 	for _, p := range problems {
