@@ -182,8 +182,7 @@ func (c *Checker) Statuses() []Status {
 // delay below a quarter of the interval (at most 250ms); later ones every interval with ±5%
 // jitter, so that targets drift apart instead of being checked in step.
 func (c *Checker) loop(ctx context.Context, t *target) {
-	first := time.Duration(rand.Int64N(int64(min(c.opts.Interval/4, 250*time.Millisecond)) + 1))
-	timer := time.NewTimer(first)
+	timer := time.NewTimer(firstCheckDelay(c.opts.Interval))
 	defer timer.Stop()
 	for {
 		select {
@@ -192,9 +191,19 @@ func (c *Checker) loop(ctx context.Context, t *target) {
 		case <-timer.C:
 		}
 		c.checkOnce(ctx, t)
-		jitter := time.Duration(rand.Int64N(int64(c.opts.Interval/10)+1)) - c.opts.Interval/20
-		timer.Reset(c.opts.Interval + jitter)
+		timer.Reset(nextCheckDelay(c.opts.Interval))
 	}
+}
+
+// firstCheckDelay is a random delay below a quarter of the interval, at most 250ms: every
+// target is checked at start, but not all at the same instant.
+func firstCheckDelay(interval time.Duration) time.Duration {
+	return time.Duration(rand.Int64N(int64(min(interval/4, 250*time.Millisecond)) + 1))
+}
+
+// nextCheckDelay is the interval ±5%, so that targets checked together drift apart.
+func nextCheckDelay(interval time.Duration) time.Duration {
+	return interval - interval/20 + time.Duration(rand.Int64N(int64(interval/10)+1))
 }
 
 // result is the outcome of one probe.

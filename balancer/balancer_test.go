@@ -1,0 +1,118 @@
+package balancer
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+)
+
+func addrs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("127.0.0.%d:8000", i+1)
+	}
+	return out
+}
+
+func healthyBalancer(n int) *Balancer {
+	b := New(addrs(n))
+	for _, a := range addrs(n) {
+		b.SetHealthy(a, true)
+	}
+	return b
+}
+
+// Over M requests and N healthy targets each gets M/N ± 1, also with concurrent callers.
+func TestRoundRobin_SpreadsEvenly(t *testing.T) {
+	for _, tc := range []struct{ n, m, workers int }{{3, 3000, 1}, {3, 3001, 8}, {5, 997, 4}, {1, 10, 2}} {
+		t.Run(fmt.Sprintf("N=%d,M=%d,workers=%d", tc.n, tc.m, tc.workers), func(t *testing.T) {
+			b := healthyBalancer(tc.n)
+			var mu sync.Mutex
+			counts := map[string]int{}
+			var wg sync.WaitGroup
+			per := tc.m / tc.workers
+			for w := 0; w < tc.workers; w++ {
+				calls := per
+				if w == 0 {
+					calls += tc.m % tc.workers
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					local := map[string]int{}
+					for i := 0; i < calls; i++ {
+						local[b.Next().Target.Addr]++
+					}
+					mu.Lock()
+					for k, v := range local {
+						counts[k] += v
+					}
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			lo, hi := tc.m/tc.n, (tc.m+tc.n-1)/tc.n
+			for _, a := range addrs(tc.n) {
+				if c := counts[a]; c < lo || c > hi {
+					t.Errorf("target %s got %d picks; want %d..%d (counts %v)", a, c, lo, hi, counts)
+				}
+			}
+		})
+	}
+}
+
+func TestRoundRobin_SkipsUnhealthy(t *testing.T) {
+	b := healthyBalancer(3)
+	b.SetHealthy("127.0.0.2:8000", false)
+	for i := 0; i < 100; i++ {
+		p := b.Next()
+		if p.Target.Addr == "127.0.0.2:8000" || p.FailOpen {
+			t.Fatalf("got %+v; want a healthy target, not fail-open", p)
+		}
+	}
+}
+
+// With no healthy target, traffic goes to all targets, as an ALB fails open.
+func TestRoundRobin_FailsOpenWhenNoneHealthy(t *testing.T) {
+	b := New(addrs(2))
+	seen := map[string]bool{}
+	for i := 0; i < 4; i++ {
+		p := b.Next()
+		if !p.FailOpen {
+			t.Fatalf("pick %d: FailOpen false; want true", i)
+		}
+		seen[p.Target.Addr] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("fail-open picked %v; want both targets", seen)
+	}
+}
+
+func TestNext_EmptyPool(t *testing.T) {
+	if p := New(nil).Next(); p.Target != nil {
+		t.Errorf("got %v; want no target", p.Target)
+	}
+}
+
+// A reload keeps the health of targets that stay; new ones start unhealthy.
+func TestSetTargets_KeepsHealthOfRemainingTargets(t *testing.T) {
+	b := healthyBalancer(2)
+	b.SetTargets([]string{"127.0.0.2:8000", "127.0.0.9:8000"})
+	ts := b.Targets()
+	if !ts[0].Healthy() || ts[1].Healthy() {
+		t.Errorf("got healthy %v,%v; want true,false", ts[0].Healthy(), ts[1].Healthy())
+	}
+	if p := b.Next(); p.Target.Addr != "127.0.0.2:8000" {
+		t.Errorf("got %s; want the only healthy target", p.Target.Addr)
+	}
+}
+
+func BenchmarkNext(b *testing.B) {
+	bal := healthyBalancer(3)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			_ = bal.Next()
+		}
+	})
+}
