@@ -19,6 +19,7 @@ import (
 	"edgeproxy/config"
 	"edgeproxy/edge"
 	"edgeproxy/internal/demo"
+	"edgeproxy/internal/sdnotify"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -127,6 +128,17 @@ func serve(cfg *config.Config, log *slog.Logger, ready func(*edge.Edge)) int {
 	if ready != nil {
 		ready(e)
 	}
+	// The listeners are bound, so connections made from now on wait in the backlog until
+	// Run accepts them: tell systemd (Type=notify) the start-up is done, and when the signal
+	// arrives, that the drain has begun. Both do nothing outside systemd.
+	notifyErr := func(err error) {
+		if err != nil {
+			log.Warn(err.Error())
+		}
+	}
+	notifyErr(sdnotify.Ready())
+	stopNotify := context.AfterFunc(ctx, func() { notifyErr(sdnotify.Stopping()) })
+	defer stopNotify()
 	if err := e.Run(ctx); err != nil {
 		log.Error(err.Error())
 		return 1
