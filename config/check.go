@@ -278,15 +278,20 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 // parse, and match their keys. It returns errors and warnings; Load treats any error as fatal.
 func (c *Config) CheckEnvironment() []Problem {
 	k := &checker{c: c}
+	unset := k.unsetPathVars()
 	for i, cf := range c.TLS.Certificates {
 		path := fmt.Sprintf("tls.certificates[%d]", i)
 		if cf.Cert == "" || cf.Key == "" {
 			continue // reported by check
 		}
+		if unset[path+".cert"] || unset[path+".key"] {
+			continue // reported by unsetPathVars
+		}
 		if _, err := LoadCertificate(cf); err != nil {
 			k.errorf(path+".cert", "%s: %v", path, err)
 		}
 	}
+	sortProblems(k.problems)
 	var errs []Problem
 	for _, p := range k.problems {
 		if !p.Warning {

@@ -60,6 +60,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	}
 	cfg.applyDerivedDefaults()
 	problems := append(d.problems, cfg.check(d.failed)...)
+	problems = append(problems, cfg.expandPaths(os.LookupEnv)...)
 	sortProblems(problems)
 	var errs, warnings []Problem
 	for _, p := range problems {
