@@ -74,7 +74,14 @@ func buildEdgeproxy() (string, error) {
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build: %v\n%s", err, msg)
 	}
-	final := filepath.Join(dir, "edgeproxy")
+	// Each test process keeps its own binary: other test processes (other packages, other
+	// checkouts of the same path) may build a different tree at the same time.
+	own := filepath.Join(dir, fmt.Sprintf("pid-%d", os.Getpid()))
+	if err := os.MkdirAll(own, 0o755); err != nil {
+		return "", err
+	}
+	removeStale(dir)
+	final := filepath.Join(own, "edgeproxy")
 	if err := os.Rename(out, final); err != nil {
 		return "", err
 	}
@@ -117,5 +124,19 @@ func moduleRoot() (string, error) {
 			return "", errors.New("go.mod not found above the working directory")
 		}
 		dir = parent
+	}
+}
+
+// removeStale deletes the binaries of test processes that have exited.
+func removeStale(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "pid-%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
 	}
 }

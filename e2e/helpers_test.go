@@ -1,0 +1,193 @@
+// Package e2e holds end-to-end tests: the real edgeproxy binary in front of real Django
+// (under gunicorn), Pebble and Go test backends, all on loopback addresses.
+package e2e
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"edgeproxy/internal/testutil"
+)
+
+// edgeProc is a running edgeproxy binary.
+type edgeProc struct {
+	*testutil.Proc
+	HTTPS, HTTP, Metrics string // listener addresses
+	ConfigFile           string
+}
+
+// startEdge writes config (with {{HTTPS}}, {{HTTP}} and {{METRICS}} replaced by free
+// loopback addresses) and runs `edgeproxy run` with it until the edge is serving.
+func startEdge(t *testing.T, config string) *edgeProc {
+	t.Helper()
+	e := &edgeProc{
+		HTTPS:   testutil.LoopbackAddr(t, "127.0.0.1"),
+		HTTP:    testutil.LoopbackAddr(t, "127.0.0.1"),
+		Metrics: testutil.LoopbackAddr(t, "127.0.0.1"),
+	}
+	config = strings.NewReplacer("{{HTTPS}}", e.HTTPS, "{{HTTP}}", e.HTTP, "{{METRICS}}", e.Metrics).Replace(config)
+	e.ConfigFile = filepath.Join(t.TempDir(), "edgeproxy.yaml")
+	if err := os.WriteFile(e.ConfigFile, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := testutil.BuildEdgeproxy(t)
+	e.Proc = testutil.StartProc(t, bin, "run", "-config", e.ConfigFile)
+	if !e.WaitForOutput("edgeproxy serving", 15*time.Second) {
+		code, _ := e.Wait(0)
+		t.Fatalf("edgeproxy did not start (exited: %v, code %d):\n%s", e.Exited(), code, e.Output())
+	}
+	return e
+}
+
+// targetStatus is one entry of /targets.
+type targetStatus struct {
+	Address             string    `json:"address"`
+	State               string    `json:"state"`
+	LastCheck           time.Time `json:"last_check"`
+	LastStatus          int       `json:"last_status"`
+	Reason              string    `json:"reason"`
+	ConsecutivePasses   int       `json:"consecutive_passes"`
+	ConsecutiveFailures int       `json:"consecutive_failures"`
+}
+
+func (e *edgeProc) targets(t *testing.T) map[string]targetStatus {
+	t.Helper()
+	resp, err := http.Get("http://" + e.Metrics + "/targets")
+	if err != nil {
+		t.Fatalf("GET /targets: %v", err)
+	}
+	defer resp.Body.Close()
+	var list []targetStatus
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		t.Fatalf("decoding /targets: %v", err)
+	}
+	out := map[string]targetStatus{}
+	for _, s := range list {
+		out[s.Address] = s
+	}
+	return out
+}
+
+// waitState polls /targets until addr is in state and returns how long that took.
+func (e *edgeProc) waitState(t *testing.T, addr, state string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		if s := e.targets(t)[addr]; s.State == state {
+			return time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			t.Fatalf("target %s not %s within %v: %+v\n%s", addr, state, timeout, e.targets(t)[addr], e.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *edgeProc) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + e.Metrics + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// testCert writes a self-signed certificate (usable as its own root) for names into dir
+// and returns the file names and a pool that trusts it.
+func testCert(t *testing.T, dir string, names ...string) (certFile, keyFile string, roots *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	certFile = filepath.Join(dir, names[0]+".crt")
+	keyFile = filepath.Join(dir, names[0]+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	roots = x509.NewCertPool()
+	roots.AddCert(leaf)
+	return certFile, keyFile, roots
+}
+
+// httpsClient returns a client that trusts roots and dials every name to the edge's
+// address, as DNS pointing the site's name at the box would.
+func httpsClient(roots *x509.CertPool, edgeAddr string) *http.Client {
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{
+		Timeout: 20 * time.Second,
+		Transport: &http.Transport{
+			TLSClientConfig:   &tls.Config{RootCAs: roots},
+			ForceAttemptHTTP2: true,
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return dialer.DialContext(ctx, network, edgeAddr)
+			},
+			MaxIdleConnsPerHost: 16,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+func quote(items ...string) string {
+	q := make([]string, len(items))
+	for i, s := range items {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// certPoolFromConfig trusts every certificate file named in an edge config's
+// tls.certificates (the test certificates are their own roots).
+func certPoolFromConfig(t *testing.T, configFile string) *x509.CertPool {
+	t.Helper()
+	data, err := os.ReadFile(configFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	for _, m := range regexp.MustCompile(`cert: "([^"]+)"`).FindAllStringSubmatch(string(data), -1) {
+		pem, err := os.ReadFile(m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool.AppendCertsFromPEM(pem)
+	}
+	return pool
+}
