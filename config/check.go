@@ -18,6 +18,7 @@ func (c *Config) applyDerivedDefaults() {
 	if !c.IsSet("pool.health_check.timeout") {
 		hc.Timeout = min(5*time.Second, hc.Interval)
 	}
+	c.applyACMEDefaults()
 }
 
 // checker collects problems, each placed at the key it is about.
@@ -55,6 +56,7 @@ func (c *Config) check(failed []string) []Problem {
 	k := &checker{c: c, failed: failed}
 	k.listen()
 	k.tls()
+	k.acme()
 	k.pool()
 	k.limits()
 	k.forwarding()
@@ -138,8 +140,8 @@ func (k *checker) tls() {
 			k.errorf(path, "%s: key is required", path)
 		}
 	}
-	if k.c.Listen.HTTPS != "" && len(t.Certificates) == 0 && !t.SelfSigned {
-		k.errorf("tls", "no certificate source: set tls.certificates or tls.self_signed")
+	if k.c.Listen.HTTPS != "" && len(t.Certificates) == 0 && !t.SelfSigned && !t.ACME.Enabled() && !k.c.IsSet("tls.acme") {
+		k.errorf("tls", "no certificate source: set tls.certificates, tls.self_signed or tls.acme")
 	}
 }
 
@@ -291,6 +293,7 @@ func (c *Config) CheckEnvironment() []Problem {
 			k.errorf(path+".cert", "%s: %v", path, err)
 		}
 	}
+	k.acmeEnvironment(unset)
 	sortProblems(k.problems)
 	var errs []Problem
 	for _, p := range k.problems {

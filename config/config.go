@@ -54,6 +54,8 @@ type TLS struct {
 	Certificates []CertificateFiles `yaml:"certificates"`
 	// SelfSigned generates an ECDSA P-256 certificate at start-up, for local use.
 	SelfSigned bool `yaml:"self_signed"`
+	// ACME obtains and renews certificates automatically (see ACME in acme.go).
+	ACME ACME `yaml:"acme"`
 }
 
 // CertificateFiles names one PEM certificate chain and its private key.
@@ -130,7 +132,7 @@ type Log struct {
 func Default() *Config {
 	return &Config{
 		Listen: Listen{HTTPS: ":443", HTTPMode: "redirect"},
-		TLS:    TLS{MinVersion: "1.2"},
+		TLS:    TLS{MinVersion: "1.2", ACME: ACME{Directory: LetsEncryptURL}},
 		Pool: Pool{
 			HealthCheck: HealthCheck{
 				Path:               "/",

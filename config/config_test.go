@@ -92,7 +92,7 @@ func TestParse_Errors(t *testing.T) {
 		{
 			name: "unknown key",
 			yaml: "tls:\n  self_signed: true\n  selfsigned: true\npool:\n  targets: [\"127.0.0.1:80\"]\n",
-			want: []string{`c.yaml:3:3: unknown key "selfsigned" in tls (known keys: certificates, min_version, self_signed)`},
+			want: []string{`c.yaml:3:3: unknown key "selfsigned" in tls (known keys: acme, certificates, min_version, self_signed)`},
 		},
 		{
 			name: "wrong types and bad duration, all at once",
@@ -141,7 +141,7 @@ func TestParse_Errors(t *testing.T) {
 		{
 			name: "no certificate source",
 			yaml: "pool:\n  targets: [\"127.0.0.1:80\"]\n",
-			want: []string{`c.yaml:1:1: no certificate source: set tls.certificates or tls.self_signed`},
+			want: []string{`c.yaml:1:1: no certificate source: set tls.certificates, tls.self_signed or tls.acme`},
 		},
 		{
 			name: "enums and limits",

@@ -29,6 +29,9 @@ func (c *Config) pathKeys() []pathKey {
 			pathKey{fmt.Sprintf("tls.certificates[%d].cert", i), &cf.Cert},
 			pathKey{fmt.Sprintf("tls.certificates[%d].key", i), &cf.Key})
 	}
+	if a := &c.TLS.ACME; a.Enabled() {
+		keys = append(keys, pathKey{"tls.acme.ca_roots", &a.CARoots}, pathKey{"tls.acme.cache_dir", &a.CacheDir})
+	}
 	return keys
 }
 
