@@ -37,6 +37,7 @@ func commands() []command {
 		{"run", "serve with a configuration file", runCmd},
 		{"validate", "check a configuration file and print every problem", validateCmd},
 		{"demo", "serve https on 127.0.0.1:8443 in front of three built-in backends", demoCmd},
+		{"healthcheck", "exit 0 if the running edge's /healthz answers 200 (Docker HEALTHCHECK)", healthcheckCmd},
 		{"version", "print the version", versionCmd},
 	}
 }
@@ -66,7 +67,7 @@ func mainArgs(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: edgeproxy <command> [flags]\n\nCommands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'edgeproxy <command> -h' for a command's flags.")
 }
