@@ -7,6 +7,7 @@
 package balancer
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 )
@@ -16,11 +17,47 @@ type Target struct {
 	// Addr is the dial address, "host:port".
 	Addr string
 
-	healthy atomic.Bool
+	healthy  atomic.Bool
+	inFlight atomic.Int64
+
+	// retired is done when the target, removed by a reload, has used up its
+	// deregistration delay: requests still running to it are then cancelled.
+	retired context.Context
+	retire  context.CancelFunc
+}
+
+func newTarget(addr string) *Target {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Target{Addr: addr, retired: ctx, retire: cancel}
 }
 
 // Healthy reports whether the target's last published state is healthy.
 func (t *Target) Healthy() bool { return t.healthy.Load() }
+
+// Begin counts a request in flight to the target; End ends it. The proxy calls both.
+func (t *Target) Begin() { t.inFlight.Add(1) }
+
+// End ends a request counted by Begin.
+func (t *Target) End() { t.inFlight.Add(-1) }
+
+// InFlight is the number of requests in flight to the target.
+func (t *Target) InFlight() int64 { return t.inFlight.Load() }
+
+// Retired is done once the target was removed and its deregistration delay is over. For a
+// Target not made by a Balancer it is never done.
+func (t *Target) Retired() context.Context {
+	if t.retired == nil {
+		return context.Background()
+	}
+	return t.retired
+}
+
+// Retire cancels the requests still in flight to a removed target.
+func (t *Target) Retire() {
+	if t.retire != nil {
+		t.retire()
+	}
+}
 
 // snapshot is an immutable view of the pool. Neither slice is modified once published.
 type snapshot struct {
@@ -88,9 +125,10 @@ func (b *Balancer) SetHealthy(addr string, healthy bool) {
 	}
 }
 
-// SetTargets replaces the pool with addrs, in that order. Targets that stay keep their
-// health state; new ones start unhealthy until a check passes.
-func (b *Balancer) SetTargets(addrs []string) {
+// SetTargets replaces the pool with addrs, in that order, and returns the targets it
+// removed: they get no new requests, and the caller drains them. Targets that stay keep
+// their health state; new ones start unhealthy until a check passes.
+func (b *Balancer) SetTargets(addrs []string) (removed []*Target) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	old := map[string]*Target{}
@@ -101,12 +139,19 @@ func (b *Balancer) SetTargets(addrs []string) {
 	for _, a := range addrs {
 		t := old[a]
 		if t == nil {
-			t = &Target{Addr: a}
+			t = newTarget(a)
 		}
+		delete(old, a)
 		targets = append(targets, t)
+	}
+	for _, t := range b.targets {
+		if old[t.Addr] != nil {
+			removed = append(removed, t)
+		}
 	}
 	b.targets = targets
 	b.publish()
+	return removed
 }
 
 // publish builds and swaps in a new snapshot; b.mu must be held.

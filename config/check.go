@@ -187,6 +187,9 @@ func (k *checker) pool() {
 	}
 	k.positive("pool.connect_timeout", p.ConnectTimeout)
 	k.positive("pool.response_header_timeout", p.ResponseHeaderTimeout)
+	if p.DeregistrationDelay < 0 {
+		k.errorf("pool.deregistration_delay", "pool.deregistration_delay must not be negative, got %v", p.DeregistrationDelay)
+	}
 }
 
 // checkTargetAddr accepts "host:port" with a port 1-65535 and a host that is an IP or a

@@ -73,6 +73,9 @@ type Pool struct {
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	// ResponseHeaderTimeout bounds the wait for a target's response head; then 504. Default 60s.
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	// DeregistrationDelay bounds how long requests in flight to a target removed by a
+	// reload may run before they are cancelled, as on an ALB. Default 30s; 0 cancels at once.
+	DeregistrationDelay time.Duration `yaml:"deregistration_delay"`
 }
 
 // HealthCheck mirrors an AWS ALB target group's health check settings.
@@ -143,6 +146,7 @@ func Default() *Config {
 			},
 			ConnectTimeout:        5 * time.Second,
 			ResponseHeaderTimeout: 60 * time.Second,
+			DeregistrationDelay:   30 * time.Second,
 		},
 		Limits: Limits{
 			ReadHeaderTimeout: 10 * time.Second,

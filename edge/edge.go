@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"edgeproxy/balancer"
 	"edgeproxy/certs"
@@ -28,12 +29,24 @@ import (
 
 // Edge is one configured, bound edgeproxy. Use New, then Run.
 type Edge struct {
-	cfg     *config.Config
 	log     *slog.Logger
 	metrics *telemetry.Metrics
 	bal     *balancer.Balancer
 	checker *health.Checker
-	certs   *certs.Source
+	certs   *certs.Source // the source the listeners were built with
+
+	// reloadMu serialises Reload; cfg is the configuration in effect.
+	reloadMu sync.Mutex
+	cfg      *config.Config
+
+	// Reload swaps these; the request path reads them without a lock.
+	certSrc atomic.Pointer[certs.Source]
+	handler atomic.Pointer[proxy.Handler]
+	// transport is reused across reloads that keep the pool's timeouts, so that
+	// keep-alive connections to targets survive a reload.
+	transport *http.Transport
+
+	runCtx context.Context // set by Run; bounds drains
 
 	servers   []*http.Server
 	listeners []net.Listener
@@ -59,11 +72,28 @@ func New(cfg *config.Config, log *slog.Logger) (*Edge, error) {
 
 func (e *Edge) build() error {
 	cfg := e.cfg
+	src, err := e.newCertSource(cfg)
+	if err != nil {
+		return err
+	}
+	e.certs = src
+	e.certSrc.Store(src)
+
+	e.bal = balancer.New(cfg.Pool.Targets)
+	opts := healthOptions(cfg)
+	opts.Observer, opts.Logger, opts.OnChange = e.metrics, e.log, e.healthChanged
+	e.checker = health.New(opts)
+	e.handler.Store(e.newHandler(cfg))
+	return nil
+}
+
+// newCertSource loads the certificates cfg names.
+func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
 	var static []tls.Certificate
 	for _, cf := range cfg.TLS.Certificates {
 		c, err := config.LoadCertificate(cf)
 		if err != nil {
-			return fmt.Errorf("edge: %s: %w", cf.Cert, err)
+			return nil, fmt.Errorf("edge: %s: %w", cf.Cert, err)
 		}
 		static = append(static, c)
 	}
@@ -71,24 +101,54 @@ func (e *Edge) build() error {
 	if cfg.TLS.MinVersion == "1.3" {
 		minVersion = tls.VersionTLS13
 	}
-	src, err := certs.New(certs.Options{
+	return certs.New(certs.Options{
 		Static: static, SelfSigned: cfg.TLS.SelfSigned, MinVersion: minVersion,
 		Logger: e.log, Observer: e.metrics,
 	})
-	if err != nil {
-		return err
-	}
-	e.certs = src
+}
 
-	e.bal = balancer.New(cfg.Pool.Targets)
+func healthOptions(cfg *config.Config) health.Options {
 	hc := cfg.Pool.HealthCheck
-	e.checker = health.New(health.Options{
+	return health.Options{
 		Path: hc.Path, Host: hc.Host, Interval: hc.Interval, Timeout: hc.Timeout,
 		HealthyThreshold: hc.HealthyThreshold, UnhealthyThreshold: hc.UnhealthyThreshold,
-		Matcher: hc.Matcher, Observer: e.metrics, Logger: e.log,
-		OnChange: e.healthChanged,
+		Matcher: hc.Matcher,
+	}
+}
+
+// newHandler builds the proxy for cfg, reusing the upstream transport (and its pooled
+// connections) when the pool's timeouts are unchanged.
+func (e *Edge) newHandler(cfg *config.Config) *proxy.Handler {
+	if e.transport == nil || e.cfg == nil ||
+		cfg.Pool.ConnectTimeout != e.cfg.Pool.ConnectTimeout ||
+		cfg.Pool.ResponseHeaderTimeout != e.cfg.Pool.ResponseHeaderTimeout {
+		e.transport = proxy.NewTransport(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout)
+	}
+	var trusted []netip.Prefix
+	for _, s := range cfg.Forwarding.TrustedProxies {
+		p, _ := config.ParsePrefix(s) // validated by config
+		trusted = append(trusted, p)
+	}
+	return proxy.New(proxy.Options{
+		Picker:         e.bal,
+		Transport:      e.transport,
+		TrustedProxies: trusted,
+		HSTS:           cfg.Headers.HSTS,
+		MaxBodyBytes:   cfg.Limits.MaxBodyBytes,
+		AccessLog:      cfg.Log.Access,
+		Logger:         e.log,
+		Observer:       e.metrics,
 	})
-	return nil
+}
+
+// serveProxy hands each request to the handler of the configuration in effect.
+func (e *Edge) serveProxy(w http.ResponseWriter, r *http.Request) {
+	e.handler.Load().ServeHTTP(w, r)
+}
+
+// getCertificate asks the certificate source of the configuration in effect.
+func (e *Edge) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return e.certSrc.Load().GetCertificate(hello)
 }
 
 // healthChanged publishes a health transition to the balancer and logs entering and
@@ -123,21 +183,7 @@ func (e *Edge) bind() error {
 			ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 		}
 	}
-	var trusted []netip.Prefix
-	for _, s := range cfg.Forwarding.TrustedProxies {
-		p, _ := config.ParsePrefix(s) // validated by config
-		trusted = append(trusted, p)
-	}
-	handler := proxy.New(proxy.Options{
-		Picker:         e.bal,
-		Transport:      proxy.NewTransport(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout),
-		TrustedProxies: trusted,
-		HSTS:           cfg.Headers.HSTS,
-		MaxBodyBytes:   l.MaxBodyBytes,
-		AccessLog:      cfg.Log.Access,
-		Logger:         e.log,
-		Observer:       e.metrics,
-	})
+	handler := http.HandlerFunc(e.serveProxy)
 
 	if addr := cfg.Listen.HTTPS; addr != "" {
 		ln, err := listen("listen.https", addr)
@@ -146,6 +192,7 @@ func (e *Edge) bind() error {
 		}
 		srv := newServer(handler)
 		srv.TLSConfig = e.certs.TLSConfig()
+		srv.TLSConfig.GetCertificate = e.getCertificate // follows reloads
 		e.add(srv, tls.NewListener(limitListener(ln, l.MaxConnections), srv.TLSConfig))
 	}
 	if addr := cfg.Listen.HTTP; addr != "" {
@@ -227,6 +274,9 @@ func (e *Edge) Metrics() *telemetry.Metrics { return e.metrics }
 // in-flight requests finish within limits.shutdown_timeout, and returns. It returns an
 // error only if a listener fails or the drain times out.
 func (e *Edge) Run(ctx context.Context) error {
+	e.reloadMu.Lock()
+	e.runCtx = ctx
+	e.reloadMu.Unlock()
 	checkCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {
 		stopChecks()

@@ -18,6 +18,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -73,7 +74,7 @@ type Status struct {
 
 // Checker checks a set of targets, one goroutine per target. Use New, then Start.
 type Checker struct {
-	opts   Options
+	opts   atomic.Pointer[Options] // replaced whole by Reconfigure
 	client *http.Client
 	log    *slog.Logger
 
@@ -108,9 +109,8 @@ func New(opts Options) *Checker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Checker{
-		opts: opts,
-		log:  log,
+	c := &Checker{
+		log: log,
 		client: &http.Client{
 			Transport: opts.Transport,
 			// Redirects are results, not instructions: Django's /admin answers 302.
@@ -118,6 +118,17 @@ func New(opts Options) *Checker {
 		},
 		targets: map[string]*target{},
 	}
+	c.opts.Store(&opts)
+	return c
+}
+
+// Reconfigure applies new check settings (path, host, interval, timeout, thresholds,
+// matcher) from the next check on; targets keep their state and counts. The Transport,
+// OnChange, Observer and Logger of the original options stay.
+func (c *Checker) Reconfigure(opts Options) {
+	old := c.opts.Load()
+	opts.Transport, opts.OnChange, opts.Observer, opts.Logger = old.Transport, old.OnChange, old.Observer, old.Logger
+	c.opts.Store(&opts)
 }
 
 // Start begins checking addrs; checks stop when ctx is done. Each target is checked at once
@@ -130,22 +141,23 @@ func (c *Checker) Start(ctx context.Context, addrs []string) {
 }
 
 // SetTargets changes the set of checked targets: new ones are checked at once and start in
-// state Initial; removed ones stop being checked; the others keep their state.
+// state Initial; removed ones stop being checked and show as Draining until Forget; the
+// others keep their state.
 func (c *Checker) SetTargets(addrs []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	keep := map[string]bool{}
 	for _, a := range addrs {
 		keep[a] = true
-		if c.targets[a] != nil {
+		if t := c.targets[a]; t != nil && !t.draining() {
 			continue
 		}
 		ctx, cancel := context.WithCancel(c.ctx)
 		t := &target{addr: a, cancel: cancel, m: machine{state: Initial}}
 		t.status = Status{Address: a, State: Initial, Reason: ReasonNone}
 		c.targets[a] = t
-		if c.opts.Observer != nil {
-			c.opts.Observer.TargetHealthy(a, false)
+		if o := c.opts.Load().Observer; o != nil {
+			o.TargetHealthy(a, false)
 		}
 		c.wg.Add(1)
 		go func() {
@@ -156,9 +168,26 @@ func (c *Checker) SetTargets(addrs []string) {
 	for a, t := range c.targets {
 		if !keep[a] {
 			t.cancel()
-			delete(c.targets, a)
+			t.mu.Lock()
+			t.status.State = Draining
+			t.mu.Unlock()
 		}
 	}
+}
+
+// Forget drops a drained target from the statuses.
+func (c *Checker) Forget(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t := c.targets[addr]; t != nil && t.draining() {
+		delete(c.targets, addr)
+	}
+}
+
+func (t *target) draining() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.status.State == Draining
 }
 
 // Wait blocks until every check goroutine has returned (after the Start context is done).
@@ -182,7 +211,7 @@ func (c *Checker) Statuses() []Status {
 // delay below a quarter of the interval (at most 250ms); later ones every interval with ±5%
 // jitter, so that targets drift apart instead of being checked in step.
 func (c *Checker) loop(ctx context.Context, t *target) {
-	timer := time.NewTimer(firstCheckDelay(c.opts.Interval))
+	timer := time.NewTimer(firstCheckDelay(c.opts.Load().Interval))
 	defer timer.Stop()
 	for {
 		select {
@@ -191,7 +220,7 @@ func (c *Checker) loop(ctx context.Context, t *target) {
 		case <-timer.C:
 		}
 		c.checkOnce(ctx, t)
-		timer.Reset(nextCheckDelay(c.opts.Interval))
+		timer.Reset(nextCheckDelay(c.opts.Load().Interval))
 	}
 }
 
@@ -215,13 +244,14 @@ type result struct {
 }
 
 func (c *Checker) checkOnce(ctx context.Context, t *target) {
-	r := c.probe(ctx, t.addr)
+	opts := c.opts.Load()
+	r := c.probe(ctx, opts, t.addr)
 	if ctx.Err() != nil {
 		return // stopped mid-check: not the target's fault
 	}
 	t.mu.Lock()
 	prev := t.m.state
-	changed := t.m.observe(r.pass, c.opts.HealthyThreshold, c.opts.UnhealthyThreshold)
+	changed := t.m.observe(r.pass, opts.HealthyThreshold, opts.UnhealthyThreshold)
 	m := t.m
 	t.status = Status{
 		Address: t.addr, State: m.state, LastCheck: time.Now().UTC(), LastStatus: r.status,
@@ -229,7 +259,7 @@ func (c *Checker) checkOnce(ctx context.Context, t *target) {
 	}
 	t.mu.Unlock()
 
-	if o := c.opts.Observer; o != nil {
+	if o := opts.Observer; o != nil {
 		o.HealthCheck(t.addr, r.pass, r.reason)
 	}
 	if !changed {
@@ -247,28 +277,28 @@ func (c *Checker) checkOnce(ctx context.Context, t *target) {
 	default:
 		c.log.Warn(fmt.Sprintf("target %s unhealthy: %s (%d in a row)", t.addr, r.detail, m.fails), "target", t.addr, "state", m.state, "reason", r.reason)
 	}
-	if o := c.opts.Observer; o != nil {
+	if o := opts.Observer; o != nil {
 		o.TargetHealthy(t.addr, healthy)
 	}
-	if c.opts.OnChange != nil {
-		c.opts.OnChange(t.addr, healthy)
+	if opts.OnChange != nil {
+		opts.OnChange(t.addr, healthy)
 	}
 }
 
 // probe sends one check. A panic in it (a bug) counts as a failed check, not a dead process.
-func (c *Checker) probe(ctx context.Context, addr string) (r result) {
+func (c *Checker) probe(ctx context.Context, opts *Options, addr string) (r result) {
 	defer func() {
 		if p := recover(); p != nil {
 			r = result{reason: ReasonFailedHealthChecks, detail: fmt.Sprintf("internal error: %v", p)}
 		}
 	}()
-	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+c.opts.Path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+opts.Path, nil)
 	if err != nil {
 		return result{reason: ReasonFailedHealthChecks, detail: err.Error()}
 	}
-	host := c.opts.Host
+	host := opts.Host
 	if host == "" {
 		host = addr
 	}
@@ -277,15 +307,15 @@ func (c *Checker) probe(ctx context.Context, addr string) (r result) {
 	resp, err := c.client.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-			return result{reason: ReasonTimeout, detail: fmt.Sprintf("no response within %v", c.opts.Timeout)}
+			return result{reason: ReasonTimeout, detail: fmt.Sprintf("no response within %v", opts.Timeout)}
 		}
 		return result{reason: ReasonFailedHealthChecks, detail: connError(err)}
 	}
 	// Bounded and drained, so a chatty target cannot hold the checker.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	if !c.opts.Matcher.Match(resp.StatusCode) {
-		detail := fmt.Sprintf("status %d not in %s", resp.StatusCode, c.opts.Matcher)
+	if !opts.Matcher.Match(resp.StatusCode) {
+		detail := fmt.Sprintf("status %d not in %s", resp.StatusCode, opts.Matcher)
 		if resp.StatusCode == http.StatusBadRequest {
 			detail += fmt.Sprintf(" (Django's ALLOWED_HOSTS probably rejects Host %q: set pool.health_check.host to the site's name)", host)
 		}

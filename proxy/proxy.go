@@ -128,7 +128,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if h.opts.MaxBodyBytes > 0 && r.Body != nil {
 			r.Body = http.MaxBytesReader(rec, r.Body, h.opts.MaxBodyBytes)
 		}
-		h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), targetKey{}, pick.Target)))
+		t := pick.Target
+		t.Begin()
+		defer t.End()
+		// A target removed by a reload drains: this request may finish until the target's
+		// deregistration delay is over, then it is cancelled.
+		ctx, cancel := context.WithCancel(context.WithValue(r.Context(), targetKey{}, t))
+		stop := context.AfterFunc(t.Retired(), cancel)
+		h.rp.ServeHTTP(rec, r.WithContext(ctx))
+		stop()
+		cancel()
 	}
 	code := rec.code()
 	d := time.Since(start)

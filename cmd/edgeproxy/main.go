@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"edgeproxy/config"
 	"edgeproxy/edge"
@@ -113,12 +114,13 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn(w.String())
 	}
-	return serve(cfg, log, nil)
+	return serve(cfg, log, func() (*config.Config, error) { return config.Load(*file) }, nil)
 }
 
-// serve runs an edge until SIGTERM or SIGINT, then drains. ready, if not nil, is called
-// once the listeners are bound.
-func serve(cfg *config.Config, log *slog.Logger, ready func(*edge.Edge)) int {
+// serve runs an edge until SIGTERM or SIGINT, then drains. On SIGHUP it calls reload, if
+// not nil, for a new configuration and applies it; an invalid one is logged and the old one
+// keeps serving. ready, if not nil, is called once the listeners are bound.
+func serve(cfg *config.Config, log *slog.Logger, reload func() (*config.Config, error), ready func(*edge.Edge)) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	e, err := edge.New(cfg, log)
@@ -140,11 +142,43 @@ func serve(cfg *config.Config, log *slog.Logger, ready func(*edge.Edge)) int {
 	notifyErr(sdnotify.Ready())
 	stopNotify := context.AfterFunc(ctx, func() { notifyErr(sdnotify.Stopping()) })
 	defer stopNotify()
+	if reload != nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go reloadOnSignal(ctx, hup, e, log, reload, notifyErr)
+	}
 	if err := e.Run(ctx); err != nil {
 		log.Error(err.Error())
 		return 1
 	}
 	return 0
+}
+
+// reloadOnSignal applies a new configuration on each signal until ctx is done.
+func reloadOnSignal(ctx context.Context, hup <-chan os.Signal, e *edge.Edge, log *slog.Logger, reload func() (*config.Config, error), notifyErr func(error)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		notifyErr(sdnotify.Reloading())
+		start := time.Now()
+		cfg, err := reload()
+		if err == nil {
+			err = e.Reload(cfg)
+		}
+		if err != nil {
+			log.Error("reload rejected, the previous configuration keeps serving:\n" + err.Error())
+		} else {
+			for _, w := range cfg.Warnings {
+				log.Warn(w.String())
+			}
+			log.Info("reload done", "took", time.Since(start).Round(time.Microsecond))
+		}
+		notifyErr(sdnotify.Ready())
+	}
 }
 
 func validateCmd(args []string, stdout, stderr io.Writer) int {
@@ -197,7 +231,7 @@ func demoCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger("text", stderr)
-	return serve(cfg, log, func(e *edge.Edge) {
+	return serve(cfg, log, nil, func(e *edge.Edge) {
 		a := e.Addrs()
 		fmt.Fprintf(stdout, "edgeproxy demo: https://%s in front of %v\n", a["https"], targets)
 		fmt.Fprintf(stdout, "  try:     curl -k https://%s/\n", a["https"])

@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// namedBackend is a Go test backend on its own loopback address that answers with its
+// name; /slow?ms=N waits first.
+func namedBackend(t *testing.T, ip, name string) *httptest.Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			var ms int
+			fmt.Sscanf(r.URL.Query().Get("ms"), "%d", &ms)
+			time.Sleep(time.Duration(ms) * time.Millisecond)
+		}
+		fmt.Fprint(w, name)
+	}))
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func reloadConfig(t *testing.T, certDir string, targets ...string) string {
+	cert, key := certDir+"/app.test.crt", certDir+"/app.test.key"
+	return fmt.Sprintf(`listen:
+  https: "{{HTTPS}}"
+  metrics: "{{METRICS}}"
+tls:
+  certificates: [{cert: %q, key: %q}]
+pool:
+  targets: %s
+  deregistration_delay: 5s
+  health_check:
+    interval: %v
+    timeout: %v
+    healthy_threshold: %d
+    unhealthy_threshold: %d
+`, cert, key, quote(targets...), interval, checkTimeout, healthyThreshold, unhealthyThreshold)
+}
+
+// rewriteConfig replaces the running edge's config file, keeping its listener addresses.
+func (e *edgeProc) rewriteConfig(t *testing.T, config string) {
+	t.Helper()
+	config = strings.NewReplacer("{{HTTPS}}", e.HTTPS, "{{HTTP}}", e.HTTP, "{{METRICS}}", e.Metrics).Replace(config)
+	if err := os.WriteFile(e.ConfigFile, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *edgeProc) reload(t *testing.T, wantLog string) {
+	t.Helper()
+	before := strings.Count(e.Output(), wantLog)
+	if err := e.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Count(e.Output(), wantLog) == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log after SIGHUP:\n%s", wantLog, e.Output())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Targets change twice through SIGHUP under a steady load, with an invalid config in
+// between: no request fails, and each new target set is in effect within one interval
+// (plus slack) of the reload.
+func TestReload_UnderLoadChangesTargetsWithoutFailures(t *testing.T) {
+	b1 := namedBackend(t, "127.0.0.2", "b1")
+	b2 := namedBackend(t, "127.0.0.3", "b2")
+	b3 := namedBackend(t, "127.0.0.4", "b3")
+	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
+	dir := t.TempDir()
+	_, _, roots := testCert(t, dir, "app.test")
+
+	e := startEdge(t, reloadConfig(t, dir, addr(b1), addr(b2)))
+	e.waitState(t, addr(b1), "healthy", 5*time.Second)
+	e.waitState(t, addr(b2), "healthy", 5*time.Second)
+	c := httpsClient(roots, e.HTTPS)
+
+	var sent, failed atomic.Int64
+	var mu sync.Mutex
+	served := map[string][]time.Time{} // backend name -> when each answer arrived
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	const workers = 4
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20000; i++ { // bounded in count as well as time
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				sent.Add(1)
+				resp, err := c.Get("https://app.test/")
+				if err != nil {
+					failed.Add(1)
+					t.Logf("request failed: %v", err)
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+					t.Logf("request failed: %d %s", resp.StatusCode, body)
+					continue
+				}
+				now := time.Now()
+				mu.Lock()
+				served[string(body)] = append(served[string(body)], now)
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond) // a few hundred requests a second in all
+			}
+		}()
+	}
+	// firstAfter is the first answer from name after t0; last is its last answer.
+	firstAfter := func(name string, t0 time.Time) time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, at := range served[name] {
+			if at.After(t0) {
+				return at
+			}
+		}
+		return time.Time{}
+	}
+	last := func(name string) time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		if ts := served[name]; len(ts) > 0 {
+			return ts[len(ts)-1]
+		}
+		return time.Time{}
+	}
+
+	time.Sleep(2 * time.Second)
+	// Reload 1: b1 out, b3 in.
+	e.rewriteConfig(t, reloadConfig(t, dir, addr(b2), addr(b3)))
+	r1 := time.Now()
+	e.reload(t, "reloaded configuration")
+	time.Sleep(2 * time.Second)
+	if first := firstAfter("b3", r1); first.IsZero() || first.Sub(r1) > interval+slack {
+		t.Errorf("b3 first served %v after reload 1; want within %v", first.Sub(r1), interval+slack)
+	} else {
+		t.Logf("reload 1: new target serving %v after SIGHUP", first.Sub(r1).Round(time.Millisecond))
+	}
+	if l := last("b1"); l.After(r1.Add(slack)) {
+		t.Errorf("b1 still served %v after its removal", l.Sub(r1))
+	}
+
+	// An invalid config is rejected and the old one keeps serving.
+	e.rewriteConfig(t, "pool:\n  targets: [\"127.0.0.1\"]\n  bogus: 1\n")
+	e.reload(t, "reload rejected")
+	time.Sleep(time.Second)
+
+	// Reload 2: b2 out, b1 back.
+	e.rewriteConfig(t, reloadConfig(t, dir, addr(b3), addr(b1)))
+	r2 := time.Now()
+	e.reload(t, "reloaded configuration")
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	if first := firstAfter("b1", r2); first.IsZero() || first.Sub(r2) > interval+slack {
+		t.Errorf("b1 first served %v after reload 2; want within %v", first.Sub(r2), interval+slack)
+	} else {
+		t.Logf("reload 2: new target serving %v after SIGHUP", first.Sub(r2).Round(time.Millisecond))
+	}
+	if l := last("b2"); l.After(r2.Add(slack)) {
+		t.Errorf("b2 still served %v after its removal", l.Sub(r2))
+	}
+	t.Logf("reload under load: %d requests sent, %d failed", sent.Load(), failed.Load())
+	if failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed; want 0", failed.Load(), sent.Load())
+	}
+	if !strings.Contains(e.Output(), "reload rejected, the previous configuration keeps serving") ||
+		!strings.Contains(e.Output(), `unknown key \"bogus\"`) {
+		t.Errorf("log lacks the rejected reload and its error:\n%s", e.Output())
+	}
+	// Targets kept across a reload keep their state: b2 and b3 never left healthy.
+	for _, line := range strings.Split(e.Output(), "\n") {
+		if strings.Contains(line, "target "+addr(b3)+" unhealthy") {
+			t.Errorf("a kept target changed state: %s", line)
+		}
+	}
+}
+
+// A slow request in flight to a target removed by a reload completes; the target leaves
+// /targets once drained.
+func TestReload_DrainsRemovedTarget(t *testing.T) {
+	b1 := namedBackend(t, "127.0.0.2", "b1")
+	b2 := namedBackend(t, "127.0.0.3", "b2")
+	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
+	dir := t.TempDir()
+	_, _, roots := testCert(t, dir, "app.test")
+	e := startEdge(t, reloadConfig(t, dir, addr(b1)))
+	e.waitState(t, addr(b1), "healthy", 5*time.Second)
+	c := httpsClient(roots, e.HTTPS)
+
+	done := make(chan string, 1)
+	go func() {
+		resp, err := c.Get("https://app.test/slow?ms=1500")
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	e.rewriteConfig(t, reloadConfig(t, dir, addr(b2)))
+	e.reload(t, "reloaded configuration")
+	if s := e.targets(t)[addr(b1)].State; s != "draining" {
+		t.Errorf("removed target state %q; want draining while a request runs", s)
+	}
+	if got := <-done; got != "200 b1" {
+		t.Errorf("slow request to the removed target: got %q; want 200 b1", got)
+	}
+	if !e.WaitForOutput("target "+addr(b1)+" removed and drained", 3*time.Second) {
+		t.Error("log lacks the drained notice")
+	}
+	if _, ok := e.targets(t)[addr(b1)]; ok {
+		t.Error("drained target still listed in /targets")
+	}
+}
