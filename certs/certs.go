@@ -40,6 +40,9 @@ type Options struct {
 	// Logger receives the once-per-name notice of unknown server names; nil means none.
 	Logger   *slog.Logger
 	Observer Observer
+	// ACME, if not nil, obtains certificates for ACME.Domains from an ACME CA (acme.go);
+	// Start begins that work.
+	ACME *ACMEOptions
 }
 
 // maxRememberedNames bounds the set of unknown names already logged, so a scanner sending
@@ -54,6 +57,7 @@ type Source struct {
 	covered    []string                    // names for the hint in logs
 	opts       Options
 	log        *slog.Logger
+	acme       *acmeManager // nil without ACME
 
 	// unknownMu guards unknownLogged.
 	unknownMu     sync.Mutex
@@ -84,6 +88,19 @@ func New(opts Options) (*Source, error) {
 	}
 	if s.fallback == nil && (len(opts.Static) > 0 || opts.SelfSigned) {
 		return nil, errors.New("certs: no usable certificate")
+	}
+	if opts.ACME != nil {
+		a, err := newACME(*opts.ACME, s.log)
+		if err != nil {
+			return nil, err
+		}
+		s.acme = a
+		s.covered = append(s.covered, a.names...)
+		for _, name := range a.names {
+			if s.Lookup(name) != nil {
+				s.log.Warn(fmt.Sprintf("tls.acme.domains lists %s, which a static certificate covers: that one is served, the ACME one is obtained for nothing", name))
+			}
+		}
 	}
 	return s, nil
 }
@@ -131,11 +148,28 @@ func (s *Source) Lookup(name string) *tls.Certificate {
 	return nil
 }
 
-// GetCertificate implements the tls.Config.GetCertificate hook: the certificate covering
-// the SNI name, else the default certificate. An uncovered name is logged once and counted.
+// GetCertificate implements the tls.Config.GetCertificate hook: the static certificate
+// covering the SNI name, else the ACME certificate of a listed domain, else the default
+// certificate. An uncovered name is logged once and counted. It never contacts a CA: ACME
+// certificates are obtained in the background (Start), and a CA's TLS-ALPN-01 validation
+// gets the token certificate of the order in flight.
 func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if s.acme != nil && isACMEChallenge(hello) {
+		return s.acme.challengeCert(hello)
+	}
 	if c := s.Lookup(hello.ServerName); c != nil {
 		return c, nil
+	}
+	if s.acme != nil {
+		if d := s.acme.domain(hello.ServerName); d != nil {
+			if c := s.acme.certificate(d); c != nil {
+				return c, nil
+			}
+			if s.fallback != nil {
+				return s.fallback, nil
+			}
+			return nil, fmt.Errorf("certs: the certificate for %q is not obtained yet", hello.ServerName)
+		}
 	}
 	// Clients dialling an IP send no SNI; a certificate with that IP in its SANs covers them.
 	if hello.ServerName == "" && hello.Conn != nil {
@@ -177,7 +211,8 @@ func (s *Source) unknownName(name string) {
 }
 
 // TLSConfig returns the server TLS configuration: TLS 1.2 or later, only forward-secret
-// AEAD suites for TLS 1.2, HTTP/2 and HTTP/1.1 offered through ALPN.
+// AEAD suites for TLS 1.2, HTTP/2 and HTTP/1.1 offered through ALPN (and acme-tls/1 for
+// TLS-ALPN-01 validations when ACME is on).
 func (s *Source) TLSConfig() *tls.Config {
 	minVersion := s.opts.MinVersion
 	if minVersion == 0 {
@@ -186,7 +221,7 @@ func (s *Source) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     minVersion,
 		GetCertificate: s.GetCertificate,
-		NextProtos:     []string{"h2", "http/1.1"},
+		NextProtos:     s.nextProtos(),
 		// TLS 1.3 suites are not configurable and all good; these are the TLS 1.2 ones
 		// with ECDHE and an AEAD, in Go's preference order.
 		CipherSuites: []uint16{
@@ -200,9 +235,15 @@ func (s *Source) TLSConfig() *tls.Config {
 	}
 }
 
-// HTTPHandler wraps fallback with the ACME HTTP-01 challenge responder when ACME is on;
-// without ACME it returns fallback unchanged.
-func (s *Source) HTTPHandler(fallback http.Handler) http.Handler { return fallback }
+// HTTPHandler wraps fallback with the ACME HTTP-01 challenge responder when ACME is on,
+// and makes HTTP-01 the second choice after TLS-ALPN-01 (call it before Start); without
+// ACME it returns fallback unchanged.
+func (s *Source) HTTPHandler(fallback http.Handler) http.Handler {
+	if s.acme == nil {
+		return fallback
+	}
+	return s.acme.httpHandler(fallback)
+}
 
 // SelfSigned returns a new self-signed ECDSA P-256 certificate valid for names plus
 // localhost, 127.0.0.1 and ::1, from an hour ago for the given lifetime.
