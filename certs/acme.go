@@ -303,6 +303,14 @@ func (a *acmeManager) renewAt(leaf *x509.Certificate) time.Time {
 	return leaf.NotAfter.Add(-before - jitter)
 }
 
+// roughly rounds d for a log line.
+func roughly(d time.Duration) time.Duration {
+	if d < 10*time.Second {
+		return d.Round(10 * time.Millisecond)
+	}
+	return d.Round(time.Second)
+}
+
 func serialHex(leaf *x509.Certificate) string { return leaf.SerialNumber.Text(16) }
 
 // start launches one loop per domain; they end when ctx is done.
@@ -453,7 +461,7 @@ func (a *acmeManager) orderFailed(d *acmeDomain, o *acmeOrder, err error, failur
 			msg += fmt.Sprintf(" (CA: %s: %s)", p.Type, p.Detail)
 		}
 	}
-	attrs := []any{"domain", d.name, "attempt", failures, "retry_in", retryAt.Sub(now).Round(time.Second).String()}
+	attrs := []any{"domain", d.name, "attempt", failures, "retry_in", roughly(retryAt.Sub(now)).String()}
 	level := slog.LevelWarn
 	switch cur := d.current.Load(); {
 	case cur == nil:

@@ -43,6 +43,10 @@ type Options struct {
 	// ACME, if not nil, obtains certificates for ACME.Domains from an ACME CA (acme.go);
 	// Start begins that work.
 	ACME *ACMEOptions
+	// ACMEOf, if not nil, makes the new Source serve the ACME certificates of that one,
+	// which keeps obtaining and renewing them (for a reload that keeps tls.acme); ACME
+	// is then ignored.
+	ACMEOf *Source
 }
 
 // maxRememberedNames bounds the set of unknown names already logged, so a scanner sending
@@ -89,12 +93,17 @@ func New(opts Options) (*Source, error) {
 	if s.fallback == nil && (len(opts.Static) > 0 || opts.SelfSigned) {
 		return nil, errors.New("certs: no usable certificate")
 	}
-	if opts.ACME != nil {
+	switch {
+	case opts.ACMEOf != nil:
+		s.acme = opts.ACMEOf.acme
+	case opts.ACME != nil:
 		a, err := newACME(*opts.ACME, s.log)
 		if err != nil {
 			return nil, err
 		}
 		s.acme = a
+	}
+	if a := s.acme; a != nil {
 		s.covered = append(s.covered, a.names...)
 		for _, name := range a.names {
 			if s.Lookup(name) != nil {

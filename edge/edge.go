@@ -10,12 +10,15 @@ package edge
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -47,6 +50,10 @@ type Edge struct {
 	transport *http.Transport
 
 	runCtx context.Context // set by Run; bounds drains
+
+	// acme is the tls.acme in effect: e.certs obtains and renews its certificates, and
+	// sources built by reloads share them (a change of tls.acme needs a restart).
+	acme config.ACME
 
 	servers   []*http.Server
 	listeners []net.Listener
@@ -101,10 +108,32 @@ func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
 	if cfg.TLS.MinVersion == "1.3" {
 		minVersion = tls.VersionTLS13
 	}
-	return certs.New(certs.Options{
+	opts := certs.Options{
 		Static: static, SelfSigned: cfg.TLS.SelfSigned, MinVersion: minVersion,
 		Logger: e.log, Observer: e.metrics,
-	})
+	}
+	if e.certs != nil { // a reload
+		if !reflect.DeepEqual(e.acme, cfg.TLS.ACME) {
+			e.log.Warn("reload: tls.acme changed; it takes effect only after a restart")
+		}
+		opts.ACMEOf = e.certs
+		return certs.New(opts)
+	}
+	if a := cfg.TLS.ACME; a.Enabled() {
+		var roots *x509.CertPool
+		if a.CARoots != "" {
+			var err error
+			if roots, err = config.LoadCARoots(a.CARoots); err != nil {
+				return nil, fmt.Errorf("edge: tls.acme.ca_roots: %w", err)
+			}
+		}
+		opts.ACME = &certs.ACMEOptions{
+			Domains: a.Domains, Email: a.Email, DirectoryURL: a.Directory, RootCAs: roots,
+			CacheDir: a.CacheDir, RenewBefore: a.RenewBefore, Observer: e.metrics,
+		}
+	}
+	e.acme = cfg.TLS.ACME
+	return certs.New(opts)
 }
 
 func healthOptions(cfg *config.Config) health.Options {
@@ -292,6 +321,13 @@ func (e *Edge) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	// ACME orders start once the listeners serve, as the CA validates through them.
+	certCtx, stopCerts := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		stopCerts()
+		e.certs.Wait()
+	}()
+	e.certs.Start(certCtx)
 	e.log.Info("edgeproxy serving", e.summary()...)
 
 	var runErr error
@@ -330,6 +366,12 @@ func (e *Edge) summary() []any {
 	src := "self-signed"
 	if n := len(e.cfg.TLS.Certificates); n > 0 {
 		src = fmt.Sprintf("%d static certificate(s)", n)
+	}
+	if a := e.acme; a.Enabled() {
+		src = fmt.Sprintf("ACME for %s from %s", strings.Join(a.Domains, ", "), a.Directory)
+		if n := len(e.cfg.TLS.Certificates); n > 0 {
+			src += fmt.Sprintf(", and %d static certificate(s)", n)
+		}
 	}
 	return append(attrs, "certificates", src, "targets", e.cfg.Pool.Targets,
 		"health_check", fmt.Sprintf("GET %s every %v", e.cfg.Pool.HealthCheck.Path, e.cfg.Pool.HealthCheck.Interval))

@@ -26,6 +26,8 @@ type Metrics struct {
 	healthChecks      *prometheus.CounterVec
 	failOpen          prometheus.Counter
 	unknownServerName prometheus.Counter
+	certExpiry        *prometheus.GaugeVec
+	acmeOrders        *prometheus.CounterVec
 }
 
 // New returns metrics registered on a fresh registry, with the process and Go collectors.
@@ -57,11 +59,22 @@ func New() *Metrics {
 			Name: "edgeproxy_tls_unknown_server_name_total",
 			Help: "TLS handshakes for a server name no certificate covers (or without SNI).",
 		}),
+		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgeproxy_certificate_expiry_timestamp_seconds",
+			Help: "Expiry (Unix time) of the ACME certificate served for each domain of tls.acme.domains.",
+		}, []string{"domain"}),
+		acmeOrders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeproxy_acme_orders_total",
+			Help: "ACME certificate order attempts, by result (ok, error).",
+		}, []string{"result"}),
 	}
+	m.acmeOrders.WithLabelValues("ok")
+	m.acmeOrders.WithLabelValues("error")
 	m.reg.MustRegister(
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 		m.requests, m.requestDuration, m.targetHealthy, m.healthChecks, m.failOpen, m.unknownServerName,
+		m.certExpiry, m.acmeOrders,
 	)
 	return m
 }
@@ -110,6 +123,21 @@ func (m *Metrics) ForgetTarget(target string) {
 // UnknownServerName counts a handshake for a name no certificate covers; it implements
 // certs.Observer.
 func (m *Metrics) UnknownServerName() { m.unknownServerName.Inc() }
+
+// ACMEOrder counts one finished ACME order attempt; it implements certs.ACMEObserver.
+func (m *Metrics) ACMEOrder(ok bool) {
+	result := "ok"
+	if !ok {
+		result = "error"
+	}
+	m.acmeOrders.WithLabelValues(result).Inc()
+}
+
+// CertificateExpiry sets the expiry of the certificate served for domain (a name from
+// tls.acme.domains); it implements certs.ACMEObserver.
+func (m *Metrics) CertificateExpiry(domain string, notAfter time.Time) {
+	m.certExpiry.WithLabelValues(domain).Set(float64(notAfter.Unix()))
+}
 
 // AdminHandler serves /metrics, /healthz and /targets. targets returns the value encoded
 // as JSON at /targets (the health checker's statuses).

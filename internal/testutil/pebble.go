@@ -1,0 +1,273 @@
+package testutil
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pebbleStartTimeout bounds how long StartPebble waits for Pebble and its DNS server.
+const pebbleStartTimeout = 20 * time.Second
+
+// PebbleOptions configure StartPebble.
+type PebbleOptions struct {
+	// HTTPPort is the port Pebble connects to for HTTP-01 validations: the edge's plain
+	// HTTP port. 0 means a free port that nothing listens on, so HTTP-01 fails.
+	HTTPPort int
+	// TLSPort is the port Pebble connects to for TLS-ALPN-01 validations: the edge's HTTPS
+	// port. 0 means a free port that nothing listens on, so TLS-ALPN-01 fails.
+	TLSPort int
+	// CertificateValidity is the lifetime of the certificates Pebble issues, in whole
+	// seconds; 0 means Pebble's default (about five years).
+	CertificateValidity time.Duration
+	// Env are extra environment variables for pebble (KEY=VALUE), such as
+	// "PEBBLE_AUTHZREUSE=0" so that every order needs a validation.
+	Env []string
+}
+
+// Pebble is a running Pebble ACME server (Let's Encrypt's test CA, Debian package
+// pebble) with pebble-challtestsrv as its DNS server, answering 127.0.0.1 for every name
+// (and no AAAA), so that validations of any test domain reach the edge on loopback.
+// Validations happen for real: PEBBLE_VA_ALWAYS_VALID is never set, and
+// PEBBLE_VA_NOSLEEP=1 only removes Pebble's random waits before them. Pebble rejects no
+// good nonce (PEBBLE_WFE_NONCEREJECT=0), so tests are not flaky on badNonce retries.
+//
+// Both processes are killed when the test ends, and their output is logged if it failed.
+type Pebble struct {
+	// DirectoryURL is the ACME directory, for tls.acme.directory.
+	DirectoryURL string
+	// CARootsFile is a PEM file with the CA of Pebble's own HTTPS certificate (made up
+	// by StartPebble), for tls.acme.ca_roots.
+	CARootsFile string
+	// ManagementURL is Pebble's management interface (https, same CA), without a
+	// trailing slash.
+	ManagementURL string
+	// HTTPPort and TLSPort are the ports Pebble validates HTTP-01 and TLS-ALPN-01 on.
+	HTTPPort, TLSPort int
+
+	t      testing.TB
+	proc   *Proc
+	dns    *Proc
+	client *http.Client // trusts CARootsFile
+
+	rootsOnce sync.Once
+	roots     *x509.CertPool
+	rootsErr  error
+}
+
+// StartPebble starts pebble-challtestsrv and pebble on free loopback ports and waits
+// until Pebble's directory answers. When the programs are missing the test is skipped,
+// or fails in CI.
+func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
+	t.Helper()
+	pebbleBin := RequireTool(t, "pebble")
+	challBin := RequireTool(t, "pebble-challtestsrv")
+	dir := t.TempDir()
+
+	caFile, certFile, keyFile, pool := pebbleServerCert(t, dir)
+	if opts.HTTPPort == 0 {
+		opts.HTTPPort = FreePort(t, "127.0.0.1")
+	}
+	if opts.TLSPort == 0 {
+		opts.TLSPort = FreePort(t, "127.0.0.1")
+	}
+
+	dnsAddr := LoopbackAddr(t, "127.0.0.1")
+	dnsMgmt := LoopbackAddr(t, "127.0.0.1")
+	dns := StartProcWith(t, ProcOptions{Name: "pebble-challtestsrv"}, challBin,
+		"-dns01", dnsAddr,
+		"-http01", "", "-https01", "", "-tlsalpn01", "",
+		"-management", dnsMgmt,
+		"-defaultIPv4", "127.0.0.1",
+		"-defaultIPv6", "",
+	)
+	if err := waitTCP(dnsAddr, pebbleStartTimeout, dns.Done()); err != nil {
+		t.Fatalf("testutil: pebble-challtestsrv: %v\n%s", err, dns.Output())
+	}
+
+	listen := LoopbackAddr(t, "127.0.0.1")
+	mgmt := LoopbackAddr(t, "127.0.0.1")
+	cfg := map[string]any{"pebble": map[string]any{
+		"listenAddress":                  listen,
+		"managementListenAddress":        mgmt,
+		"certificate":                    certFile,
+		"privateKey":                     keyFile,
+		"httpPort":                       opts.HTTPPort,
+		"tlsPort":                        opts.TLSPort,
+		"ocspResponderURL":               "",
+		"externalAccountBindingRequired": false,
+	}}
+	if v := opts.CertificateValidity; v > 0 {
+		cfg["pebble"].(map[string]any)["certificateValidityPeriod"] = int64(v / time.Second)
+	}
+	cfgData, _ := json.MarshalIndent(cfg, "", "  ")
+	cfgFile := filepath.Join(dir, "pebble-config.json")
+	if err := os.WriteFile(cfgFile, cfgData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := append([]string{
+		"PEBBLE_VA_NOSLEEP=1",
+		"PEBBLE_WFE_NONCEREJECT=0",
+		"PEBBLE_VA_ALWAYS_VALID=0", // in case the environment has it: validations must be real
+	}, opts.Env...)
+	proc := StartProcWith(t, ProcOptions{Name: "pebble", Env: env}, pebbleBin, "-config", cfgFile, "-dnsserver", dnsAddr)
+
+	p := &Pebble{
+		DirectoryURL:  "https://" + listen + "/dir",
+		CARootsFile:   caFile,
+		ManagementURL: "https://" + mgmt,
+		HTTPPort:      opts.HTTPPort,
+		TLSPort:       opts.TLSPort,
+		t:             t,
+		proc:          proc,
+		dns:           dns,
+		client: &http.Client{
+			Timeout:   5 * time.Second,
+			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		},
+	}
+	deadline := time.Now().Add(pebbleStartTimeout)
+	for {
+		err := p.getOK(p.DirectoryURL)
+		if err == nil {
+			break
+		}
+		if proc.Exited() || time.Now().After(deadline) {
+			t.Fatalf("testutil: pebble did not serve its directory within %v: %v\n%s", pebbleStartTimeout, err, proc.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return p
+}
+
+func (p *Pebble) getOK(url string) error {
+	resp, err := p.client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// Roots returns a pool with Pebble's issuing root (from the management interface), for
+// clients of the sites whose certificates Pebble issued. Pebble makes a new root at each
+// start; this is the running one's, fetched once.
+func (p *Pebble) Roots() *x509.CertPool {
+	p.t.Helper()
+	p.rootsOnce.Do(func() {
+		resp, err := p.client.Get(p.ManagementURL + "/roots/0")
+		if err != nil {
+			p.rootsErr = err
+			return
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			p.rootsErr = fmt.Errorf("GET /roots/0: %s %v", resp.Status, err)
+			return
+		}
+		p.roots = x509.NewCertPool()
+		if !p.roots.AppendCertsFromPEM(data) {
+			p.rootsErr = fmt.Errorf("GET /roots/0: no PEM certificate in %q", data)
+		}
+	})
+	if p.rootsErr != nil {
+		p.t.Fatalf("testutil: Pebble's root: %v", p.rootsErr)
+	}
+	return p.roots
+}
+
+// Orders returns how many new-order requests Pebble has received so far (counted in its
+// log, which names each request's handler).
+func (p *Pebble) Orders() int {
+	return strings.Count(p.proc.Output(), "POST /order-plz ->")
+}
+
+// Output returns Pebble's log so far.
+func (p *Pebble) Output() string { return p.proc.Output() }
+
+// Stop kills Pebble (not its DNS server), as a CA outage would, and waits for it to exit.
+func (p *Pebble) Stop() {
+	p.t.Helper()
+	if p.proc.Exited() {
+		return
+	}
+	_ = p.proc.Signal(syscall.SIGKILL)
+	if _, err := p.proc.Wait(10 * time.Second); err != nil {
+		p.t.Fatalf("testutil: stopping pebble: %v", err)
+	}
+}
+
+// pebbleServerCert makes a CA and, signed by it, Pebble's HTTPS certificate for
+// 127.0.0.1 and localhost. (Debian's pebble package does not ship the test certificates
+// of Pebble's source tree.) It returns the file names and a pool trusting the CA.
+func pebbleServerCert(t testing.TB, dir string) (caFile, certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	must := func(err error) {
+		if err != nil {
+			t.Fatalf("testutil: Pebble's HTTPS certificate: %v", err)
+		}
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "edgeproxy test CA for Pebble's HTTPS"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(7 * 24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	must(err)
+	ca, err := x509.ParseCertificate(caDER)
+	must(err)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(7 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	must(err)
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	must(err)
+	caFile = filepath.Join(dir, "pebble-https-ca.pem")
+	certFile = filepath.Join(dir, "pebble-https-cert.pem")
+	keyFile = filepath.Join(dir, "pebble-https-key.pem")
+	must(os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600))
+	must(os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	must(os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
+	pool = x509.NewCertPool()
+	pool.AddCert(ca)
+	return caFile, certFile, keyFile, pool
+}
