@@ -1,0 +1,211 @@
+package tlscost
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// Linear is a CPU cost model in seconds: PerCall for each operation plus PerByte for each
+// byte it handles.
+type Linear struct {
+	PerCall float64
+	PerByte float64
+}
+
+// At is the cost of one operation on n bytes.
+func (l Linear) At(n int) float64 { return l.PerCall + l.PerByte*float64(n) }
+
+// AEAD names, as used in the aead label and in Costs.
+const (
+	AES128GCM        = "aes128gcm"
+	AES256GCM        = "aes256gcm"
+	ChaCha20Poly1305 = "chacha20poly1305"
+)
+
+var aeadNames = []string{AES128GCM, AES256GCM, ChaCha20Poly1305}
+
+// Costs are what record protection costs on this machine. They are measured, not assumed:
+// Calibrate times the AEADs crypto/tls uses and the write(2) of a loopback TCP socket with
+// the thread CPU clock.
+type Costs struct {
+	// Seal and Open are the CPU cost of encrypting and decrypting one record, by AEAD name:
+	// PerCall per record, PerByte per plaintext byte. A missing AEAD costs nothing.
+	Seal, Open map[string]Linear
+	// Write is the CPU cost of one write(2) of n bytes on a TCP socket. Its PerCall part is
+	// what a write that TLS adds costs (one per extra record, one per close_notify).
+	Write Linear
+}
+
+var (
+	calibrateOnce  sync.Once
+	calibrated     *Costs
+	calibrationErr error
+)
+
+// Calibrate measures the costs once per process and returns them; later calls return the
+// same values (the machine does not change under a running process). It takes some tens of
+// milliseconds of CPU. The error, if any, says what could not be measured; the returned
+// Costs are still usable, with zero for that part.
+func Calibrate() (*Costs, error) {
+	calibrateOnce.Do(func() { calibrated, calibrationErr = calibrate() })
+	return calibrated, calibrationErr
+}
+
+func calibrate() (*Costs, error) {
+	c := &Costs{Seal: map[string]Linear{}, Open: map[string]Linear{}}
+	if !threadClockWorks() {
+		return c, errors.New("tlscost: no per-thread CPU clock on this system; record costs read as zero")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for _, name := range aeadNames {
+		aead, err := newAEAD(name)
+		if err != nil {
+			return c, fmt.Errorf("tlscost: calibrating %s: %w", name, err)
+		}
+		c.Seal[name], c.Open[name] = measureAEAD(aead)
+	}
+	w, err := measureWrite()
+	if err != nil {
+		return c, fmt.Errorf("tlscost: calibrating write(2) on loopback: %w; extra writes read as free", err)
+	}
+	c.Write = w
+	return c, nil
+}
+
+func newAEAD(name string) (cipher.AEAD, error) {
+	switch name {
+	case AES128GCM, AES256GCM:
+		n := 16
+		if name == AES256GCM {
+			n = 32
+		}
+		b, err := aes.NewCipher(make([]byte, n))
+		if err != nil {
+			return nil, err
+		}
+		return cipher.NewGCM(b)
+	case ChaCha20Poly1305:
+		return chacha20poly1305.New(make([]byte, chacha20poly1305.KeySize))
+	}
+	return nil, fmt.Errorf("unknown AEAD %q", name)
+}
+
+// Sizes between which the linear models are fitted: a small record (a response head, an
+// alert) and a full one (maxPlaintext).
+const (
+	smallRecord = 64
+	fullRecord  = 16384
+)
+
+// measureAEAD fits Seal and Open costs through a small and a full record. Each point is the
+// fastest of several rounds: interruptions only ever add time.
+func measureAEAD(aead cipher.AEAD) (seal, open Linear) {
+	nonce := make([]byte, aead.NonceSize())
+	ad := make([]byte, 13) // a TLS 1.2 record's additional data; TLS 1.3 uses 5 bytes
+	src := make([]byte, fullRecord)
+	dst := make([]byte, 0, fullRecord+aead.Overhead())
+	out := make([]byte, 0, fullRecord)
+	point := func(n, iters int) (sealSec, openSec float64) {
+		sealed := aead.Seal(nil, nonce, src[:n], ad)
+		sealSec = fastest(iters, func() { dst = aead.Seal(dst[:0], nonce, src[:n], ad) })
+		openSec = fastest(iters, func() { out, _ = aead.Open(out[:0], nonce, sealed, ad) })
+		return
+	}
+	s1, o1 := point(smallRecord, 2000)
+	s2, o2 := point(fullRecord, 200)
+	return fit(smallRecord, s1, fullRecord, s2), fit(smallRecord, o1, fullRecord, o2)
+}
+
+// fastest runs f iters times per round and returns the lowest per-call thread CPU seconds
+// over the rounds. The caller is locked to its thread.
+func fastest(iters int, f func()) float64 {
+	best := math.Inf(1)
+	for range 7 {
+		t0 := threadCPU()
+		for range iters {
+			f()
+		}
+		if d := float64(threadCPU()-t0) / 1e9 / float64(iters); d < best {
+			best = d
+		}
+	}
+	return best
+}
+
+// fit returns the line through (n1, c1) and (n2, c2), with no negative part.
+func fit(n1 int, c1 float64, n2 int, c2 float64) Linear {
+	perByte := max(0, (c2-c1)/float64(n2-n1))
+	return Linear{PerCall: max(0, c1-perByte*float64(n1)), PerByte: perByte}
+}
+
+// measureWrite fits the cost of write(2) on a loopback TCP connection whose other end is
+// being drained, through small and full-record writes. Loopback is where it can be measured
+// without sending anything anywhere; on loopback a write also pays for the receiving side's
+// TCP processing, as it does in the accuracy benchmark. Each point is the median of rounds:
+// unlike pure computation, a write's cost varies with what the receiver is doing, and the
+// median is the typical cost rather than the luckiest.
+func measureWrite() (Linear, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return Linear{}, err
+	}
+	defer ln.Close()
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, c)
+		_ = c.Close()
+	}()
+	w, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
+	if err != nil {
+		return Linear{}, err
+	}
+	defer func() {
+		_ = w.Close()
+		<-drained
+	}()
+	_ = w.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, fullRecord+64)
+	point := func(n int) (float64, error) {
+		var rounds []float64
+		for range 9 {
+			t0 := threadCPU()
+			for range 40 {
+				if _, err := w.Write(buf[:n]); err != nil {
+					return 0, err
+				}
+			}
+			rounds = append(rounds, float64(threadCPU()-t0)/1e9/40)
+		}
+		slices.Sort(rounds)
+		return rounds[len(rounds)/2], nil
+	}
+	if _, err := point(smallRecord); err != nil { // warm up the connection
+		return Linear{}, err
+	}
+	small, err := point(smallRecord)
+	if err != nil {
+		return Linear{}, err
+	}
+	full, err := point(fullRecord)
+	if err != nil {
+		return Linear{}, err
+	}
+	return fit(smallRecord, small, fullRecord, full), nil
+}

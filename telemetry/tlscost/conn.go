@@ -1,0 +1,271 @@
+package tlscost
+
+import (
+	"crypto/tls"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"time"
+)
+
+// conn sits between crypto/tls and the TCP connection. During the handshake it cuts the
+// handshake goroutine's thread CPU into segments around blocking reads; afterwards it charges
+// each record it sees to the metrics.
+//
+// Its fields are touched by one goroutine at a time: the handshake fields by the handshake
+// goroutine; then, after the *tls.Conn has been handed to net/http through a channel, the
+// out fields under crypto/tls's output lock and the in fields under its input lock.
+type conn struct {
+	net.Conn
+	a *Accountant
+
+	// Handshake phase.
+	inHandshake bool
+	segStart    int64 // thread CPU clock (ns) when the current segment began
+	cpu         int64 // ns, the segments so far
+	key         string
+	hsIn        int   // raw bytes read during the handshake
+	inRecs      []rec // records whose header was read during the handshake
+
+	// Set when the handshake succeeded, before the conn is handed on.
+	seal, open   Linear
+	overhead     int // record body bytes beyond the plaintext
+	boostPayload int // plaintext of the first record under dynamic record sizing
+	tls13        bool
+
+	// Output: crypto/tls's output lock.
+	out          scanner
+	sent         int64 // all bytes written, as crypto/tls's bytesSent
+	packets      int   // application data records costed under dynamic sizing, as packetsSent
+	prevFull     bool  // the previous record was full, i.e. maybe cut from a larger write
+	pending      int   // plaintext of the application write the previous record belonged to
+	readsAtWrite uint64
+
+	// Input: crypto/tls's input lock.
+	in scanner
+
+	reads atomic.Uint64 // reads that returned data, seen by the writer to tell flights apart
+}
+
+type rec struct {
+	typ  byte
+	body int
+}
+
+// endSegment closes the current CPU segment and frees the thread; startSegment locks the
+// goroutine to its thread again and opens a new segment. Both run only in the handshake.
+func (c *conn) endSegment() {
+	c.cpu += threadCPU() - c.segStart
+	runtime.UnlockOSThread()
+}
+
+func (c *conn) startSegment() {
+	runtime.LockOSThread()
+	c.segStart = threadCPU()
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.inHandshake {
+		// Never hold the thread across a read that may block: a client that sends
+		// nothing would pin one OS thread each.
+		c.endSegment()
+		n, err := c.Conn.Read(p)
+		c.startSegment()
+		c.hsIn += n
+		c.in.feed(p[:n], func(typ byte, body int) { c.inRecs = append(c.inRecs, rec{typ, body}) })
+		return n, err
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.reads.Add(1)
+		c.in.feed(p[:n], c.chargeIn)
+	}
+	return n, err
+}
+
+// Write stays on the locked thread during the handshake: the handshake's writes are a few
+// KiB that the socket buffer takes without blocking, and their system call is part of what
+// the handshake costs.
+func (c *conn) Write(p []byte) (int, error) {
+	if c.inHandshake {
+		n, err := c.Conn.Write(p)
+		c.sent += int64(n)
+		c.a.hsBytesOut.Add(float64(n))
+		return n, err
+	}
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		first := true
+		c.out.feed(p[:n], func(typ byte, body int) {
+			c.chargeOut(typ, body, first)
+			first = false
+		})
+		c.sent += int64(n)
+	}
+	return n, err
+}
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline pass through: net/http sets and clears
+// its own deadlines on the *tls.Conn, which calls these.
+var _ net.Conn = (*conn)(nil)
+
+// finishHandshake records what the handshake negotiated and sorts the records read during
+// it: a client may send its first request in the same segment as its Finished message.
+func (c *conn) finishHandshake(cs *tls.ConnectionState) {
+	aead := aeadOf(cs.CipherSuite)
+	c.seal, c.open = c.a.costs.Seal[aead], c.a.costs.Open[aead]
+	c.overhead = recordOverhead(cs.Version, aead)
+	c.boostPayload = tcpMSSEstimate - recordHeaderLen - c.overhead
+	c.tls13 = cs.Version >= tls.VersionTLS13
+	hs := 0
+	seenFinished := false
+	for _, r := range c.inRecs {
+		// Handshake records: in TLS 1.2 everything but application data; in TLS 1.3
+		// (without client certificates) everything up to the first encrypted record,
+		// the client's Finished.
+		isHandshake := r.typ != typeApplicationData
+		if c.tls13 {
+			isHandshake = !seenFinished
+			seenFinished = seenFinished || r.typ == typeApplicationData
+		}
+		if isHandshake {
+			hs += recordHeaderLen + r.body
+		} else {
+			c.chargeIn(r.typ, r.body)
+		}
+	}
+	c.a.hsBytesIn.Add(float64(hs))
+	c.inRecs = nil
+}
+
+// chargeIn costs one record read after the handshake (or found after the client's Finished).
+func (c *conn) chargeIn(_ byte, body int) {
+	cpu := c.open.At(max(0, body-c.overhead))
+	a := c.a
+	a.recordBytesIn.Add(float64(recordHeaderLen + body))
+	a.recordCPUIn.Add(cpu)
+	a.cpuTotal.Add(cpu)
+}
+
+// chargeOut costs one record written after the handshake. first is whether it begins a
+// write(2). crypto/tls writes each record with its own write(2), where the same bytes in
+// plain HTTP would have gone out in one write per write of the layer above (net/http's
+// bufio, the proxy's copy loop). So a record is an extra write when the record before it was
+// full — cut short by the record size, with more to come — and belongs to the same
+// application write: no read in between, and the two together no larger than MaxAppWrite.
+// A close_notify alert is an extra write too: plain HTTP just closes.
+func (c *conn) chargeOut(typ byte, body int, first bool) {
+	plain := max(0, body-c.overhead)
+	alert := typ == typeAlert || c.tls13 && typ == typeApplicationData && plain == 2
+	extra := false
+	if alert {
+		extra = first
+		c.prevFull, c.pending = false, 0
+	} else {
+		limit := maxPlaintext
+		if typ == typeApplicationData && c.sent < recordSizeBoostThreshold {
+			// Replay crypto/tls's dynamic record sizing to know this record's limit.
+			if c.packets <= 1000 {
+				limit = min(c.boostPayload*(c.packets+1), maxPlaintext)
+			}
+			c.packets++
+		}
+		reads := c.reads.Load()
+		if first && c.prevFull && reads == c.readsAtWrite && c.pending+plain <= c.a.maxAppWrite {
+			extra = true
+			c.pending += plain
+		} else {
+			c.pending = plain
+		}
+		c.readsAtWrite = reads
+		c.prevFull = plain >= limit
+	}
+	cpu := c.seal.At(plain)
+	a := c.a
+	if extra {
+		cpu += a.costs.Write.PerCall
+		a.extraWrites.Inc()
+	}
+	a.recordBytesOut.Add(float64(recordHeaderLen + body))
+	a.recordCPUOut.Add(cpu)
+	a.cpuTotal.Add(cpu)
+}
+
+// handshake runs tc's handshake under measurement within the deadline and reports it. It
+// returns whether the handshake succeeded.
+func (a *Accountant) handshake(c *conn, tc *tls.Conn) bool {
+	start := time.Now()
+	_ = c.Conn.SetDeadline(start.Add(a.timeout))
+	c.inHandshake = true
+	c.startSegment()
+	err := tc.Handshake()
+	c.endSegment()
+	c.inHandshake = false
+	wall := time.Since(start)
+
+	cs := tc.ConnectionState()
+	result, resumed, key := "ok", "false", c.key
+	if cs.DidResume {
+		resumed = "true"
+	}
+	if err != nil {
+		result = "error"
+		c.a.hsBytesIn.Add(float64(c.hsIn))
+		a.log.Debug("tlscost: TLS handshake error", "remote", c.RemoteAddr().String(), "err", err)
+	} else {
+		_ = c.Conn.SetDeadline(time.Time{})
+		c.finishHandshake(&cs)
+	}
+	if key == "" || cs.DidResume {
+		key = "none" // no certificate's key was used
+	}
+	version := versionLabel(cs.Version)
+	sec := float64(c.cpu) / 1e9
+	a.handshakes.WithLabelValues(result, version, resumed, key).Inc()
+	a.handshakeCPU.WithLabelValues(result, version, resumed, key).Observe(sec)
+	a.handshakeWall.Observe(wall.Seconds())
+	a.cpuTotal.Add(sec)
+	return err == nil
+}
+
+// getCertificate wraps a tls.Config's certificate choice: it pauses the handshake's CPU
+// segment while the certificate is chosen (an ACME source may wait on a certificate order
+// there, which must not hold a thread) and remembers the key type for the labels.
+func getCertificate(inner func(*tls.ClientHelloInfo) (*tls.Certificate, error), certs []tls.Certificate) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		c, _ := hello.Conn.(*conn)
+		if c != nil && c.inHandshake {
+			c.endSegment()
+			defer c.startSegment()
+		}
+		var cert *tls.Certificate
+		if inner != nil {
+			var err error
+			if cert, err = inner(hello); err != nil {
+				return nil, err
+			}
+		}
+		if cert == nil {
+			// What crypto/tls does without GetCertificate (or when it returns nil).
+			cert = pickCertificate(certs, hello)
+		}
+		if c != nil && cert != nil {
+			c.key = keyType(cert)
+		}
+		return cert, nil
+	}
+}
+
+func pickCertificate(certs []tls.Certificate, hello *tls.ClientHelloInfo) *tls.Certificate {
+	if len(certs) == 0 {
+		return nil
+	}
+	if len(certs) > 1 {
+		for i := range certs {
+			if hello.SupportsCertificate(&certs[i]) == nil {
+				return &certs[i]
+			}
+		}
+	}
+	return &certs[0]
+}

@@ -1,0 +1,218 @@
+// Package tlscost measures what TLS termination costs this process in CPU, per handshake and
+// per byte, and exports it as Prometheus metrics (the edgeproxy_tls_* rows of DESIGN.md).
+//
+// Handshakes are measured: Listener runs each handshake itself, in a goroutine of its own,
+// and reads the CPU clock of the thread that runs it (CLOCK_THREAD_CPUTIME_ID). The
+// goroutine is locked to its thread only between blocking reads — locked when a read
+// returns, unlocked before the next — and the segments are added up, so a silent client
+// holds a parked goroutine, never an OS thread. Every handshake has a deadline.
+//
+// Records are costed: a record's CPU cannot be timed from below crypto/tls (encryption
+// happens inside tls.Conn.Write, which net/http calls directly), so each record seen on the
+// wire is charged what its AEAD costs on this machine (Calibrate, at start-up) plus, when
+// TLS made a write that plain HTTP would not have made, the cost of that write(2).
+//
+// net/http still receives a real *tls.Conn from Accept (it type-asserts one for ALPN, h2
+// and Request.TLS); the measuring happens in a net.Conn wrapper underneath it.
+package tlscost
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/tls"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configure an Accountant. The zero value is usable.
+type Options struct {
+	// Registerer receives the metrics; nil means a private registry that nothing scrapes
+	// (for tests).
+	Registerer prometheus.Registerer
+	// HandshakeTimeout bounds a handshake from accept to its end, so that a client that
+	// stops sending cannot hold a connection (or, through the accounting, a thread).
+	// edgeproxy passes limits.read_header_timeout, the bound net/http itself would apply.
+	// Zero means 10s.
+	HandshakeTimeout time.Duration
+	// MaxAppWrite is the largest single write the layers above TLS make (the proxy's
+	// 32 KiB copy buffer): a run of full records longer than this is counted as more
+	// than one write of the application. Zero means 32 KiB.
+	MaxAppWrite int
+	// Costs are the record and write costs to charge; nil means Calibrate().
+	Costs *Costs
+	// Logger receives failed handshakes at debug level and calibration problems; nil
+	// means none.
+	Logger *slog.Logger
+}
+
+// DefaultHandshakeTimeout is the handshake bound when Options.HandshakeTimeout is zero.
+const DefaultHandshakeTimeout = 10 * time.Second
+
+// Accountant owns the TLS cost metrics and hands out measuring listeners. A nil
+// *Accountant is valid: its Listener is a plain tls.NewListener (tls.tls_cost: false).
+type Accountant struct {
+	timeout     time.Duration
+	maxAppWrite int
+	costs       *Costs
+	log         *slog.Logger
+
+	handshakes     *prometheus.CounterVec
+	handshakeCPU   *prometheus.HistogramVec
+	handshakeWall  prometheus.Histogram
+	handshakeBytes *prometheus.CounterVec
+	recordBytesIn  prometheus.Counter
+	recordBytesOut prometheus.Counter
+	recordCPUIn    prometheus.Counter
+	recordCPUOut   prometheus.Counter
+	extraWrites    prometheus.Counter
+	cpuTotal       prometheus.Counter
+	hsBytesIn      prometheus.Counter
+	hsBytesOut     prometheus.Counter
+}
+
+// HandshakeCPUBuckets are the edgeproxy_tls_handshake_cpu_seconds buckets: 10µs·2^k up to
+// 40.96ms, which spans a resumed handshake (tens of µs) to RSA-4096 signing (milliseconds).
+var HandshakeCPUBuckets = prometheus.ExponentialBuckets(10e-6, 2, 13)
+
+// New returns an Accountant with its metrics registered on opts.Registerer. It calibrates
+// the record costs unless opts.Costs is set; a calibration problem is logged, not fatal.
+func New(opts Options) (*Accountant, error) {
+	a := &Accountant{
+		timeout:     opts.HandshakeTimeout,
+		maxAppWrite: opts.MaxAppWrite,
+		costs:       opts.Costs,
+		log:         opts.Logger,
+	}
+	if a.timeout <= 0 {
+		a.timeout = DefaultHandshakeTimeout
+	}
+	if a.maxAppWrite <= 0 {
+		a.maxAppWrite = 32 << 10
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if !threadClockWorks() {
+		a.log.Warn("tlscost: no per-thread CPU clock here: TLS CPU metrics read zero")
+	}
+	if a.costs == nil {
+		c, err := Calibrate()
+		if err != nil {
+			a.log.Warn(err.Error())
+		}
+		a.costs = c
+	}
+	reg := opts.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+
+	a.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeproxy_tls_handshakes_total",
+		Help: "TLS handshakes, by result (ok, error), version (1.2, 1.3, none), resumed (true, false) and key type of the certificate used (ecdsa, rsa, ed25519, none: resumed or failed before a certificate was chosen).",
+	}, []string{"result", "version", "resumed", "key"})
+	a.handshakeCPU = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "edgeproxy_tls_handshake_cpu_seconds",
+		Help:    "CPU time of each TLS handshake on the thread that ran it (CLOCK_THREAD_CPUTIME_ID), excluding time blocked on the network; labels as edgeproxy_tls_handshakes_total.",
+		Buckets: HandshakeCPUBuckets,
+	}, []string{"result", "version", "resumed", "key"})
+	a.handshakeWall = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "edgeproxy_tls_handshake_duration_seconds",
+		Help:    "Wall time of each TLS handshake, from accept to its end (round trips and client think time included).",
+		Buckets: prometheus.ExponentialBuckets(250e-6, 2, 16),
+	})
+	a.handshakeBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeproxy_tls_handshake_bytes_total",
+		Help: "Bytes on the wire during TLS handshakes, by direction (in, out).",
+	}, []string{"direction"})
+	recordBytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeproxy_tls_record_bytes_total",
+		Help: "Ciphertext bytes on the wire in TLS records after the handshake (headers included), by direction (in: decrypted, out: encrypted).",
+	}, []string{"direction"})
+	recordCPU := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeproxy_tls_record_cpu_seconds_total",
+		Help: "CPU time charged to TLS records after the handshake: the calibrated AEAD cost of each record plus the calibrated cost of each write(2) TLS added, by direction.",
+	}, []string{"direction"})
+	a.extraWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "edgeproxy_tls_extra_writes_total",
+		Help: "write(2) calls TLS made that plain HTTP would not have: records cut from a larger write, close_notify alerts.",
+	})
+	a.cpuTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "edgeproxy_tls_cpu_seconds_total",
+		Help: "CPU time this process spends because it terminates TLS: handshakes (measured, failed ones included) plus records (costed).",
+	})
+	a.recordBytesIn, a.recordBytesOut = recordBytes.WithLabelValues("in"), recordBytes.WithLabelValues("out")
+	a.recordCPUIn, a.recordCPUOut = recordCPU.WithLabelValues("in"), recordCPU.WithLabelValues("out")
+	a.hsBytesIn, a.hsBytesOut = a.handshakeBytes.WithLabelValues("in"), a.handshakeBytes.WithLabelValues("out")
+
+	perByte := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "edgeproxy_tls_record_cpu_seconds_per_byte",
+		Help: "Calibrated AEAD CPU cost per plaintext byte on this machine, by aead and direction (out: seal, in: open).",
+	}, []string{"aead", "direction"})
+	perRecord := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "edgeproxy_tls_record_cpu_seconds_per_record",
+		Help: "Calibrated fixed AEAD CPU cost of one record on this machine, by aead and direction.",
+	}, []string{"aead", "direction"})
+	for name, l := range a.costs.Seal {
+		perByte.WithLabelValues(name, "out").Set(l.PerByte)
+		perRecord.WithLabelValues(name, "out").Set(l.PerCall)
+	}
+	for name, l := range a.costs.Open {
+		perByte.WithLabelValues(name, "in").Set(l.PerByte)
+		perRecord.WithLabelValues(name, "in").Set(l.PerCall)
+	}
+	writeCost := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "edgeproxy_tls_extra_write_cpu_seconds",
+		Help: "Calibrated CPU cost of one write(2) on a TCP socket on this machine (the fixed part), charged for each extra write.",
+	})
+	writeCost.Set(a.costs.Write.PerCall)
+
+	for _, c := range []prometheus.Collector{a.handshakes, a.handshakeCPU, a.handshakeWall, a.handshakeBytes,
+		recordBytes, recordCPU, a.extraWrites, a.cpuTotal, perByte, perRecord, writeCost} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// versionLabel is the version label value of a negotiated version (0: none).
+func versionLabel(v uint16) string {
+	switch v {
+	case tls.VersionTLS12:
+		return "1.2"
+	case tls.VersionTLS13:
+		return "1.3"
+	case 0:
+		return "none"
+	}
+	return "other"
+}
+
+// keyType is the key label value of a certificate.
+func keyType(cert *tls.Certificate) string {
+	var pub crypto.PublicKey
+	switch k := cert.PrivateKey.(type) {
+	case *ecdsa.PrivateKey:
+		return "ecdsa"
+	case *rsa.PrivateKey:
+		return "rsa"
+	case ed25519.PrivateKey:
+		return "ed25519"
+	case crypto.Signer:
+		pub = k.Public()
+	}
+	switch pub.(type) {
+	case *ecdsa.PublicKey:
+		return "ecdsa"
+	case *rsa.PublicKey:
+		return "rsa"
+	case ed25519.PublicKey:
+		return "ed25519"
+	}
+	return "other"
+}

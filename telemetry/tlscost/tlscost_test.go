@@ -1,0 +1,753 @@
+package tlscost
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// testCosts are round numbers, so that tests check the accounting, not the machine.
+var testCosts = &Costs{
+	Seal:  map[string]Linear{AES128GCM: {PerCall: 1e-6, PerByte: 1e-9}},
+	Open:  map[string]Linear{AES128GCM: {PerCall: 1e-6, PerByte: 1e-9}},
+	Write: Linear{PerCall: 5e-6},
+}
+
+func testCert(t testing.TB, key string) tls.Certificate {
+	t.Helper()
+	var priv any
+	var pub any
+	switch key {
+	case "rsa":
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			t.Fatal(err)
+		}
+		priv, pub = k, &k.PublicKey
+	default:
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		priv, pub = k, &k.PublicKey
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "tlscost test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+}
+
+// countingListener counts the bytes its connections really read and write: the truth the
+// metrics are checked against.
+type countingListener struct {
+	net.Listener
+	in, out atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, l: l}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	l *countingListener
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.l.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.l.out.Add(int64(n))
+	return n, err
+}
+
+type fixture struct {
+	a   *Accountant
+	reg *prometheus.Registry
+	raw *countingListener
+	ln  *listener
+	cfg *tls.Config
+}
+
+func newFixture(t *testing.T, opts Options, cfg *tls.Config) *fixture {
+	t.Helper()
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	opts.Registerer = reg
+	if opts.Costs == nil {
+		opts.Costs = testCosts
+	}
+	a, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg == nil {
+		cfg = &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}}
+	}
+	cl := &countingListener{Listener: raw}
+	f := &fixture{a: a, reg: reg, raw: cl, cfg: cfg, ln: a.Listener(cl, cfg).(*listener)}
+	t.Cleanup(func() {
+		_ = f.ln.Close()
+		f.ln.wait()
+	})
+	return f
+}
+
+func (f *fixture) addr() string { return f.ln.Addr().String() }
+
+// value returns the sum of the samples of a metric whose labels include want (a counter's
+// value, a histogram's sample sum).
+func (f *fixture) value(t *testing.T, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue metrics
+				}
+			}
+			sum += sampleValue(m)
+		}
+	}
+	return sum
+}
+
+func sampleValue(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil:
+		return m.Histogram.GetSampleSum()
+	}
+	return 0
+}
+
+func (f *fixture) count(t *testing.T, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, _ := f.reg.Gather()
+	n := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			ok := true
+			for _, lp := range m.GetLabel() {
+				if v, in := want[lp.GetName()]; in && v != lp.GetValue() {
+					ok = false
+				}
+			}
+			if ok && m.Histogram != nil {
+				n += float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return n
+}
+
+func clientConfig() *tls.Config {
+	return &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}
+}
+
+// serveEcho answers each connection: read a decimal length line, write that many bytes,
+// then read until EOF, then close.
+func serveEcho(t *testing.T, ln net.Listener) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				n, _ := strconv.Atoi(strings.TrimSpace(line))
+				buf := make([]byte, n)
+				// Written in pieces the way a proxy copies: 32 KiB at a time.
+				for off := 0; off < n; off += 32 << 10 {
+					if _, err := c.Write(buf[off:min(n, off+32<<10)]); err != nil {
+						return
+					}
+				}
+				_, _ = io.Copy(io.Discard, br)
+			}()
+		}
+	}()
+	return &wg
+}
+
+// Bytes counted in the metrics are the bytes the server really read and wrote, split
+// between handshake and records; and the records after the handshake are what the client
+// sent and received after its handshake.
+func TestListener_BytesMatchWire(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		version uint16
+		size    int
+	}{
+		{"tls13-small", tls.VersionTLS13, 100},
+		{"tls13-200KiB", tls.VersionTLS13, 200 << 10},
+		{"tls12-200KiB", tls.VersionTLS12, 200 << 10},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: tt.version, SessionTicketsDisabled: true}
+			f := newFixture(t, Options{}, cfg)
+			wg := serveEcho(t, f.ln)
+
+			raw, err := net.Dial("tcp", f.addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc := &countingConn{Conn: raw, l: &countingListener{}}
+			tc := tls.Client(cc, clientConfig())
+			if err := tc.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			hsOut, hsIn := cc.l.out.Load(), cc.l.in.Load()
+			if _, err := fmt.Fprintf(tc, "%d\n", tt.size); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadFull(tc, make([]byte, tt.size))
+			if err != nil || got != tt.size {
+				t.Fatalf("read %d, %v; want %d", got, err, tt.size)
+			}
+			_ = tc.Close() // close_notify, then FIN: the server reads to EOF
+			_ = f.ln.Close()
+			wg.Wait()
+			f.ln.wait()
+
+			in := f.value(t, "edgeproxy_tls_handshake_bytes_total", map[string]string{"direction": "in"}) +
+				f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "in"})
+			out := f.value(t, "edgeproxy_tls_handshake_bytes_total", map[string]string{"direction": "out"}) +
+				f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "out"})
+			if in != float64(f.raw.in.Load()) {
+				t.Errorf("bytes in: got %v; want %d read by the server", in, f.raw.in.Load())
+			}
+			if out != float64(f.raw.out.Load()) {
+				t.Errorf("bytes out: got %v; want %d written by the server", out, f.raw.out.Load())
+			}
+			if got, want := f.value(t, "edgeproxy_tls_handshake_bytes_total", map[string]string{"direction": "out"}), float64(hsIn); got != want {
+				t.Errorf("handshake bytes out: got %v; want %v read by the client in its handshake", got, want)
+			}
+			if got, want := f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "in"}), float64(cc.l.out.Load()-hsOut); got != want {
+				t.Errorf("record bytes in: got %v; want %v written by the client after its handshake", got, want)
+			}
+			if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "ok", "resumed": "false", "key": "ecdsa"}); got != 1 {
+				t.Errorf("ok handshakes: got %v; want 1", got)
+			}
+			recCPU := f.value(t, "edgeproxy_tls_record_cpu_seconds_total", nil)
+			hsCPU := f.value(t, "edgeproxy_tls_handshake_cpu_seconds", nil)
+			total := f.value(t, "edgeproxy_tls_cpu_seconds_total", nil)
+			if recCPU <= 0 || hsCPU <= 0 {
+				t.Errorf("record CPU %v, handshake CPU %v; want both > 0", recCPU, hsCPU)
+			}
+			if d := total - recCPU - hsCPU; d > 1e-9 || d < -1e-9 {
+				t.Errorf("tls_cpu_seconds_total %v; want records %v + handshakes %v", total, recCPU, hsCPU)
+			}
+		})
+	}
+}
+
+// A client that is not speaking TLS, and one that hangs up, are failed handshakes.
+func TestListener_FailedHandshakeCounted(t *testing.T) {
+	f := newFixture(t, Options{}, nil)
+	go func() {
+		for {
+			c, err := f.ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	c, err := net.Dial("tcp", f.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.Copy(io.Discard, c) // the server closes
+	_ = c.Close()
+	c, err = net.Dial("tcp", f.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Close()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error"}) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error", "key": "none"}); got != 2 {
+		t.Errorf("failed handshakes: got %v; want 2", got)
+	}
+	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "ok"}); got != 0 {
+		t.Errorf("ok handshakes: got %v; want 0", got)
+	}
+	if got := f.value(t, "edgeproxy_tls_handshake_bytes_total", map[string]string{"direction": "in"}); got != float64(f.raw.in.Load()) {
+		t.Errorf("handshake bytes in: got %v; want %d", got, f.raw.in.Load())
+	}
+}
+
+func threads(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc/self/status:", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	t.Fatal("no Threads line in /proc/self/status")
+	return 0
+}
+
+// The design constraint: handshakes wait for clients without holding an OS thread.
+// Locking the goroutine across the whole handshake would need one thread per silent client
+// (and dies at Go's 10,000-thread limit). 2,000 clients that connect, send half a
+// ClientHello or nothing, and stall.
+func TestListener_StalledHandshakesDoNotPinThreads(t *testing.T) {
+	const n = 2000
+	raiseFileLimit(t, 2*n+200)
+	f := newFixture(t, Options{HandshakeTimeout: time.Minute}, nil)
+	go func() {
+		for {
+			c, err := f.ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	before := threads(t)
+	var clients []net.Conn
+	t.Cleanup(func() {
+		for _, c := range clients {
+			_ = c.Close()
+		}
+	})
+	for i := range n {
+		c, err := net.Dial("tcp", f.addr())
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		if i%2 == 0 {
+			_, _ = c.Write([]byte{typeHandshake, 3, 1, 0x02, 0x00, 1, 0, 1}) // a ClientHello's first bytes
+		}
+		clients = append(clients, c)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		f.ln.pendingMu.Lock()
+		p := len(f.ln.pending)
+		f.ln.pendingMu.Unlock()
+		if p == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d handshakes started", p, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // let every handshake goroutine reach its read
+	after := threads(t)
+	t.Logf("threads: %d before, %d with %d stalled handshakes", before, after, n)
+	if after > before+32 {
+		t.Errorf("threads: got %d with %d stalled handshakes; want at most %d", after, n, before+32)
+	}
+	_ = f.ln.Close()
+	f.ln.wait()
+	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error"}); got != n {
+		t.Errorf("failed handshakes after Close: got %v; want %d", got, n)
+	}
+}
+
+func raiseFileLimit(t *testing.T, want uint64) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Skip("getrlimit:", err)
+	}
+	if lim.Cur >= want {
+		return
+	}
+	if lim.Max < want {
+		t.Skipf("RLIMIT_NOFILE hard limit %d < %d", lim.Max, want)
+	}
+	old := lim.Cur
+	lim.Cur = want
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Skip("setrlimit:", err)
+	}
+	t.Cleanup(func() {
+		lim.Cur = old
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	})
+}
+
+// A client that never finishes its handshake is cut off at the deadline and counted.
+func TestListener_HandshakeDeadline(t *testing.T) {
+	f := newFixture(t, Options{HandshakeTimeout: 200 * time.Millisecond}, nil)
+	go func() {
+		for {
+			c, err := f.ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	var conns []net.Conn
+	for range 20 {
+		c, err := net.Dial("tcp", f.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("stalled client read: got %v; want EOF (closed by the server)", err)
+		}
+		_ = c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error"}) < 20 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error"}); got != 20 {
+		t.Errorf("timed-out handshakes: got %v; want 20", got)
+	}
+}
+
+// net/http must still see a *tls.Conn: Request.TLS is set and h2 is negotiated by ALPN.
+func TestListener_HTTPServer(t *testing.T) {
+	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "rsa")}, NextProtos: []string{"h2", "http/1.1"}}
+	f := newFixture(t, Options{}, cfg)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil {
+			t.Errorf("r.TLS is nil")
+		}
+		fmt.Fprintf(w, "%d", r.ProtoMajor)
+	}), TLSConfig: cfg}
+	go func() { _ = srv.Serve(f.ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	for _, tt := range []struct {
+		name   string
+		protos []string
+		want   string
+	}{
+		{"h2", []string{"h2"}, "2"},
+		{"http1", []string{"http/1.1"}, "1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ccfg := clientConfig()
+			ccfg.NextProtos = tt.protos
+			tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: tt.want == "2"}
+			defer tr.CloseIdleConnections()
+			res, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + f.addr() + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if string(body) != tt.want {
+				t.Errorf("got protocol %q; want %q", body, tt.want)
+			}
+		})
+	}
+	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "ok", "key": "rsa", "version": "1.3"}); got != 2 {
+		t.Errorf("ok RSA TLS 1.3 handshakes: got %v; want 2", got)
+	}
+}
+
+// With session tickets, a second connection resumes; it uses no certificate key.
+func TestListener_Resumption(t *testing.T) {
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(versionLabel(version), func(t *testing.T) {
+			cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: version}
+			var tickets SessionTickets
+			tickets.Attach(cfg)
+			f := newFixture(t, Options{}, cfg)
+			wg := serveEcho(t, f.ln)
+			ccfg := clientConfig()
+			ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+			for range 2 {
+				exchange(t, f.addr(), ccfg, 10)
+			}
+			_ = f.ln.Close()
+			wg.Wait()
+			if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "ok", "resumed": "false", "key": "ecdsa"}); got != 1 {
+				t.Errorf("full handshakes: got %v; want 1", got)
+			}
+			if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "ok", "resumed": "true", "key": "none"}); got != 1 {
+				t.Errorf("resumed handshakes: got %v; want 1", got)
+			}
+		})
+	}
+}
+
+// exchange makes one connection, asks for n bytes and reads them (which, in TLS 1.3, also
+// reads the session ticket).
+func exchange(t *testing.T, addr string, cfg *tls.Config, n int) bool {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "%d\n", n)
+	if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	return c.ConnectionState().DidResume
+}
+
+// Keys rotate; a ticket resumes while its key is among the Keep newest, also on a new
+// configuration attached later (a reload), and not after.
+func TestSessionTickets_RotateAndShare(t *testing.T) {
+	cert := testCert(t, "ecdsa")
+	tickets := &SessionTickets{Keep: 2}
+	cfg1 := &tls.Config{Certificates: []tls.Certificate{cert}}
+	tickets.Attach(cfg1)
+	f1 := newFixture(t, Options{}, cfg1)
+	serveEcho(t, f1.ln)
+	ccfg := clientConfig()
+	ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	exchange(t, f1.addr(), ccfg, 1)
+
+	// A reload: a new configuration, the same rotator, one rotation later.
+	tickets.Rotate()
+	cfg2 := &tls.Config{Certificates: []tls.Certificate{cert}}
+	tickets.Attach(cfg2)
+	tickets.Detach(cfg1)
+	f2 := newFixture(t, Options{}, cfg2)
+	serveEcho(t, f2.ln)
+	if !exchange(t, f2.addr(), ccfg, 1) {
+		t.Errorf("after one rotation and a reload: not resumed; want resumed")
+	}
+	// The resumption above issued a ticket under the newest key; two more rotations drop it.
+	tickets.Rotate()
+	tickets.Rotate()
+	if exchange(t, f2.addr(), ccfg, 1) {
+		t.Errorf("after the key left the window: resumed; want a full handshake")
+	}
+}
+
+func TestSessionTickets_Run(t *testing.T) {
+	tickets := &SessionTickets{Interval: 10 * time.Millisecond, Keep: 3}
+	cfg := &tls.Config{}
+	tickets.Attach(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tickets.Run(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tickets.mu.Lock()
+		n := len(tickets.keys)
+		tickets.mu.Unlock()
+		if n == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("keys: got %d; want 3 after rotations", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
+
+// Closing the listener ends every goroutine it started, and threads locked for handshakes
+// are all unlocked.
+func TestListener_NoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	f := newFixture(t, Options{}, nil)
+	wg := serveEcho(t, f.ln)
+	ccfg := clientConfig()
+	for range 20 {
+		exchange(t, f.addr(), ccfg, 1000)
+	}
+	stalled, err := net.Dial("tcp", f.addr()) // in its handshake when the listener closes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	time.Sleep(50 * time.Millisecond)
+	_ = f.ln.Close()
+	wg.Wait()
+	f.ln.wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		buf := make([]byte, 1<<16)
+		t.Errorf("goroutines: %d before, %d after\n%s", before, after, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+func TestNilAccountant_PlainTLSListener(t *testing.T) {
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	var a *Accountant
+	if _, ok := a.Listener(raw, &tls.Config{}).(*listener); ok {
+		t.Errorf("nil Accountant: got a measuring listener; want tls.NewListener's")
+	}
+}
+
+// The extra-write estimator on known sequences of records (TLS 1.3, AES-128-GCM).
+func TestChargeOut_ExtraWrites(t *testing.T) {
+	full := maxPlaintext + 17
+	for _, tt := range []struct {
+		name   string
+		sent   int64 // bytes already sent: past the dynamic sizing threshold or not
+		writes []int // record bodies; -1 is a read from the client in between
+		want   float64
+	}{
+		// net/http's 4 KiB bufio flush, then the proxy's 32 KiB chunks cut into records.
+		{"64KiB-response", 1 << 20, []int{4096 + 17, full, 28672 - 16384 + 17, full, full}, 2},
+		{"two-32KiB-writes", 1 << 20, []int{full, full, full, full}, 2}, // (+1 if writes were larger)
+		{"small-responses", 1 << 20, []int{200, -1, 300, -1, 17 + 2}, 1}, // the last is close_notify
+		{"full-then-read", 1 << 20, []int{full, -1, 100}, 0},
+		// A fresh connection: records grow by 1186 bytes of plaintext each.
+		{"dynamic-sizing", 3000, []int{1186 + 17, 2372 + 17, 500 + 17}, 2},
+		{"dynamic-sizing-small", 3000, []int{900 + 17, -1, 1000 + 17}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			a, err := New(Options{Registerer: reg, Costs: testCosts})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := &conn{a: a, sent: tt.sent}
+			c.finishHandshake(&tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256})
+			for _, body := range tt.writes {
+				if body < 0 {
+					c.reads.Add(1)
+					continue
+				}
+				c.chargeOut(typeApplicationData, body, true)
+				c.sent += int64(recordHeaderLen + body)
+			}
+			f := &fixture{reg: reg}
+			if got := f.value(t, "edgeproxy_tls_extra_writes_total", nil); got != tt.want {
+				t.Errorf("extra writes: got %v; want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestThreadCPU(t *testing.T) {
+	if !threadClockWorks() {
+		t.Skip("no thread CPU clock")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	t0 := threadCPU()
+	x := 0
+	for i := range 20_000_000 {
+		x += i ^ x
+	}
+	_ = x
+	if d := threadCPU() - t0; d <= 0 {
+		t.Errorf("thread CPU after a busy loop: advanced %dns; want > 0", d)
+	}
+	if n := testing.AllocsPerRun(100, func() { threadCPU() }); n != 0 {
+		t.Errorf("threadCPU allocates %v times; want 0", n)
+	}
+}
+
+func TestCalibrate(t *testing.T) {
+	if !threadClockWorks() {
+		t.Skip("no thread CPU clock")
+	}
+	c, err := Calibrate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range aeadNames {
+		if c.Seal[name].PerByte <= 0 || c.Open[name].PerByte <= 0 {
+			t.Errorf("%s: seal %+v open %+v; want a per-byte cost", name, c.Seal[name], c.Open[name])
+		}
+	}
+	if c.Write.PerCall <= 0 {
+		t.Errorf("write: %+v; want a per-call cost", c.Write)
+	}
+	t.Logf("costs: seal %+v open %+v write %+v", c.Seal, c.Open, c.Write)
+}
