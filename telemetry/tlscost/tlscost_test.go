@@ -682,7 +682,7 @@ func TestChargeOut_ExtraWrites(t *testing.T) {
 	}{
 		// net/http's 4 KiB bufio flush, then the proxy's 32 KiB chunks cut into records.
 		{"64KiB-response", 1 << 20, []int{4096 + 17, full, 28672 - 16384 + 17, full, full}, 2},
-		{"two-32KiB-writes", 1 << 20, []int{full, full, full, full}, 2}, // (+1 if writes were larger)
+		{"two-32KiB-writes", 1 << 20, []int{full, full, full, full}, 2},  // (+1 if writes were larger)
 		{"small-responses", 1 << 20, []int{200, -1, 300, -1, 17 + 2}, 1}, // the last is close_notify
 		{"full-then-read", 1 << 20, []int{full, -1, 100}, 0},
 		// A fresh connection: records grow by 1186 bytes of plaintext each.
