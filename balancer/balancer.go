@@ -10,6 +10,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Target is one backend. Its fields are read atomically; Target values must not be copied.
@@ -19,6 +20,11 @@ type Target struct {
 
 	healthy  atomic.Bool
 	inFlight atomic.Int64
+
+	// Passive outlier detection (see Balancer.ReportFailure).
+	passiveFails atomic.Int32 // consecutive failed requests
+	ejections    atomic.Int32 // ejections in a row without a restore; scales the backoff
+	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when not ejected
 
 	// retired is done when the target, removed by a reload, has used up its
 	// deregistration delay: requests still running to it are then cancelled.
@@ -33,6 +39,12 @@ func newTarget(addr string) *Target {
 
 // Healthy reports whether the target's last published state is healthy.
 func (t *Target) Healthy() bool { return t.healthy.Load() }
+
+// Ejected reports whether passive outlier detection has taken the target out of rotation.
+func (t *Target) Ejected() bool {
+	until := t.ejectedUntil.Load()
+	return until != 0 && time.Now().UnixNano() < until
+}
 
 // Begin counts a request in flight to the target; End ends it. The proxy calls both.
 func (t *Target) Begin() { t.inFlight.Add(1) }
@@ -70,6 +82,9 @@ type Balancer struct {
 	snap  atomic.Pointer[snapshot]
 	robin atomic.Uint32
 
+	// passive holds the outlier-detection settings; nil means off.
+	passive atomic.Pointer[Passive]
+
 	// mu serialises writers (SetHealthy, SetTargets); readers never take it.
 	mu      sync.Mutex
 	targets []*Target
@@ -92,19 +107,89 @@ type Pick struct {
 	FailOpen bool
 }
 
-// Next returns the next target in round-robin order among the healthy ones. If none is
-// healthy it picks among all targets and says so in Pick.FailOpen. Over M calls with N
-// healthy targets and no changes, each target is picked M/N rounded up or down.
+// Next returns the next target in round-robin order among the healthy ones, skipping
+// targets ejected by passive outlier detection (unless all are). If none is healthy it
+// picks among all targets and says so in Pick.FailOpen. Over M calls with N healthy,
+// non-ejected targets and no changes, each target is picked M/N rounded up or down.
 func (b *Balancer) Next() Pick {
 	s := b.snap.Load()
 	n := b.robin.Add(1) - 1
-	if len(s.healthy) > 0 {
-		return Pick{Target: s.healthy[n%uint32(len(s.healthy))]}
+	if k := uint32(len(s.healthy)); k > 0 {
+		first := s.healthy[n%k]
+		for i := uint32(0); i < k; i++ {
+			// Skipping is Caddy's way: try the next one, at most len times.
+			if t := s.healthy[(n+i)%k]; t.ejectedUntil.Load() == 0 || !t.Ejected() {
+				return Pick{Target: t}
+			}
+		}
+		return Pick{Target: first} // every healthy target ejected: ejection must not empty the pool
 	}
 	if len(s.all) == 0 {
 		return Pick{}
 	}
 	return Pick{Target: s.all[n%uint32(len(s.all))], FailOpen: true}
+}
+
+// NextExcept is Next, avoiding target t when another choice exists; for retries.
+func (b *Balancer) NextExcept(t *Target) Pick {
+	s := b.snap.Load()
+	for i := 0; i <= len(s.all); i++ {
+		p := b.Next()
+		if p.Target != t {
+			return p
+		}
+	}
+	return b.Next()
+}
+
+// Passive configures outlier detection from real traffic, as Envoy's does: after
+// ConsecutiveFailures failed requests in a row a target is ejected for EjectionTime, times
+// the number of ejections in a row (at most 10×), unless restored earlier.
+type Passive struct {
+	ConsecutiveFailures int
+	EjectionTime        time.Duration
+}
+
+// SetPassive turns outlier detection on with p, or off with nil.
+func (b *Balancer) SetPassive(p *Passive) { b.passive.Store(p) }
+
+// ReportSuccess records a request that got a response from t.
+func (b *Balancer) ReportSuccess(t *Target) {
+	if t.passiveFails.Load() != 0 {
+		t.passiveFails.Store(0)
+	}
+}
+
+// ReportFailure records a request to t that failed at the connection level (refused,
+// reset, response-head timeout). It reports whether this failure ejected t.
+func (b *Balancer) ReportFailure(t *Target) (ejected bool) {
+	p := b.passive.Load()
+	if p == nil || p.ConsecutiveFailures <= 0 {
+		return false
+	}
+	if int(t.passiveFails.Add(1)) < p.ConsecutiveFailures || t.Ejected() {
+		return false
+	}
+	t.passiveFails.Store(0)
+	n := min(t.ejections.Add(1), 10)
+	t.ejectedUntil.Store(time.Now().Add(time.Duration(n) * p.EjectionTime).UnixNano())
+	return true
+}
+
+// Restore ends t's ejection, when active checks have shown it healthy again.
+func (b *Balancer) Restore(t *Target) {
+	t.ejectedUntil.Store(0)
+	t.ejections.Store(0)
+}
+
+// Lookup returns the current target with address addr, or nil.
+func (b *Balancer) Lookup(addr string) *Target {
+	for _, t := range b.snap.Load().all {
+		if t.Addr == addr {
+			return t
+		}
+	}
+	return nil
 }
 
 // Targets returns the current targets in configuration order. The slice must not be modified.

@@ -187,6 +187,15 @@ func (k *checker) pool() {
 	}
 	k.positive("pool.connect_timeout", p.ConnectTimeout)
 	k.positive("pool.response_header_timeout", p.ResponseHeaderTimeout)
+	if p.Passive.ConsecutiveFailures < 0 {
+		k.errorf("pool.passive.consecutive_failures", "pool.passive.consecutive_failures must be 0 (off) or more, got %d", p.Passive.ConsecutiveFailures)
+	}
+	if p.Passive.ConsecutiveFailures > 0 {
+		k.positive("pool.passive.ejection_time", p.Passive.EjectionTime)
+	}
+	if p.Retries < 0 || p.Retries > 3 {
+		k.errorf("pool.retries", "pool.retries must be 0..3, got %d", p.Retries)
+	}
 	if p.DeregistrationDelay < 0 {
 		k.errorf("pool.deregistration_delay", "pool.deregistration_delay must not be negative, got %v", p.DeregistrationDelay)
 	}

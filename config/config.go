@@ -76,6 +76,22 @@ type Pool struct {
 	// DeregistrationDelay bounds how long requests in flight to a target removed by a
 	// reload may run before they are cancelled, as on an ALB. Default 30s; 0 cancels at once.
 	DeregistrationDelay time.Duration `yaml:"deregistration_delay"`
+	// Passive is outlier detection from real traffic.
+	Passive Passive `yaml:"passive"`
+	// Retries is how often a failed request may be sent to another target (see README);
+	// default 1, 0..3.
+	Retries int `yaml:"retries"`
+}
+
+// Passive ejects a target after consecutive failed requests (refused, reset, response-head
+// timeout), before the active check would notice, as Envoy's outlier detection does.
+type Passive struct {
+	// ConsecutiveFailures in a row eject the target; default 3; 0 turns it off.
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
+	// EjectionTime is the first ejection's length, multiplied by the number of ejections
+	// in a row (at most 10×); active checks passing healthy_threshold times end it early.
+	// Default 30s.
+	EjectionTime time.Duration `yaml:"ejection_time"`
 }
 
 // HealthCheck mirrors an AWS ALB target group's health check settings.
@@ -147,6 +163,8 @@ func Default() *Config {
 			ConnectTimeout:        5 * time.Second,
 			ResponseHeaderTimeout: 60 * time.Second,
 			DeregistrationDelay:   30 * time.Second,
+			Passive:               Passive{ConsecutiveFailures: 3, EjectionTime: 30 * time.Second},
+			Retries:               1,
 		},
 		Limits: Limits{
 			ReadHeaderTimeout: 10 * time.Second,

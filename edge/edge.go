@@ -88,10 +88,34 @@ func (e *Edge) build() error {
 
 	e.bal = balancer.New(cfg.Pool.Targets)
 	opts := healthOptions(cfg)
-	opts.Observer, opts.Logger, opts.OnChange = e.metrics, e.log, e.healthChanged
+	opts.Observer, opts.Logger, opts.OnChange, opts.OnProven = e.metrics, e.log, e.healthChanged, e.healthProven
 	e.checker = health.New(opts)
 	e.handler.Store(e.newHandler(cfg))
 	return nil
+}
+
+// healthProven ends a passive ejection once active checks have passed healthy_threshold
+// times in a row since it began.
+func (e *Edge) healthProven(addr string) {
+	if t := e.bal.Lookup(addr); t != nil && t.Ejected() {
+		e.bal.Restore(t)
+		e.log.Info("target "+addr+" back from passive ejection: active checks pass", "target", addr)
+	}
+}
+
+// passiveHealth is the proxy's PassiveReporter: the balancer's outlier detection, plus the
+// metric and the restart of the target's count of passing checks on each ejection.
+type passiveHealth struct{ e *Edge }
+
+func (p passiveHealth) ReportSuccess(t *balancer.Target) { p.e.bal.ReportSuccess(t) }
+
+func (p passiveHealth) ReportFailure(t *balancer.Target) bool {
+	if !p.e.bal.ReportFailure(t) {
+		return false
+	}
+	p.e.metrics.PassiveEjection(t.Addr)
+	p.e.checker.ResetPasses(t.Addr)
+	return true
 }
 
 // newCertSource loads the certificates cfg names.
@@ -158,8 +182,15 @@ func (e *Edge) newHandler(cfg *config.Config) *proxy.Handler {
 		p, _ := config.ParsePrefix(s) // validated by config
 		trusted = append(trusted, p)
 	}
+	if pc := cfg.Pool.Passive; pc.ConsecutiveFailures > 0 {
+		e.bal.SetPassive(&balancer.Passive{ConsecutiveFailures: pc.ConsecutiveFailures, EjectionTime: pc.EjectionTime})
+	} else {
+		e.bal.SetPassive(nil)
+	}
 	return proxy.New(proxy.Options{
 		Picker:         e.bal,
+		Passive:        passiveHealth{e},
+		Retries:        cfg.Pool.Retries,
 		Transport:      e.transport,
 		TrustedProxies: trusted,
 		HSTS:           cfg.Headers.HSTS,

@@ -51,6 +51,10 @@ type Options struct {
 	// OnChange is called, from the target's check goroutine, whenever a target becomes
 	// healthy or stops being healthy. Nil means no one is told.
 	OnChange func(addr string, healthy bool)
+	// OnProven is called after every check that brings the target's passes in a row to
+	// HealthyThreshold or more: the evidence that ends a passive ejection (see
+	// ResetPasses). Nil means no one is told.
+	OnProven func(addr string)
 	// Observer receives results for metrics; nil means none.
 	Observer Observer
 	// Logger receives transitions; nil means no logging.
@@ -127,7 +131,7 @@ func New(opts Options) *Checker {
 // OnChange, Observer and Logger of the original options stay.
 func (c *Checker) Reconfigure(opts Options) {
 	old := c.opts.Load()
-	opts.Transport, opts.OnChange, opts.Observer, opts.Logger = old.Transport, old.OnChange, old.Observer, old.Logger
+	opts.Transport, opts.OnChange, opts.OnProven, opts.Observer, opts.Logger = old.Transport, old.OnChange, old.OnProven, old.Observer, old.Logger
 	c.opts.Store(&opts)
 }
 
@@ -173,6 +177,21 @@ func (c *Checker) SetTargets(addrs []string) {
 			t.mu.Unlock()
 		}
 	}
+}
+
+// ResetPasses restarts addr's count of passes in a row, without changing its state: after
+// a passive ejection, only checks from then on count as evidence of health.
+func (c *Checker) ResetPasses(addr string) {
+	c.mu.Lock()
+	t := c.targets[addr]
+	c.mu.Unlock()
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.m.passes = 0
+	t.status.ConsecutivePasses = 0
+	t.mu.Unlock()
 }
 
 // Forget drops a drained target from the statuses.
@@ -261,6 +280,9 @@ func (c *Checker) checkOnce(ctx context.Context, t *target) {
 
 	if o := opts.Observer; o != nil {
 		o.HealthCheck(t.addr, r.pass, r.reason)
+	}
+	if r.pass && m.passes >= opts.HealthyThreshold && opts.OnProven != nil {
+		opts.OnProven(t.addr)
 	}
 	if !changed {
 		if !r.pass {

@@ -27,6 +27,15 @@ import (
 // Picker chooses the target of each request; *balancer.Balancer implements it.
 type Picker interface {
 	Next() balancer.Pick
+	// NextExcept picks a target other than t if there is one, for a retry.
+	NextExcept(t *balancer.Target) balancer.Pick
+}
+
+// PassiveReporter learns the outcome of every attempt on a target, for passive outlier
+// detection. A failure is a connection refused or reset, or a response-head timeout.
+type PassiveReporter interface {
+	ReportSuccess(t *balancer.Target)
+	ReportFailure(t *balancer.Target) (ejected bool)
 }
 
 // Observer receives one call per answered request, for metrics. A nil Observer is valid.
@@ -35,6 +44,8 @@ type Observer interface {
 	Request(code int, target string, d time.Duration)
 	// FailOpen is called for a request routed while no target was healthy.
 	FailOpen()
+	// Retry is called when a request that failed on target is sent to another one.
+	Retry(target string)
 }
 
 // Options configure a Handler.
@@ -56,13 +67,21 @@ type Options struct {
 	Logger *slog.Logger
 	// Observer receives per-request metrics; nil means none.
 	Observer Observer
+	// Passive receives every attempt's outcome; nil means no passive health.
+	Passive PassiveReporter
+	// Retries is how many times a request whose attempt failed may be sent to another
+	// target: always when the connection failed before any byte was sent, and for GET,
+	// HEAD and OPTIONS also on a reset before the response began. Never for a request
+	// whose body reached a target. Bounded by a budget of 20% of requests. 0 means never.
+	Retries int
 }
 
 // Handler proxies requests to the pool. Use New.
 type Handler struct {
-	opts Options
-	log  *slog.Logger
-	rp   *httputil.ReverseProxy
+	opts   Options
+	log    *slog.Logger
+	rp     *httputil.ReverseProxy
+	budget retryBudget
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -76,9 +95,10 @@ func New(opts Options) *Handler {
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
+	h.budget.tokens.Store(budgetCap)
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
-		Transport:      opts.Transport,
+		Transport:      retryTransport{h},
 		BufferPool:     newBufferPool(),
 		ErrorHandler:   h.serveError,
 		ModifyResponse: h.modifyResponse,
@@ -107,7 +127,33 @@ func NewTransport(connectTimeout, responseHeaderTimeout time.Duration) *http.Tra
 	}
 }
 
-type targetKey struct{}
+type attemptKey struct{}
+
+// attempt is the request's current target; a retry moves it to another one.
+type attempt struct {
+	target *balancer.Target
+	tries  int
+	cancel context.CancelFunc
+	stop   func() bool // unhooks cancel from target.Retired()
+}
+
+// moveTo makes t the attempt's target: counted in flight there, and cancelled if t is
+// retired by a reload while the request runs (its deregistration delay is over).
+func (a *attempt) moveTo(t *balancer.Target) {
+	if a.target != nil {
+		a.stop()
+		a.target.End()
+	}
+	a.target = t
+	t.Begin()
+	a.stop = context.AfterFunc(t.Retired(), a.cancel)
+}
+
+func (a *attempt) done() {
+	a.stop()
+	a.target.End()
+	a.cancel()
+}
 
 // ServeHTTP picks a target and proxies r to it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -128,16 +174,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if h.opts.MaxBodyBytes > 0 && r.Body != nil {
 			r.Body = http.MaxBytesReader(rec, r.Body, h.opts.MaxBodyBytes)
 		}
-		t := pick.Target
-		t.Begin()
-		defer t.End()
-		// A target removed by a reload drains: this request may finish until the target's
-		// deregistration delay is over, then it is cancelled.
-		ctx, cancel := context.WithCancel(context.WithValue(r.Context(), targetKey{}, t))
-		stop := context.AfterFunc(t.Retired(), cancel)
+		h.budget.deposit()
+		a := &attempt{}
+		ctx, cancel := context.WithCancel(context.WithValue(r.Context(), attemptKey{}, a))
+		a.cancel = cancel
+		a.moveTo(pick.Target)
 		h.rp.ServeHTTP(rec, r.WithContext(ctx))
-		stop()
-		cancel()
+		target = a.target.Addr
+		a.done()
 	}
 	code := rec.code()
 	d := time.Since(start)
@@ -156,9 +200,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // rewrite builds the outgoing request. ReverseProxy has already removed hop-by-hop and
 // client-supplied forwarding headers from Out.
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
-	t := pr.In.Context().Value(targetKey{}).(*balancer.Target)
+	a := pr.In.Context().Value(attemptKey{}).(*attempt)
 	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = t.Addr
+	pr.Out.URL.Host = a.target.Addr
 	// Django's ALLOWED_HOSTS checks the site's name, so the client's Host goes through
 	// unchanged (SetURL would replace it with the target address).
 	pr.Out.Host = pr.In.Host
@@ -210,10 +254,9 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 // 504 for a timeout, 413 for an oversized body, 499 (nothing written) when the client went
 // away, 502 otherwise. The body never carries internal detail; the log does.
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
-	t, _ := r.Context().Value(targetKey{}).(*balancer.Target)
 	addr := ""
-	if t != nil {
-		addr = t.Addr
+	if a, _ := r.Context().Value(attemptKey{}).(*attempt); a != nil {
+		addr = a.target.Addr
 	}
 	var maxBytes *http.MaxBytesError
 	var netErr net.Error

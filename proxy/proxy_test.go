@@ -20,7 +20,8 @@ import (
 // staticPicker always picks the same target.
 type staticPicker struct{ t *balancer.Target }
 
-func (p staticPicker) Next() balancer.Pick { return balancer.Pick{Target: p.t} }
+func (p staticPicker) Next() balancer.Pick                       { return balancer.Pick{Target: p.t} }
+func (p staticPicker) NextExcept(*balancer.Target) balancer.Pick { return p.Next() }
 
 func pickerFor(srv *httptest.Server) staticPicker {
 	return staticPicker{&balancer.Target{Addr: srv.Listener.Addr().String()}}
@@ -36,7 +37,8 @@ func (o *countingObserver) Request(code int, target string, d time.Duration) {
 	defer o.mu.Unlock()
 	o.codes = append(o.codes, code)
 }
-func (o *countingObserver) FailOpen() {}
+func (o *countingObserver) FailOpen()    {}
+func (o *countingObserver) Retry(string) {}
 
 func frontend(t *testing.T, opts Options) *httptest.Server {
 	t.Helper()

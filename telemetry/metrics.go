@@ -25,6 +25,8 @@ type Metrics struct {
 	targetHealthy     *prometheus.GaugeVec
 	healthChecks      *prometheus.CounterVec
 	failOpen          prometheus.Counter
+	retries           *prometheus.CounterVec
+	ejections         *prometheus.CounterVec
 	unknownServerName prometheus.Counter
 	certExpiry        *prometheus.GaugeVec
 	acmeOrders        *prometheus.CounterVec
@@ -55,6 +57,14 @@ func New() *Metrics {
 			Name: "edgeproxy_fail_open_total",
 			Help: "Requests sent to a target chosen among all targets because none was healthy.",
 		}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeproxy_retries_total",
+			Help: "Requests sent to another target after failing on this one.",
+		}, []string{"target"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeproxy_passive_ejections_total",
+			Help: "Times passive health ejected the target after consecutive failed requests.",
+		}, []string{"target"}),
 		unknownServerName: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgeproxy_tls_unknown_server_name_total",
 			Help: "TLS handshakes for a server name no certificate covers (or without SNI).",
@@ -74,6 +84,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 		m.requests, m.requestDuration, m.targetHealthy, m.healthChecks, m.failOpen, m.unknownServerName,
+		m.retries, m.ejections,
 		m.certExpiry, m.acmeOrders,
 	)
 	return m
@@ -93,6 +104,12 @@ func (m *Metrics) Request(code int, target string, d time.Duration) {
 
 // FailOpen records one request routed while no target was healthy.
 func (m *Metrics) FailOpen() { m.failOpen.Inc() }
+
+// Retry records a request retried after failing on target; it implements proxy.Observer.
+func (m *Metrics) Retry(target string) { m.retries.WithLabelValues(target).Inc() }
+
+// PassiveEjection records target being ejected by passive health.
+func (m *Metrics) PassiveEjection(target string) { m.ejections.WithLabelValues(target).Inc() }
 
 // HealthCheck records one active check; it implements health.Observer.
 func (m *Metrics) HealthCheck(target string, pass bool, reason string) {
@@ -118,6 +135,8 @@ func (m *Metrics) ForgetTarget(target string) {
 	m.targetHealthy.DeleteLabelValues(target)
 	m.healthChecks.DeletePartialMatch(prometheus.Labels{"target": target})
 	m.requests.DeletePartialMatch(prometheus.Labels{"target": target})
+	m.retries.DeleteLabelValues(target)
+	m.ejections.DeleteLabelValues(target)
 }
 
 // UnknownServerName counts a handshake for a name no certificate covers; it implements
