@@ -56,6 +56,9 @@ type TLS struct {
 	SelfSigned bool `yaml:"self_signed"`
 	// ACME obtains and renews certificates automatically (see ACME in acme.go).
 	ACME ACME `yaml:"acme"`
+	// TLSCost turns on the TLS CPU accounting (edgeproxy_tls_* cost metrics, see
+	// telemetry/tlscost). Default true; false serves TLS unmeasured.
+	TLSCost bool `yaml:"tls_cost"`
 }
 
 // CertificateFiles names one PEM certificate chain and its private key.
@@ -151,7 +154,7 @@ type Log struct {
 func Default() *Config {
 	return &Config{
 		Listen: Listen{HTTPS: ":443", HTTPMode: "redirect"},
-		TLS:    TLS{MinVersion: "1.2", ACME: ACME{Directory: LetsEncryptURL}},
+		TLS:    TLS{MinVersion: "1.2", ACME: ACME{Directory: LetsEncryptURL}, TLSCost: true},
 		Pool: Pool{
 			HealthCheck: HealthCheck{
 				Path:               "/",

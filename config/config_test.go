@@ -92,7 +92,7 @@ func TestParse_Errors(t *testing.T) {
 		{
 			name: "unknown key",
 			yaml: "tls:\n  self_signed: true\n  selfsigned: true\npool:\n  targets: [\"127.0.0.1:80\"]\n",
-			want: []string{`c.yaml:3:3: unknown key "selfsigned" in tls (known keys: acme, certificates, min_version, self_signed)`},
+			want: []string{`c.yaml:3:3: unknown key "selfsigned" in tls (known keys: acme, certificates, min_version, self_signed, tls_cost)`},
 		},
 		{
 			name: "wrong types and bad duration, all at once",

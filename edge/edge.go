@@ -28,6 +28,7 @@ import (
 	"edgeproxy/health"
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
+	"edgeproxy/telemetry/tlscost"
 )
 
 // Edge is one configured, bound edgeproxy. Use New, then Run.
@@ -48,6 +49,13 @@ type Edge struct {
 	// transport is reused across reloads that keep the pool's timeouts, so that
 	// keep-alive connections to targets survive a reload.
 	transport *http.Transport
+
+	// tickets rotates the HTTPS listener's session ticket keys. That listener's tls.Config
+	// outlives reloads, so clients keep resuming across them.
+	tickets tlscost.SessionTickets
+	// tlsCost measures what TLS costs in CPU; nil when tls.tls_cost is false (read at
+	// start; a reload does not change it).
+	tlsCost *tlscost.Accountant
 
 	runCtx context.Context // set by Run; bounds drains
 
@@ -253,7 +261,16 @@ func (e *Edge) bind() error {
 		srv := newServer(handler)
 		srv.TLSConfig = e.certs.TLSConfig()
 		srv.TLSConfig.GetCertificate = e.getCertificate // follows reloads
-		e.add(srv, tls.NewListener(limitListener(ln, l.MaxConnections), srv.TLSConfig))
+		e.tickets.Attach(srv.TLSConfig)
+		if cfg.TLS.TLSCost {
+			// The handshake deadline is the one net/http would apply: read_header_timeout.
+			a, err := tlscost.New(tlscost.Options{Registerer: e.metrics.Registry(), HandshakeTimeout: l.ReadHeaderTimeout, Logger: e.log})
+			if err != nil {
+				return err
+			}
+			e.tlsCost = a
+		}
+		e.add(srv, e.tlsCost.Listener(limitListener(ln, l.MaxConnections), srv.TLSConfig))
 	}
 	if addr := cfg.Listen.HTTP; addr != "" {
 		ln, err := listen("listen.http", addr)
@@ -343,6 +360,7 @@ func (e *Edge) Run(ctx context.Context) error {
 		e.checker.Wait()
 	}()
 	e.checker.Start(checkCtx, e.cfg.Pool.Targets)
+	go e.tickets.Run(checkCtx)
 
 	serveErr := make(chan error, len(e.servers))
 	for i, srv := range e.servers {
