@@ -434,3 +434,81 @@ func TestACME_Pebble_FailureRetriedThenResolved(t *testing.T) {
 		t.Errorf("last-error.json after success: %v; want it removed", err)
 	}
 }
+
+// writeCached puts cert in dir as autocert would have cached it for name.
+func writeCached(t *testing.T, dir, name string, cert tls.Certificate) {
+	t.Helper()
+	data, err := encodeCached(&cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Static and ACME certificates side by side: SNI picks the static one when its names
+// match, the ACME one for a listed domain, and the first static one for anything else.
+func TestGetCertificate_StaticAndACME(t *testing.T) {
+	dir := t.TempDir()
+	acmeCert := mustSelfSigned(t, "app.test")
+	writeCached(t, dir, "app.test", acmeCert)
+	static := mustSelfSigned(t, "static.test")
+	ca, hits := countingCA(t)
+	obs := &acmeObserver{}
+	src, err := New(Options{Static: []tls.Certificate{static}, ACME: &ACMEOptions{
+		Domains: []string{"app.test", "new.test"}, DirectoryURL: ca.URL, CacheDir: dir, Observer: obs,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		sni  string
+		want *x509.Certificate
+	}{
+		{"static.test", static.Leaf},
+		{"app.test", acmeCert.Leaf},
+		{"App.Test.", acmeCert.Leaf},
+		{"new.test", static.Leaf}, // listed, not obtained yet: the default certificate
+		{"other.test", static.Leaf},
+	}
+	for _, tt := range tests {
+		got, err := src.GetCertificate(&tls.ClientHelloInfo{ServerName: tt.sni})
+		if err != nil || !got.Leaf.Equal(tt.want) {
+			t.Errorf("GetCertificate(%q) = %v, %v; want the certificate for %v", tt.sni, got, err, tt.want.DNSNames)
+		}
+	}
+	if exp := obs.expiry["app.test"]; !exp.Equal(acmeCert.Leaf.NotAfter) {
+		t.Errorf("expiry of the cached certificate reported as %v; want %v", exp, acmeCert.Leaf.NotAfter)
+	}
+	if hits.Load() != 0 {
+		t.Errorf("the CA got %d requests; want 0", hits.Load())
+	}
+}
+
+// A cached certificate that expired, or is for another name, is not served.
+func TestNew_ACMEIgnoresUnusableCache(t *testing.T) {
+	dir := t.TempDir()
+	expired, err := SelfSigned([]string{"app.test"}, -time.Minute) // NotAfter in the past
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeCached(t, dir, "app.test", expired)
+	writeCached(t, dir, "b.test", mustSelfSigned(t, "not-b.test"))
+	log, logs := newLogger(t)
+	src, err := New(Options{Logger: log, ACME: &ACMEOptions{Domains: []string{"app.test", "b.test"}, CacheDir: dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"app.test", "b.test"} {
+		if c, err := src.GetCertificate(&tls.ClientHelloInfo{ServerName: name}); err == nil {
+			t.Errorf("GetCertificate(%q) = %v; want no certificate", name, c.Leaf.DNSNames)
+		}
+	}
+	if n := logs.count("ignoring cached certificate"); n != 2 {
+		t.Errorf("%d cached certificates reported as ignored; want 2\n%s", n, logs)
+	}
+}

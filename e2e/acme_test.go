@@ -483,3 +483,40 @@ func TestACME_RenewalWithoutFailedHandshakes(t *testing.T) {
 		t.Errorf("expiry metric = %v; want the renewed certificate's %d", got, renewed.NotAfter.Unix())
 	}
 }
+
+// A reload (SIGHUP) keeps the ACME certificate and its renewal; a changed tls.acme is
+// reported as needing a restart, and no new order is placed.
+func TestACME_ReloadKeepsCertificate(t *testing.T) {
+	t.Parallel()
+	s := newACMESite(t, acmeSiteOptions{})
+	p, _ := s.start(t)
+	first := s.waitCertificate(t, p, 60*time.Second)
+	orders := s.pebble.Orders()
+
+	data, err := os.ReadFile(s.configFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(data), "email: ops@app.test", "email: other@app.test", 1)
+	changed = strings.Replace(changed, "interval: 1s", "interval: 2s", 1)
+	if err := os.WriteFile(s.configFile, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if !p.WaitForOutput("reload done", 10*time.Second) {
+		t.Fatalf("no reload:\n%s", p.Output())
+	}
+	if !strings.Contains(p.Output(), "tls.acme changed; it takes effect only after a restart") {
+		t.Errorf("changed tls.acme not reported:\n%s", p.Output())
+	}
+	leaf, err := s.handshake(acmeDomain)
+	if err != nil || leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
+		t.Fatalf("after reload: %v, %v; want serial %x", leaf, err, first.SerialNumber)
+	}
+	s.getDjango(t)
+	if n := s.pebble.Orders(); n != orders {
+		t.Errorf("Pebble got %d new orders after the reload; want 0", n-orders)
+	}
+}
