@@ -102,7 +102,7 @@ func countingCA(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	return srv, &n
 }
 
-func TestACMEHostPolicy_IgnoresPort(t *testing.T) {
+func TestAcmeHostPolicy_IgnoresPort(t *testing.T) {
 	a, err := newACME(ACMEOptions{Domains: []string{"www.example.com", "API.example.com."}, CacheDir: t.TempDir()}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func TestACMEHostPolicy_IgnoresPort(t *testing.T) {
 	}
 }
 
-func TestACMERenewAt(t *testing.T) {
+func TestAcmeRenewAt(t *testing.T) {
 	issued := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name        string
@@ -155,7 +155,7 @@ func TestACMERenewAt(t *testing.T) {
 	}
 }
 
-func TestACMEBackoff_CappedExponential(t *testing.T) {
+func TestAcmeBackoff_CappedExponential(t *testing.T) {
 	a := &acmeManager{opts: ACMEOptions{RetryMin: time.Minute, RetryMax: time.Hour}}
 	want := []time.Duration{time.Minute, 3 * time.Minute, 9 * time.Minute, 27 * time.Minute, time.Hour, time.Hour, time.Hour}
 	for i, w := range want {
@@ -186,7 +186,7 @@ func TestACMEBackoff_CappedExponential(t *testing.T) {
 
 // Handshakes never order: not for an unlisted name, not for a listed one without a
 // certificate yet. Only Start's loops do.
-func TestGetCertificate_ACMEHandshakesNeverContactTheCA(t *testing.T) {
+func TestGetCertificate_AcmeHandshakesNeverContactTheCA(t *testing.T) {
 	ca, hits := countingCA(t)
 	log, logs := newLogger(t)
 	src, err := New(Options{Logger: log, ACME: &ACMEOptions{
@@ -214,7 +214,7 @@ func TestGetCertificate_ACMEHandshakesNeverContactTheCA(t *testing.T) {
 
 // The HTTP-01 responder passes everything but challenges to the fallback, and answers
 // challenges only for listed names with an order in flight.
-func TestHTTPHandler_ACME(t *testing.T) {
+func TestHTTPHandler_Acme(t *testing.T) {
 	src, err := New(Options{ACME: &ACMEOptions{Domains: []string{"app.test"}, CacheDir: t.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +242,7 @@ func TestHTTPHandler_ACME(t *testing.T) {
 	}
 }
 
-func TestTLSConfig_ACMEOffersALPNChallenge(t *testing.T) {
+func TestTLSConfig_AcmeOffersALPNChallenge(t *testing.T) {
 	src, err := New(Options{ACME: &ACMEOptions{Domains: []string{"app.test"}, CacheDir: t.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +256,7 @@ func TestTLSConfig_ACMEOffersALPNChallenge(t *testing.T) {
 	}
 }
 
-func TestNew_ACMECacheDir(t *testing.T) {
+func TestNew_AcmeCacheDir(t *testing.T) {
 	parent := t.TempDir()
 	dir := filepath.Join(parent, "acme")
 	if _, err := New(Options{ACME: &ACMEOptions{Domains: []string{"app.test"}, CacheDir: dir}}); err != nil {
@@ -348,7 +348,7 @@ func waitCert(t *testing.T, src *Source, name string, timeout time.Duration) *tl
 	}
 }
 
-func TestACME_Pebble_ObtainsECDSACertificate(t *testing.T) {
+func TestAcme_Pebble_ObtainsECDSACertificate(t *testing.T) {
 	s := startPebbleSource(t, true, 0)
 	cert := waitCert(t, s.src, "app.test", 30*time.Second)
 
@@ -397,7 +397,7 @@ func TestACME_Pebble_ObtainsECDSACertificate(t *testing.T) {
 // A failing validation is logged with the CA's problem, saved in last-error.json, counted,
 // and retried after the backoff; once the problem is fixed, the retry succeeds and the
 // record is removed.
-func TestACME_Pebble_FailureRetriedThenResolved(t *testing.T) {
+func TestAcme_Pebble_FailureRetriedThenResolved(t *testing.T) {
 	s := startPebbleSource(t, false, 500*time.Millisecond)
 
 	deadline := time.Now().Add(30 * time.Second)
@@ -452,7 +452,7 @@ func writeCached(t *testing.T, dir, name string, cert tls.Certificate) {
 
 // Static and ACME certificates side by side: SNI picks the static one when its names
 // match, the ACME one for a listed domain, and the first static one for anything else.
-func TestGetCertificate_StaticAndACME(t *testing.T) {
+func TestGetCertificate_StaticAndAcme(t *testing.T) {
 	dir := t.TempDir()
 	acmeCert := mustSelfSigned(t, "app.test")
 	writeCached(t, dir, "app.test", acmeCert)
@@ -490,7 +490,7 @@ func TestGetCertificate_StaticAndACME(t *testing.T) {
 }
 
 // A cached certificate that expired, or is for another name, is not served.
-func TestNew_ACMEIgnoresUnusableCache(t *testing.T) {
+func TestNew_AcmeIgnoresUnusableCache(t *testing.T) {
 	dir := t.TempDir()
 	expired, err := SelfSigned([]string{"app.test"}, -time.Minute) // NotAfter in the past
 	if err != nil {

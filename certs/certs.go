@@ -68,7 +68,9 @@ type Source struct {
 	unknownLogged map[string]bool
 }
 
-// New builds a Source, generating the self-signed certificate if asked.
+// New builds a Source, generating the self-signed certificate if asked, and with ACME
+// preparing the cache directory and loading the certificates cached there (Start orders
+// the missing ones).
 func New(opts Options) (*Source, error) {
 	s := &Source{
 		byName:        map[string]*tls.Certificate{},

@@ -10,7 +10,7 @@ import (
 
 const acmePool = "pool: {targets: [\"127.0.0.1:8000\"]}\n"
 
-func TestParse_ACME(t *testing.T) {
+func TestParse_Acme(t *testing.T) {
 	cfg, err := Parse("c.yaml", []byte(acmePool+`
 tls:
   acme:
@@ -43,7 +43,7 @@ tls:
 	}
 }
 
-func TestParse_ACMECacheDirDefault(t *testing.T) {
+func TestParse_AcmeCacheDirDefault(t *testing.T) {
 	yaml := acmePool + "tls: {acme: {domains: [www.example.com]}}\n"
 	t.Setenv("STATE_DIRECTORY", "")
 	cfg, err := Parse("c.yaml", []byte(yaml))
@@ -62,7 +62,7 @@ func TestParse_ACMECacheDirDefault(t *testing.T) {
 	}
 }
 
-func TestParse_ACMEErrors(t *testing.T) {
+func TestParse_AcmeErrors(t *testing.T) {
 	tests := []struct {
 		name string
 		yaml string
@@ -125,7 +125,7 @@ func TestParse_ACMEErrors(t *testing.T) {
 
 // The staging CA is for a first try; a config left pointing at it serves certificates no
 // browser trusts, so validate says so without failing.
-func TestParse_ACMEStagingWarns(t *testing.T) {
+func TestParse_AcmeStagingWarns(t *testing.T) {
 	cfg, err := Parse("c.yaml", []byte(acmePool+"tls:\n  acme:\n    domains: [www.example.com]\n    directory: "+LetsEncryptStagingURL+"\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func TestParse_ACMEStagingWarns(t *testing.T) {
 	}
 }
 
-func TestCheckEnvironment_ACME(t *testing.T) {
+func TestCheckEnvironment_Acme(t *testing.T) {
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "roots.txt")
 	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
@@ -220,7 +220,7 @@ func TestCheckEnvironment_ACME(t *testing.T) {
 
 // ${STATE_DIRECTORY} in cache_dir is expanded like the certificate paths, and reported
 // by the environment checks when systemd did not set it.
-func TestParse_ACMECacheDirStateDirectory(t *testing.T) {
+func TestParse_AcmeCacheDirStateDirectory(t *testing.T) {
 	yaml := acmePool + "tls:\n  acme:\n    domains: [www.example.com]\n    cache_dir: ${STATE_DIRECTORY}/acme\n"
 	t.Setenv("STATE_DIRECTORY", "/var/lib/edgeproxy")
 	cfg, err := Parse("c.yaml", []byte(yaml))

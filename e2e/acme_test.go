@@ -143,7 +143,7 @@ func acmeStop(t *testing.T, p *testutil.Proc) {
 // handshake opens a new TLS connection to the edge for name, verifying the certificate
 // against Pebble's root, and returns the leaf.
 func (s *acmeSite) handshake(name string) (*x509.Certificate, error) {
-	d := &net.Dialer{Timeout: 3 * time.Second}
+	d := &net.Dialer{Timeout: 5 * time.Second}
 	conn, err := tls.DialWithDialer(d, "tcp", s.httpsAddr, &tls.Config{
 		ServerName: name, RootCAs: s.roots, NextProtos: []string{"h2", "http/1.1"},
 	})
@@ -253,7 +253,7 @@ func reportFirstCertificate(t *testing.T, challenge string, started time.Time, p
 
 // TLS-ALPN-01 alone is enough: the edge has no plain-HTTP listener and Pebble's HTTP-01
 // port is closed, so the certificate can only come from validations on the HTTPS listener.
-func TestACME_TLSALPN01(t *testing.T) {
+func TestAcme_TLSALPN01(t *testing.T) {
 	t.Parallel()
 	s := newACMESite(t, acmeSiteOptions{})
 	p, started := s.start(t)
@@ -282,7 +282,7 @@ func TestACME_TLSALPN01(t *testing.T) {
 
 // HTTP-01 alone is enough: Pebble's TLS-ALPN-01 port is closed, so after that challenge
 // fails the edge's plain-HTTP listener answers HTTP-01, and still redirects the rest.
-func TestACME_HTTP01(t *testing.T) {
+func TestAcme_HTTP01(t *testing.T) {
 	t.Parallel()
 	s := newACMESite(t, acmeSiteOptions{http01: true})
 	p, started := s.start(t)
@@ -323,7 +323,7 @@ func TestACME_HTTP01(t *testing.T) {
 }
 
 // A restart reuses the cached certificate: same serial, served at once, no new order.
-func TestACME_RestartReusesCache(t *testing.T) {
+func TestAcme_RestartReusesCache(t *testing.T) {
 	t.Parallel()
 	s := newACMESite(t, acmeSiteOptions{})
 	p, _ := s.start(t)
@@ -351,7 +351,7 @@ func TestACME_RestartReusesCache(t *testing.T) {
 
 // A name that is not in tls.acme.domains is refused (no fallback certificate here), logged
 // once however many handshakes ask for it, counted, and never ordered.
-func TestACME_UnlistedNameRefusedWithoutOrder(t *testing.T) {
+func TestAcme_UnlistedNameRefusedWithoutOrder(t *testing.T) {
 	t.Parallel()
 	s := newACMESite(t, acmeSiteOptions{})
 	p, _ := s.start(t)
@@ -380,7 +380,7 @@ func TestACME_UnlistedNameRefusedWithoutOrder(t *testing.T) {
 // With the CA gone after issuance, the edge keeps serving its certificate; when renewal
 // comes due it tries, fails, says so in the log, the metrics and last-error.json, and
 // keeps serving.
-func TestACME_CAStoppedAfterIssuance(t *testing.T) {
+func TestAcme_CAStoppedAfterIssuance(t *testing.T) {
 	t.Parallel()
 	// 30s certificates: renewal is due 10s (a third) before expiry, about 20s in.
 	s := newACMESite(t, acmeSiteOptions{validity: 30 * time.Second})
@@ -426,7 +426,7 @@ func TestACME_CAStoppedAfterIssuance(t *testing.T) {
 
 // Renewal replaces the certificate before it expires, without a restart, while clients
 // keep connecting: no handshake fails.
-func TestACME_RenewalWithoutFailedHandshakes(t *testing.T) {
+func TestAcme_RenewalWithoutFailedHandshakes(t *testing.T) {
 	t.Parallel()
 	// 90s certificates renew when a third remains: about 60s in.
 	s := newACMESite(t, acmeSiteOptions{validity: 90 * time.Second})
@@ -486,7 +486,7 @@ func TestACME_RenewalWithoutFailedHandshakes(t *testing.T) {
 
 // A reload (SIGHUP) keeps the ACME certificate and its renewal; a changed tls.acme is
 // reported as needing a restart, and no new order is placed.
-func TestACME_ReloadKeepsCertificate(t *testing.T) {
+func TestAcme_ReloadKeepsCertificate(t *testing.T) {
 	t.Parallel()
 	s := newACMESite(t, acmeSiteOptions{})
 	p, _ := s.start(t)
