@@ -158,6 +158,11 @@ func (a *attempt) done() {
 // ServeHTTP picks a target and proxies r to it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if h.opts.HSTS != "" && r.TLS != nil {
+		// Set before proxying so that error pages carry it too; modifyResponse removes a
+		// target's own value, so the edge's policy is the one clients see.
+		w.Header().Set("Strict-Transport-Security", h.opts.HSTS)
+	}
 	rec := &recorder{ResponseWriter: w}
 	pick := h.opts.Picker.Next()
 	target := ""
@@ -245,7 +250,7 @@ func remoteIP(remoteAddr string) netip.Addr {
 
 func (h *Handler) modifyResponse(resp *http.Response) error {
 	if h.opts.HSTS != "" && resp.Request.TLS != nil {
-		resp.Header.Set("Strict-Transport-Security", h.opts.HSTS)
+		resp.Header.Del("Strict-Transport-Security")
 	}
 	return nil
 }

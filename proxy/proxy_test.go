@@ -245,17 +245,23 @@ func TestUpgrade_WebSocketPassesThrough(t *testing.T) {
 	}
 }
 
+// The edge's HSTS policy is on every HTTPS response, error pages included, and replaces
+// a target's own.
 func TestHSTS(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Strict-Transport-Security", "max-age=60")
+	}))
 	defer backend.Close()
-	front := frontend(t, Options{Picker: pickerFor(backend), HSTS: "max-age=31536000"})
-	resp, err := front.Client().Get(front.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if g := resp.Header.Get("Strict-Transport-Security"); g != "max-age=31536000" {
-		t.Errorf("got %q; want max-age=31536000", g)
+	for name, picker := range map[string]Picker{"proxied": pickerFor(backend), "error page": staticPicker{}} {
+		front := frontend(t, Options{Picker: picker, HSTS: "max-age=31536000"})
+		resp, err := front.Client().Get(front.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if g := resp.Header.Values("Strict-Transport-Security"); len(g) != 1 || g[0] != "max-age=31536000" {
+			t.Errorf("%s: got %q; want exactly max-age=31536000", name, g)
+		}
 	}
 }
 
