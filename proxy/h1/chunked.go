@@ -34,19 +34,19 @@ type Chunked struct {
 type chunkState uint8
 
 const (
-	chunkSize      chunkState = iota // in chunk-size
-	chunkSizeWS                      // whitespace after chunk-size; only ";" may follow
-	chunkExt                         // in chunk extensions
-	chunkSizeLF                      // CR seen at the end of a chunk-size line
-	chunkData                        // in chunk data; size bytes left
-	chunkDataCR                      // data done; CR expected
-	chunkDataLF                      // LF expected
-	chunkTrailer                     // at the start of a trailer line or the final CRLF
-	chunkTrailerName                 // in a trailer field name
-	chunkTrailerValue                // in a trailer field value
-	chunkTrailerLF                   // CR seen at the end of a trailer line
-	chunkEndLF                       // CR seen of the final CRLF
-	chunkDone                        // the body is complete
+	chunkSize         chunkState = iota // in chunk-size
+	chunkSizeWS                         // whitespace after chunk-size; only ";" may follow
+	chunkExt                            // in chunk extensions
+	chunkSizeLF                         // CR seen at the end of a chunk-size line
+	chunkData                           // in chunk data; size bytes left
+	chunkDataCR                         // data done; CR expected
+	chunkDataLF                         // LF expected
+	chunkTrailer                        // at the start of a trailer line or the final CRLF
+	chunkTrailerName                    // in a trailer field name
+	chunkTrailerValue                   // in a trailer field value
+	chunkTrailerLF                      // CR seen at the end of a trailer line
+	chunkEndLF                          // CR seen of the final CRLF
+	chunkDone                           // the body is complete
 )
 
 var (

@@ -59,6 +59,19 @@ func equalFold(b []byte, s string) bool {
 	return true
 }
 
+// equalFoldAny reports whether b equals s, ASCII case-insensitively.
+func equalFoldAny(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		if lower[b[i]] != lower[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
 // equalFoldBytes reports whether a equals b, ASCII case-insensitively.
 func equalFoldBytes(a, b []byte) bool {
 	if len(a) != len(b) {
@@ -126,7 +139,7 @@ func ScanHead(buf []byte, from, maxHeadBytes int) (ready bool, next int) {
 		}
 		p := i + j
 		if p == 0 || buf[p-1] != '\r' || p == 1 || p >= 3 && buf[p-2] == '\n' || p >= maxHeadBytes {
-			return true, p + 1
+			return true, p
 		}
 		i = p + 1
 	}

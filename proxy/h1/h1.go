@@ -71,7 +71,7 @@ type Header []Field
 // case-insensitively) and whether there is one.
 func (h Header) Get(name string) ([]byte, bool) {
 	for i := range h {
-		if equalFold(h[i].Name, name) {
+		if equalFoldAny(h[i].Name, name) {
 			return h[i].Value, true
 		}
 	}
