@@ -14,6 +14,8 @@ echo "== staticcheck"
 staticcheck ./...
 echo "== go test -race"
 go test -race -timeout 20m -count=1 ./...
+echo "== fuzz targets, briefly (scripts/fuzz.sh runs them longer)"
+FUZZTIME="${CI_FUZZTIME:-5s}" ./scripts/fuzz.sh
 echo "== CGO_ENABLED=0 static build"
 CGO_ENABLED=0 go build -o /tmp/edgeproxy-static ./cmd/edgeproxy
 if file /tmp/edgeproxy-static 2>/dev/null | grep -q 'dynamically linked'; then
