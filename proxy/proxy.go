@@ -74,6 +74,9 @@ type Options struct {
 	// HEAD and OPTIONS also on a reset before the response began. Never for a request
 	// whose body reached a target. Bounded by a budget of 20% of requests. 0 means never.
 	Retries int
+	// MixedContent adds upgrade-insecure-requests to HTML and counts pages that load
+	// http:// scripts or stylesheets (mixedcontent.go); nil means neither.
+	MixedContent *MixedContent
 }
 
 // Handler proxies requests to the pool. Use New.
@@ -252,6 +255,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	if h.opts.HSTS != "" && resp.Request.TLS != nil {
 		resp.Header.Del("Strict-Transport-Security")
 	}
+	h.opts.MixedContent.apply(resp)
 	return nil
 }
 
