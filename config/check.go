@@ -63,6 +63,9 @@ func (c *Config) check(failed []string) []Problem {
 	if h := c.Headers.HSTS; h != "" && !strings.HasPrefix(strings.TrimSpace(h), "max-age=") {
 		k.errorf("headers.hsts", "headers.hsts must start with max-age=, e.g. \"max-age=31536000\"")
 	}
+	if n := c.Headers.MixedContentSample; n < 1 || n > 1000000 {
+		k.errorf("headers.mixed_content_sample", "headers.mixed_content_sample must be 1..1000000 (one HTML response in N is scanned), got %d", n)
+	}
 	if f := c.Log.Format; f != "text" && f != "json" {
 		k.errorf("log.format", "log.format must be text or json, got %q", f)
 	}
@@ -196,6 +199,9 @@ func (k *checker) pool() {
 	if p.Retries < 0 || p.Retries > 3 {
 		k.errorf("pool.retries", "pool.retries must be 0..3, got %d", p.Retries)
 	}
+	if p.TLS != nil && p.TLS.InsecureSkipVerify {
+		k.warnf("pool.tls.insecure_skip_verify", "pool.tls.insecure_skip_verify is on: the edge does not verify its targets' certificates, so anyone on the path can impersonate them")
+	}
 	if p.DeregistrationDelay < 0 {
 		k.errorf("pool.deregistration_delay", "pool.deregistration_delay must not be negative, got %v", p.DeregistrationDelay)
 	}
@@ -293,6 +299,11 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 func (c *Config) CheckEnvironment() []Problem {
 	k := &checker{c: c}
 	unset := k.unsetPathVars()
+	if t := c.Pool.TLS; t != nil && t.CA != "" {
+		if _, err := LoadCARoots(t.CA); err != nil {
+			k.errorf("pool.tls.ca", "pool.tls.ca: %v", err)
+		}
+	}
 	for i, cf := range c.TLS.Certificates {
 		path := fmt.Sprintf("tls.certificates[%d]", i)
 		if cf.Cert == "" || cf.Key == "" {

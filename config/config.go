@@ -84,6 +84,21 @@ type Pool struct {
 	// Retries is how often a failed request may be sent to another target (see README);
 	// default 1, 0..3.
 	Retries int `yaml:"retries"`
+	// TLS, when set, makes the edge speak TLS to the targets (re-encrypt), health checks
+	// included. Nil means plain HTTP to the targets.
+	TLS *UpstreamTLS `yaml:"tls"`
+}
+
+// UpstreamTLS is how the edge verifies targets that speak TLS.
+type UpstreamTLS struct {
+	// CA is a PEM file of the roots that sign the targets' certificates; empty means the
+	// system roots.
+	CA string `yaml:"ca"`
+	// ServerName is the name verified in the targets' certificates (and sent as SNI);
+	// empty means the target's host.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify turns verification off: for tests only, and logged loudly.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
 // Passive ejects a target after consecutive failed requests (refused, reset, response-head
@@ -140,6 +155,17 @@ type Forwarding struct {
 type Headers struct {
 	// HSTS is the Strict-Transport-Security value for HTTPS responses; empty means none.
 	HSTS string `yaml:"hsts"`
+	// UpgradeInsecureRequests adds "Content-Security-Policy: upgrade-insecure-requests"
+	// to HTML responses over https that carry no Content-Security-Policy, so that browsers
+	// load a page's http:// scripts and stylesheets over https instead of blocking them.
+	UpgradeInsecureRequests bool `yaml:"upgrade_insecure_requests"`
+	// MixedContentReport scans a sample of HTML responses (their first 64 KiB, as they
+	// stream) for http:// scripts and stylesheets, counts the pages found in
+	// edgeproxy_mixed_content_pages_total and logs each path once. Default false.
+	MixedContentReport bool `yaml:"mixed_content_report"`
+	// MixedContentSample scans one HTML response in this many when MixedContentReport is
+	// on; 1 scans every one. Default 10.
+	MixedContentSample int `yaml:"mixed_content_sample"`
 }
 
 // Log configures logging.
@@ -176,6 +202,7 @@ func Default() *Config {
 			MaxConnections:    10000,
 			ShutdownTimeout:   30 * time.Second,
 		},
-		Log: Log{Format: "text"},
+		Headers: Headers{MixedContentSample: 10},
+		Log:     Log{Format: "text"},
 	}
 }

@@ -74,6 +74,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			}
 			v.Set(reflect.ValueOf(m))
 		}
+	case v.Kind() == reflect.Pointer && v.Type().Elem().Kind() == reflect.Struct:
+		// An optional block (pool.tls): null keeps nil, a mapping allocates it.
+		p := reflect.New(v.Type().Elem())
+		d.decode(n, p.Elem(), path)
+		v.Set(p)
 	case v.Kind() == reflect.Struct:
 		d.decodeStruct(n, v, path)
 	case v.Kind() == reflect.Slice:

@@ -32,6 +32,9 @@ func (c *Config) pathKeys() []pathKey {
 	if a := &c.TLS.ACME; a.Enabled() {
 		keys = append(keys, pathKey{"tls.acme.ca_roots", &a.CARoots}, pathKey{"tls.acme.cache_dir", &a.CacheDir})
 	}
+	if t := c.Pool.TLS; t != nil {
+		keys = append(keys, pathKey{"pool.tls.ca", &t.CA})
+	}
 	return keys
 }
 

@@ -94,11 +94,15 @@ func (e *Edge) build() error {
 	e.certs = src
 	e.certSrc.Store(src)
 
+	upTLS, err := e.upstreamTLS(cfg)
+	if err != nil {
+		return err
+	}
 	e.bal = balancer.New(cfg.Pool.Targets)
-	opts := healthOptions(cfg)
+	opts := healthOptions(cfg, upTLS)
 	opts.Observer, opts.Logger, opts.OnChange, opts.OnProven = e.metrics, e.log, e.healthChanged, e.healthProven
 	e.checker = health.New(opts)
-	e.handler.Store(e.newHandler(cfg))
+	e.handler.Store(e.newHandler(cfg, upTLS))
 	return nil
 }
 
@@ -168,22 +172,44 @@ func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
 	return certs.New(opts)
 }
 
-func healthOptions(cfg *config.Config) health.Options {
+func healthOptions(cfg *config.Config, upstreamTLS *tls.Config) health.Options {
 	hc := cfg.Pool.HealthCheck
 	return health.Options{
 		Path: hc.Path, Host: hc.Host, Interval: hc.Interval, Timeout: hc.Timeout,
 		HealthyThreshold: hc.HealthyThreshold, UnhealthyThreshold: hc.UnhealthyThreshold,
-		Matcher: hc.Matcher,
+		Matcher: hc.Matcher, TLSConfig: upstreamTLS,
 	}
 }
 
+// upstreamTLS is the client TLS configuration for re-encrypting to the targets, or nil
+// for plain HTTP. It is built once per configuration: health checks and the proxy share it.
+func (e *Edge) upstreamTLS(cfg *config.Config) (*tls.Config, error) {
+	t := cfg.Pool.TLS
+	if t == nil {
+		return nil, nil
+	}
+	conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+	if t.CA != "" {
+		roots, err := config.LoadCARoots(t.CA)
+		if err != nil {
+			return nil, fmt.Errorf("edge: pool.tls.ca: %w", err)
+		}
+		conf.RootCAs = roots
+	}
+	if t.InsecureSkipVerify {
+		e.log.Warn("pool.tls.insecure_skip_verify is on: target certificates are NOT verified; anyone on the path to the targets can impersonate them")
+	}
+	return conf, nil
+}
+
 // newHandler builds the proxy for cfg, reusing the upstream transport (and its pooled
-// connections) when the pool's timeouts are unchanged.
-func (e *Edge) newHandler(cfg *config.Config) *proxy.Handler {
+// connections) when the pool's timeouts and TLS settings are unchanged.
+func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Handler {
 	if e.transport == nil || e.cfg == nil ||
 		cfg.Pool.ConnectTimeout != e.cfg.Pool.ConnectTimeout ||
-		cfg.Pool.ResponseHeaderTimeout != e.cfg.Pool.ResponseHeaderTimeout {
-		e.transport = proxy.NewTransport(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout)
+		cfg.Pool.ResponseHeaderTimeout != e.cfg.Pool.ResponseHeaderTimeout ||
+		!reflect.DeepEqual(cfg.Pool.TLS, e.cfg.Pool.TLS) {
+		e.transport = proxy.NewTransport(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
 	}
 	var trusted []netip.Prefix
 	for _, s := range cfg.Forwarding.TrustedProxies {
@@ -198,6 +224,7 @@ func (e *Edge) newHandler(cfg *config.Config) *proxy.Handler {
 	return proxy.New(proxy.Options{
 		Picker:         e.bal,
 		Passive:        passiveHealth{e},
+		TargetTLS:      cfg.Pool.TLS != nil,
 		Retries:        cfg.Pool.Retries,
 		Transport:      e.transport,
 		TrustedProxies: trusted,
@@ -206,6 +233,13 @@ func (e *Edge) newHandler(cfg *config.Config) *proxy.Handler {
 		AccessLog:      cfg.Log.Access,
 		Logger:         e.log,
 		Observer:       e.metrics,
+		MixedContent: &proxy.MixedContent{
+			UpgradeInsecureRequests: cfg.Headers.UpgradeInsecureRequests,
+			Report:                  cfg.Headers.MixedContentReport,
+			SampleOneIn:             cfg.Headers.MixedContentSample,
+			Observer:                e.metrics,
+			Logger:                  e.log,
+		},
 	})
 }
 

@@ -36,8 +36,12 @@ func (e *Edge) Reload(cfg *config.Config) error {
 		e.certSrc.Store(src)
 	}
 
-	handler := e.newHandler(cfg)
-	opts := healthOptions(cfg)
+	upTLS, err := e.upstreamTLS(cfg)
+	if err != nil {
+		return fmt.Errorf("edge: reload: %w", err)
+	}
+	handler := e.newHandler(cfg, upTLS)
+	opts := healthOptions(cfg, upTLS)
 	e.checker.Reconfigure(opts)
 	removed := e.bal.SetTargets(cfg.Pool.Targets)
 	e.checker.SetTargets(cfg.Pool.Targets)

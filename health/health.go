@@ -8,6 +8,7 @@ package health
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +60,8 @@ type Options struct {
 	Observer Observer
 	// Logger receives transitions; nil means no logging.
 	Logger *slog.Logger
+	// TLSConfig, when set, makes the checks HTTPS with it, for targets that speak TLS.
+	TLSConfig *tls.Config
 	// Transport sends the checks; nil means a transport without keep-alive, so that every
 	// check opens a connection as an ALB's does.
 	Transport http.RoundTripper
@@ -78,9 +81,8 @@ type Status struct {
 
 // Checker checks a set of targets, one goroutine per target. Use New, then Start.
 type Checker struct {
-	opts   atomic.Pointer[Options] // replaced whole by Reconfigure
-	client *http.Client
-	log    *slog.Logger
+	opts atomic.Pointer[Options] // replaced whole by Reconfigure
+	log  *slog.Logger
 
 	// mu guards targets and ctx.
 	mu      sync.Mutex
@@ -103,35 +105,42 @@ type target struct {
 // New returns a checker with the given options. It checks nothing until Start.
 func New(opts Options) *Checker {
 	if opts.Transport == nil {
-		opts.Transport = &http.Transport{
-			DialContext:            (&net.Dialer{Timeout: opts.Timeout}).DialContext,
-			DisableKeepAlives:      true,
-			MaxResponseHeaderBytes: 64 << 10,
-		}
+		opts.Transport = probeTransport(opts)
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Checker{
-		log: log,
-		client: &http.Client{
-			Transport: opts.Transport,
-			// Redirects are results, not instructions: Django's /admin answers 302.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		targets: map[string]*target{},
-	}
+	c := &Checker{log: log, targets: map[string]*target{}}
 	c.opts.Store(&opts)
 	return c
 }
 
+// probeTransport opens a new connection for every check, as an ALB's checks do, so a
+// target that stopped accepting connections fails at once.
+func probeTransport(opts Options) *http.Transport {
+	return &http.Transport{
+		DialContext:            (&net.Dialer{Timeout: opts.Timeout}).DialContext,
+		DisableKeepAlives:      true,
+		MaxResponseHeaderBytes: 64 << 10,
+		TLSClientConfig:        opts.TLSConfig,
+		TLSHandshakeTimeout:    opts.Timeout,
+	}
+}
+
 // Reconfigure applies new check settings (path, host, interval, timeout, thresholds,
-// matcher) from the next check on; targets keep their state and counts. The Transport,
-// OnChange, Observer and Logger of the original options stay.
+// matcher, TLS) from the next check on; targets keep their state and counts. The
+// OnChange, OnProven, Observer and Logger of the original options stay, and so does the
+// Transport unless the TLS settings changed.
 func (c *Checker) Reconfigure(opts Options) {
 	old := c.opts.Load()
-	opts.Transport, opts.OnChange, opts.OnProven, opts.Observer, opts.Logger = old.Transport, old.OnChange, old.OnProven, old.Observer, old.Logger
+	opts.OnChange, opts.OnProven, opts.Observer, opts.Logger = old.OnChange, old.OnProven, old.Observer, old.Logger
+	if opts.Transport == nil {
+		opts.Transport = old.Transport
+		if opts.TLSConfig != old.TLSConfig {
+			opts.Transport = probeTransport(opts)
+		}
+	}
 	c.opts.Store(&opts)
 }
 
@@ -316,7 +325,11 @@ func (c *Checker) probe(ctx context.Context, opts *Options, addr string) (r resu
 	}()
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+opts.Path, nil)
+	scheme := "http://"
+	if opts.TLSConfig != nil {
+		scheme = "https://"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+addr+opts.Path, nil)
 	if err != nil {
 		return result{reason: ReasonFailedHealthChecks, detail: err.Error()}
 	}
@@ -326,7 +339,12 @@ func (c *Checker) probe(ctx context.Context, opts *Options, addr string) (r resu
 	}
 	req.Host = host
 	req.Header.Set("User-Agent", "edgeproxy-HealthChecker/1.0")
-	resp, err := c.client.Do(req)
+	client := &http.Client{
+		Transport: opts.Transport,
+		// Redirects are results, not instructions: Django's /admin answers 302.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 			return result{reason: ReasonTimeout, detail: fmt.Sprintf("no response within %v", opts.Timeout)}

@@ -10,6 +10,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,8 +53,10 @@ type Observer interface {
 type Options struct {
 	// Picker chooses targets. Required.
 	Picker Picker
-	// Transport sends requests to targets; nil means NewTransport(5s, 60s).
+	// Transport sends requests to targets; nil means NewTransport(5s, 60s, nil).
 	Transport http.RoundTripper
+	// TargetTLS makes the requests to targets https (the Transport must speak TLS).
+	TargetTLS bool
 	// TrustedProxies are the client networks whose X-Forwarded-For and X-Forwarded-Proto
 	// are kept (and extended); from anyone else they are replaced.
 	TrustedProxies []netip.Prefix
@@ -92,7 +95,7 @@ var _ http.Handler = (*Handler)(nil)
 // New returns a Handler for opts.
 func New(opts Options) *Handler {
 	if opts.Transport == nil {
-		opts.Transport = NewTransport(5*time.Second, 60*time.Second)
+		opts.Transport = NewTransport(5*time.Second, 60*time.Second, nil)
 	}
 	h := &Handler{opts: opts, log: opts.Logger}
 	if h.log == nil {
@@ -113,10 +116,17 @@ func New(opts Options) *Handler {
 	return h
 }
 
-// NewTransport returns the transport to plain-HTTP targets: keep-alive pooled (sized for a
-// busy edge), HTTP/1.1, no compression changes, connect and response-head timeouts.
-func NewTransport(connectTimeout, responseHeaderTimeout time.Duration) *http.Transport {
+// NewTransport returns the transport to the targets: keep-alive pooled (sized for a busy
+// edge), HTTP/1.1, no compression changes, connect and response-head timeouts. With
+// tlsConfig set it speaks TLS to the targets (re-encrypt), resuming sessions.
+func NewTransport(connectTimeout, responseHeaderTimeout time.Duration, tlsConfig *tls.Config) *http.Transport {
+	if tlsConfig != nil && tlsConfig.ClientSessionCache == nil {
+		tlsConfig = tlsConfig.Clone()
+		tlsConfig.ClientSessionCache = tls.NewLRUClientSessionCache(1024)
+	}
 	return &http.Transport{
+		TLSClientConfig:        tlsConfig,
+		TLSHandshakeTimeout:    connectTimeout,
 		Proxy:                  nil, // never an environment proxy between edge and targets
 		DialContext:            (&net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:           4096,
@@ -210,6 +220,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	a := pr.In.Context().Value(attemptKey{}).(*attempt)
 	pr.Out.URL.Scheme = "http"
+	if h.opts.TargetTLS {
+		pr.Out.URL.Scheme = "https"
+	}
 	pr.Out.URL.Host = a.target.Addr
 	// Django's ALLOWED_HOSTS checks the site's name, so the client's Host goes through
 	// unchanged (SetURL would replace it with the target address).

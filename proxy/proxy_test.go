@@ -132,7 +132,7 @@ func TestErrors(t *testing.T) {
 		status int
 	}{
 		{"dead target is 502", Options{Picker: staticPicker{&balancer.Target{Addr: deadAddr}}}, "", http.StatusBadGateway},
-		{"response header timeout is 504", Options{Picker: pickerFor(slow), Transport: NewTransport(time.Second, 100*time.Millisecond)}, "", http.StatusGatewayTimeout},
+		{"response header timeout is 504", Options{Picker: pickerFor(slow), Transport: NewTransport(time.Second, 100*time.Millisecond, nil)}, "", http.StatusGatewayTimeout},
 		{"empty pool is 503", Options{Picker: staticPicker{}}, "", http.StatusServiceUnavailable},
 		{"body over the limit is 413", Options{Picker: pickerFor(slow), MaxBodyBytes: 4}, "too long", http.StatusRequestEntityTooLarge},
 	}

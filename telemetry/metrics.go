@@ -30,6 +30,7 @@ type Metrics struct {
 	unknownServerName prometheus.Counter
 	certExpiry        *prometheus.GaugeVec
 	acmeOrders        *prometheus.CounterVec
+	mixedContentPages prometheus.Counter
 }
 
 // New returns metrics registered on a fresh registry, with the process and Go collectors.
@@ -77,6 +78,10 @@ func New() *Metrics {
 			Name: "edgeproxy_acme_orders_total",
 			Help: "ACME certificate order attempts, by result (ok, error).",
 		}, []string{"result"}),
+		mixedContentPages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgeproxy_mixed_content_pages_total",
+			Help: "Sampled HTML responses over https that load http:// scripts or stylesheets (headers.mixed_content_report).",
+		}),
 	}
 	m.acmeOrders.WithLabelValues("ok")
 	m.acmeOrders.WithLabelValues("error")
@@ -86,6 +91,7 @@ func New() *Metrics {
 		m.requests, m.requestDuration, m.targetHealthy, m.healthChecks, m.failOpen, m.unknownServerName,
 		m.retries, m.ejections,
 		m.certExpiry, m.acmeOrders,
+		m.mixedContentPages,
 	)
 	return m
 }
@@ -142,6 +148,10 @@ func (m *Metrics) ForgetTarget(target string) {
 // UnknownServerName counts a handshake for a name no certificate covers; it implements
 // certs.Observer.
 func (m *Metrics) UnknownServerName() { m.unknownServerName.Inc() }
+
+// MixedContentPage counts an HTML page found to load http:// scripts or stylesheets; it
+// implements proxy.MixedContentObserver.
+func (m *Metrics) MixedContentPage() { m.mixedContentPages.Inc() }
 
 // ACMEOrder counts one finished ACME order attempt; it implements certs.ACMEObserver.
 func (m *Metrics) ACMEOrder(ok bool) {
