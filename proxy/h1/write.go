@@ -17,7 +17,7 @@ type RequestHeadOptions struct {
 	// Proto is written as X-Forwarded-Proto, e.g. "https"; "" writes none. A caller
 	// that trusts the client may pass on the client's own value (Header.Get).
 	Proto string
-	// ForwardedHost writes X-Forwarded-Host with the request's Host.
+	// ForwardedHost writes X-Forwarded-Host with the request's Host, if it has one.
 	ForwardedHost bool
 	// DefaultHost is the Host written for a request without one (HTTP/1.0), as
 	// net/http's Transport writes the target address. "" writes an empty Host, which
@@ -83,7 +83,7 @@ func AppendRequestHead(dst []byte, req *Request, opts *RequestHeadOptions) []byt
 		dst = append(dst, opts.Proto...)
 		dst = append(dst, "\r\n"...)
 	}
-	if opts.ForwardedHost {
+	if opts.ForwardedHost && req.HasHost {
 		dst = append(dst, "X-Forwarded-Host: "...)
 		dst = append(dst, req.Host...)
 		dst = append(dst, "\r\n"...)
