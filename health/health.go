@@ -364,6 +364,27 @@ func (c *Checker) probe(ctx context.Context, opts *Options, addr string) (r resu
 	return result{pass: true, status: resp.StatusCode, reason: ReasonNone}
 }
 
+// Result is the outcome of one check, as CheckOnce reports it.
+type Result struct {
+	Pass   bool
+	Status int    // 0 when there was no response
+	Reason string // ReasonNone for a pass, else the ALB reason code
+	Detail string // for people: "status 400 not in 200-399 (Django's ALLOWED_HOSTS ...)"
+}
+
+// CheckOnce sends one check to addr with the settings of opts (Path, Host, Timeout,
+// Matcher, TLSConfig, Transport) exactly as a Checker's loop does, and returns its
+// outcome without keeping any state: for one-off diagnostics such as `edgeproxy doctor`.
+func CheckOnce(ctx context.Context, opts Options, addr string) Result {
+	if opts.Transport == nil {
+		tr := probeTransport(opts)
+		defer tr.CloseIdleConnections()
+		opts.Transport = tr
+	}
+	r := (&Checker{}).probe(ctx, &opts, addr)
+	return Result{Pass: r.pass, Status: r.status, Reason: r.reason, Detail: r.detail}
+}
+
 // connError shortens a client error to its cause ("dial tcp 127.0.0.2:8000: connect:
 // connection refused").
 func connError(err error) string {
