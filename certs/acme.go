@@ -405,7 +405,7 @@ func (a *acmeManager) orderOnce(ctx context.Context, d *acmeDomain, attempt int)
 		"domain", d.name, "directory", a.opts.DirectoryURL, "challenges", challenges, "attempt", attempt)
 	start := time.Now()
 	cert, o, err := a.obtain(ctx, d)
-	if ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil {
 		return o, ctx.Err() // shutting down: neither a success nor a failure
 	}
 	if err == nil {
@@ -417,13 +417,17 @@ func (a *acmeManager) orderOnce(ctx context.Context, d *acmeDomain, attempt int)
 	if err != nil {
 		return o, err
 	}
-	a.serve(d, cert)
+	// Save before serving, and even if shutting down meanwhile: the certificate is paid
+	// for in rate limit, and a restart must find it.
+	saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	if data, err := encodeCached(cert); err != nil {
 		a.log.Error("acme: cannot encode certificate for the cache: "+err.Error(), "domain", d.name)
-	} else if err := a.cache.Put(ctx, d.name, data); err != nil {
+	} else if err := a.cache.Put(saveCtx, d.name, data); err != nil {
 		a.log.Error(fmt.Sprintf("acme: cannot save the certificate for %s in %s: %v (it would be ordered again at the next start)", d.name, a.opts.CacheDir, err), "domain", d.name)
 	}
 	a.clearLastError(d.name)
+	a.serve(d, cert)
 	attrs := []any{"domain", d.name, "serial", serialHex(cert.Leaf),
 		"not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339),
 		"renew_at", d.current.Load().renewAt.UTC().Format(time.RFC3339),
