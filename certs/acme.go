@@ -279,10 +279,10 @@ func encodeCached(cert *tls.Certificate) ([]byte, error) {
 
 // serve makes cert the certificate of d and schedules its renewal.
 func (a *acmeManager) serve(d *acmeDomain, cert *tls.Certificate) {
-	d.current.Store(&servedCert{cert: cert, renewAt: a.renewAt(cert.Leaf)})
 	if o := a.opts.Observer; o != nil {
 		o.CertificateExpiry(d.name, cert.Leaf.NotAfter)
 	}
+	d.current.Store(&servedCert{cert: cert, renewAt: a.renewAt(cert.Leaf)})
 }
 
 // renewAt is when a certificate is due for renewal: RenewBefore (at most half the

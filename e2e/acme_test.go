@@ -361,7 +361,10 @@ func TestAcme_UnlistedNameRefusedWithoutOrder(t *testing.T) {
 			t.Fatal("handshake for other.test succeeded; want it refused")
 		}
 	}
-	time.Sleep(200 * time.Millisecond) // let the log lines land
+	if !p.WaitForOutput("server name other.test, which no certificate covers", 5*time.Second) {
+		t.Fatalf("other.test not logged:\n%s", p.Output())
+	}
+	time.Sleep(200 * time.Millisecond) // any repeated line would have landed by now
 	out := p.Output()
 	if n := strings.Count(out, "server name other.test, which no certificate covers"); n != 1 {
 		t.Errorf("other.test logged %d times; want once\n%s", n, out)
