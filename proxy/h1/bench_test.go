@@ -42,6 +42,7 @@ func BenchmarkParseRequest(b *testing.B) {
 	in := []byte(browserRequest)
 	var req Request
 	b.ReportAllocs()
+	measureCPU(b)
 	b.SetBytes(int64(len(in)))
 	for b.Loop() {
 		if _, err := ParseRequest(in, &req, Limits{}); err != nil {
@@ -55,6 +56,7 @@ func BenchmarkParseResponse(b *testing.B) {
 	method := []byte("GET")
 	var resp Response
 	b.ReportAllocs()
+	measureCPU(b)
 	b.SetBytes(int64(len(in)))
 	for b.Loop() {
 		if _, err := ParseResponse(in, &resp, method, Limits{}); err != nil {
@@ -66,6 +68,7 @@ func BenchmarkParseResponse(b *testing.B) {
 func BenchmarkScanHead(b *testing.B) {
 	in := []byte(browserRequest)
 	b.ReportAllocs()
+	measureCPU(b)
 	b.SetBytes(int64(len(in)))
 	for b.Loop() {
 		if ready, _ := ScanHead(in, 0, 0); !ready {
@@ -82,6 +85,7 @@ func BenchmarkAppendRequestHead(b *testing.B) {
 	opts := &RequestHeadOptions{ClientIP: netip.MustParseAddr("203.0.113.7"), Proto: "https", ForwardedHost: true}
 	dst := make([]byte, 0, 1024)
 	b.ReportAllocs()
+	measureCPU(b)
 	for b.Loop() {
 		dst = AppendRequestHead(dst[:0], &req, opts)
 	}
@@ -95,6 +99,7 @@ func BenchmarkAppendResponseHead(b *testing.B) {
 	opts := &ResponseHeadOptions{Extra: Header{{Name: []byte("Strict-Transport-Security"), Value: []byte("max-age=31536000")}}}
 	dst := make([]byte, 0, 1024)
 	b.ReportAllocs()
+	measureCPU(b)
 	for b.Loop() {
 		dst = AppendResponseHead(dst[:0], &resp, opts)
 	}
@@ -112,6 +117,7 @@ func BenchmarkChunkedScan(b *testing.B) {
 	body = append(body, "0\r\n\r\n"...)
 	var c Chunked
 	b.ReportAllocs()
+	measureCPU(b)
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
 		c.Reset()

@@ -1,6 +1,9 @@
 package h1
 
-import "bytes"
+import (
+	"bytes"
+	"encoding/binary"
+)
 
 // Byte classes, built once.
 const (
@@ -164,68 +167,98 @@ func firstLine(buf []byte, maxHead int) ([]byte, int, fault) {
 }
 
 // parseFields parses the field lines of buf from pos through the blank line, appending
-// them to *h, and returns the offset after the blank line.
+// them to *h, and returns the offset after the blank line. It reads each line once:
+// the scan of a value for bytes that are not allowed there also finds its CR.
 func parseFields(buf []byte, pos, maxHead, maxFields int, h *Header) (int, fault) {
+	b := buf
+	if len(b) > maxHead {
+		b = b[:maxHead]
+	}
+	// short says why a line runs off the end of b.
+	short := faultIncomplete
+	if len(buf) >= maxHead {
+		short = faultTooLarge
+	}
+	fields := *h
+	defer func() { *h = fields }()
 	for {
-		rest := buf[pos:]
-		i := bytes.IndexByte(rest, '\n')
-		if i < 0 {
-			if len(buf) >= maxHead {
-				return 0, faultTooLarge
+		if pos >= len(b) {
+			return 0, short
+		}
+		switch b[pos] {
+		case '\r':
+			if pos+1 >= len(b) {
+				return 0, short
 			}
-			return 0, faultIncomplete
-		}
-		end := pos + i + 1
-		if end > maxHead {
-			return 0, faultTooLarge
-		}
-		if i == 0 || rest[i-1] != '\r' {
+			if b[pos+1] != '\n' {
+				return 0, faultBareLF
+			}
+			return pos + 2, faultNone
+		case '\n':
 			return 0, faultBareLF
+		case ' ', '\t':
+			return 0, faultObsFold
 		}
-		line := rest[:i-1]
-		if len(line) == 0 {
-			return end, faultNone
-		}
-		if len(*h) >= maxFields {
+		if len(fields) >= maxFields {
 			return 0, faultTooManyFields
 		}
-		f, bad := parseFieldLine(line)
-		if bad != faultNone {
-			return 0, bad
+		n := pos
+		for n < len(b) && classes[b[n]]&classTchar != 0 {
+			n++
 		}
-		*h = append(*h, f)
-		pos = end
+		switch {
+		case n == len(b):
+			return 0, short
+		case b[n] == ':':
+			if n == pos {
+				return 0, faultFieldName
+			}
+		case b[n] == ' ' || b[n] == '\t':
+			return 0, faultSpaceBeforeColon
+		default: // no colon, or a byte no name may hold
+			return 0, faultFieldName
+		}
+		v := n + 1
+		e := scanValue(b, v)
+		switch {
+		case e == len(b):
+			return 0, short
+		case b[e] == '\n':
+			return 0, faultBareLF
+		case b[e] != '\r':
+			return 0, faultFieldValue
+		case e+1 == len(b):
+			return 0, short
+		case b[e+1] != '\n':
+			return 0, faultFieldValue // a bare CR
+		}
+		fields = append(fields, Field{Name: b[pos:n], Value: trimOWS(b[v:e])})
+		pos = e + 2
 	}
 }
 
-// parseFieldLine parses one field line, its CRLF removed (RFC 9112 §5).
-func parseFieldLine(line []byte) (Field, fault) {
-	if line[0] == ' ' || line[0] == '\t' {
-		return Field{}, faultObsFold
-	}
-	n := 0
-	for n < len(line) && classes[line[n]]&classTchar != 0 {
-		n++
-	}
-	switch {
-	case n == len(line):
-		return Field{}, faultFieldName // no colon
-	case line[n] == ':':
-		if n == 0 {
-			return Field{}, faultFieldName
+// scanValue returns the index of the first byte at or after i in b that may not be in
+// a field value (RFC 9110 §5.5: only HTAB, SP, VCHAR and obs-text), normally the CR
+// that ends the line, or len(b). It checks eight bytes at a time for any below 0x20
+// or equal to 0x7f, looking closer only where there is one (an HTAB, or the end).
+func scanValue(b []byte, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for i < len(b) {
+		if i+8 <= len(b) {
+			x := binary.LittleEndian.Uint64(b[i:])
+			del := x ^ (ones * 0x7f)
+			if (x-ones*0x20)&^x&highs|(del-ones)&^del&highs == 0 {
+				i += 8
+				continue
+			}
 		}
-	case line[n] == ' ' || line[n] == '\t':
-		return Field{}, faultSpaceBeforeColon
-	default:
-		return Field{}, faultFieldName
-	}
-	v := line[n+1:]
-	for _, c := range v {
-		if classes[c]&classValue == 0 {
-			return Field{}, faultFieldValue
+		for end := min(i+8, len(b)); i < end; i++ {
+			if classes[b[i]]&classValue == 0 {
+				return i
+			}
 		}
 	}
-	return Field{Name: line[:n], Value: trimOWS(v)}, faultNone
+	return len(b)
 }
 
 // bodyFields accumulates what Content-Length, Transfer-Encoding and Connection say,

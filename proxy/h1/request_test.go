@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -376,5 +377,31 @@ func TestStrings(t *testing.T) {
 	}
 	if got := reqErrors[faultCodingUnknown].Error(); got != "h1: unsupported transfer coding" {
 		t.Errorf("got %q", got)
+	}
+}
+
+// TestScanValue checks the eight-bytes-at-a-time scan against the byte table, for
+// every byte value at every position of a line, behind an HTAB or not.
+func TestScanValue(t *testing.T) {
+	naive := func(b []byte, i int) int {
+		for ; i < len(b); i++ {
+			if classes[b[i]]&classValue == 0 {
+				return i
+			}
+		}
+		return len(b)
+	}
+	for c := 0; c < 256; c++ {
+		for p := 0; p < 19; p++ {
+			for _, fill := range []byte{'a', '\t', 0xff} {
+				b := bytes.Repeat([]byte{fill}, 19)
+				b[p] = byte(c)
+				for start := 0; start < 3; start++ {
+					if got, want := scanValue(b, start), naive(b, start); got != want {
+						t.Fatalf("byte %#x at %d in %q from %d: got %d; want %d", c, p, fill, start, got, want)
+					}
+				}
+			}
+		}
 	}
 }
