@@ -45,6 +45,9 @@ type Costs struct {
 	// Write is the CPU cost of one write(2) of n bytes on a TCP socket. Its PerCall part is
 	// what a write that TLS adds costs (one per extra record, one per close_notify).
 	Write Linear
+	// HandshakeAllocBytes is what the server side of one handshake allocates, for the
+	// share of the garbage collector's CPU that TLS causes; zero charges none.
+	HandshakeAllocBytes int64
 }
 
 var (
@@ -69,12 +72,16 @@ func calibrate() (*Costs, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	var err error
 	for _, name := range aeadNames {
 		aead, err := newAEAD(name)
 		if err != nil {
 			return c, fmt.Errorf("tlscost: calibrating %s: %w", name, err)
 		}
 		c.Seal[name], c.Open[name] = measureAEAD(aead)
+	}
+	if c.HandshakeAllocBytes, err = measureHandshakeAllocs(); err != nil {
+		return c, fmt.Errorf("tlscost: measuring handshake allocations: %w; no GC CPU is charged to TLS", err)
 	}
 	w, err := measureWrite()
 	if err != nil {

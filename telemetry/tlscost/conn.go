@@ -93,7 +93,13 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.a.hsBytesOut.Add(float64(n))
 		return n, err
 	}
-	n, err := c.Conn.Write(p)
+	var n int
+	var err error
+	if c.a.writeSeq.Add(1)%writeSampleEvery == 0 {
+		n, err = c.a.sampleWrite(c.Conn, p)
+	} else {
+		n, err = c.Conn.Write(p)
+	}
 	if n > 0 {
 		first := true
 		c.out.feed(p[:n], func(typ byte, body int) {
@@ -183,7 +189,7 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 	cpu := c.seal.At(plain)
 	a := c.a
 	if extra {
-		cpu += a.costs.Write.PerCall
+		cpu += a.writeCost()
 		a.extraWrites.Inc()
 	}
 	a.recordBytesOut.Add(float64(recordHeaderLen + body))
@@ -215,6 +221,7 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) bool {
 	} else {
 		_ = c.Conn.SetDeadline(time.Time{})
 		c.finishHandshake(&cs)
+		a.okHandshakes.Add(1)
 	}
 	if key == "" || cs.DidResume {
 		key = "none" // no certificate's key was used

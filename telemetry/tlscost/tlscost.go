@@ -23,6 +23,10 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"log/slog"
+	"math"
+	"net"
+	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,6 +74,12 @@ type Accountant struct {
 	recordCPUOut   prometheus.Counter
 	extraWrites    prometheus.Counter
 	cpuTotal       prometheus.Counter
+	gcCPU          prometheus.Counter
+	okHandshakes   atomic.Int64 // for the bytes they allocated
+
+	writeSeq   atomic.Uint64 // writes after handshakes, to pick the sampled ones
+	writeFixed atomic.Uint64 // float64 bits: the fixed CPU of one write(2), seconds
+	writeN     atomic.Int64  // samples so far
 	hsBytesIn      prometheus.Counter
 	hsBytesOut     prometheus.Counter
 }
@@ -143,7 +153,11 @@ func New(opts Options) (*Accountant, error) {
 	})
 	a.cpuTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "edgeproxy_tls_cpu_seconds_total",
-		Help: "CPU time this process spends because it terminates TLS: handshakes (measured, failed ones included) plus records (costed).",
+		Help: "CPU time this process spends because it terminates TLS: handshakes (measured, failed ones included), records (costed) and the garbage collector's share (edgeproxy_tls_gc_cpu_seconds_total).",
+	})
+	a.gcCPU = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "edgeproxy_tls_gc_cpu_seconds_total",
+		Help: "Garbage collector CPU charged to TLS (part of edgeproxy_tls_cpu_seconds_total): the collector's CPU times the share of all bytes allocated that handshakes allocated.",
 	})
 	a.recordBytesIn, a.recordBytesOut = recordBytes.WithLabelValues("in"), recordBytes.WithLabelValues("out")
 	a.recordCPUIn, a.recordCPUOut = recordCPU.WithLabelValues("in"), recordCPU.WithLabelValues("out")
@@ -165,19 +179,56 @@ func New(opts Options) (*Accountant, error) {
 		perByte.WithLabelValues(name, "in").Set(l.PerByte)
 		perRecord.WithLabelValues(name, "in").Set(l.PerCall)
 	}
-	writeCost := prometheus.NewGauge(prometheus.GaugeOpts{
+	a.writeFixed.Store(math.Float64bits(a.costs.Write.PerCall))
+	writeCost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_extra_write_cpu_seconds",
-		Help: "Calibrated CPU cost of one write(2) on a TCP socket on this machine (the fixed part), charged for each extra write.",
-	})
-	writeCost.Set(a.costs.Write.PerCall)
+		Help: "CPU cost of one write(2) on the TLS connections (the fixed part, measured on a sample of real writes), charged for each extra write.",
+	}, a.writeCost)
 
 	for _, c := range []prometheus.Collector{a.handshakes, a.handshakeCPU, a.handshakeWall, a.handshakeBytes,
-		recordBytes, recordCPU, a.extraWrites, a.cpuTotal, perByte, perRecord, writeCost} {
+		recordBytes, recordCPU, a.extraWrites, newGCShare(a), perByte, perRecord, writeCost} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return a, nil
+}
+
+// writeSampleEvery: one write in this many after handshakes is timed on its thread.
+const writeSampleEvery = 16
+
+// sampleWrite writes p to w and times the write(2) on the thread CPU clock; it feeds the
+// fixed per-write cost: what the write cost less what copying its bytes costs (the
+// per-byte slope from Calibrate, which is stable where the fixed part is not: on loopback
+// the fixed part includes waking the receiver and running its TCP input, on a NIC the
+// driver). An exponentially weighted mean follows the machine's current load.
+func (a *Accountant) sampleWrite(w net.Conn, p []byte) (int, error) {
+	runtime.LockOSThread()
+	t0 := threadCPU()
+	n, err := w.Write(p)
+	d := float64(threadCPU()-t0) / 1e9
+	runtime.UnlockOSThread()
+	if err != nil || n == 0 || d <= 0 {
+		return n, err
+	}
+	x := max(0, d-a.costs.Write.PerByte*float64(n))
+	k := a.writeN.Add(1)
+	for {
+		old := a.writeFixed.Load()
+		cur := math.Float64frombits(old)
+		next := cur + (x-cur)/float64(min(k, 256))
+		if a.writeFixed.CompareAndSwap(old, math.Float64bits(next)) {
+			return n, err
+		}
+	}
+}
+
+// writeCost is the current fixed CPU cost of one write(2), seconds.
+func (a *Accountant) writeCost() float64 { return math.Float64frombits(a.writeFixed.Load()) }
+
+// tlsAllocBytes is what the handshakes so far have allocated, as calibrated.
+func (a *Accountant) tlsAllocBytes() float64 {
+	return float64(a.okHandshakes.Load()) * float64(a.costs.HandshakeAllocBytes)
 }
 
 // versionLabel is the version label value of a negotiated version (0: none).

@@ -749,5 +749,8 @@ func TestCalibrate(t *testing.T) {
 	if c.Write.PerCall <= 0 {
 		t.Errorf("write: %+v; want a per-call cost", c.Write)
 	}
-	t.Logf("costs: seal %+v open %+v write %+v", c.Seal, c.Open, c.Write)
+	t.Logf("costs: seal %+v open %+v write %+v handshake allocs %d B", c.Seal, c.Open, c.Write, c.HandshakeAllocBytes)
+	if c.HandshakeAllocBytes <= 0 {
+		t.Errorf("handshake allocations: got %d; want > 0", c.HandshakeAllocBytes)
+	}
 }

@@ -1,0 +1,615 @@
+// Command tlscost is the proof of edgeproxy's TLS cost accounting (issue 4). It runs a real
+// edgeproxy binary on loopback in front of a backend it serves itself, drives it with its
+// own Go load generator, and reads the edgeproxy process's CPU from /proc/PID/stat and its
+// metrics from /metrics.
+//
+//	go run ./bench/tlscost accuracy     # TLS vs plain HTTP: extra process CPU vs edgeproxy_tls_cpu_seconds_total
+//	go run ./bench/tlscost overhead     # tls_cost on vs off: CPU per request
+//	go run ./bench/tlscost handshakes   # ECDSA P-256 vs RSA-2048, full vs resumed: CPU µs per handshake
+//
+// Every figure is the median of -runs interleaved runs (default 5); the spread (min..max)
+// is printed next to it. Everything stays on 127.0.0.1, and every run is bounded in
+// request count and time. The machine is shared: expect noise, and read the spread.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+var (
+	runs    = flag.Int("runs", 5, "interleaved runs per figure (the median is reported)")
+	bin     = flag.String("bin", "", "edgeproxy binary; empty = go build ./cmd/edgeproxy into a temporary directory")
+	workers = flag.Int("c", 4, "concurrent client connections")
+	scale   = flag.Float64("scale", 1, "multiply every request count (0.2 for a quick look)")
+	chunks  = flag.Int("chunks", 8, "TLS/plain (or on/off) alternations within one run")
+	only    = flag.String("only", "", "run only the scenarios whose name contains this")
+)
+
+func main() {
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: tlscost [flags] accuracy|overhead|handshakes")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() != 1 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err := run(flag.Arg(0)); err != nil {
+		fmt.Fprintln(os.Stderr, "tlscost:", err)
+		os.Exit(1)
+	}
+}
+
+func run(cmd string) error {
+	dir, err := os.MkdirTemp("", "tlscost-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if *bin == "" {
+		*bin = filepath.Join(dir, "edgeproxy")
+		b := exec.Command("go", "build", "-o", *bin, "./cmd/edgeproxy")
+		b.Stdout, b.Stderr = os.Stderr, os.Stderr
+		if err := b.Run(); err != nil {
+			return fmt.Errorf("building edgeproxy (run from the repository root): %w", err)
+		}
+	}
+	backend, err := startBackend()
+	if err != nil {
+		return err
+	}
+	defer backend.Close()
+	machine()
+	switch cmd {
+	case "accuracy":
+		return accuracy(dir, backend.Addr().String())
+	case "overhead":
+		return overhead(dir, backend.Addr().String())
+	case "handshakes":
+		return handshakes(dir, backend.Addr().String())
+	}
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+func machine() {
+	model := "?"
+	if out, err := exec.Command("lscpu").Output(); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(line, "Model name:"); ok {
+				model = strings.TrimSpace(v)
+			}
+		}
+	}
+	fmt.Printf("machine: %s, %d CPUs; client workers %d; median of %d interleaved runs\n\n", model, numCPU(), *workers, *runs)
+}
+
+func numCPU() int {
+	out, err := exec.Command("nproc").Output()
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	return n
+}
+
+// startBackend serves GET /bytes?n=N with N bytes (Content-Length set), on loopback. It
+// runs in this process, so its CPU is not edgeproxy's.
+func startBackend() (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	body := make([]byte, 1<<20)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		n = min(max(n, 0), len(body))
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		_, _ = w.Write(body[:n])
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return ln, nil
+}
+
+// edge is a running edgeproxy process.
+type edge struct {
+	cmd                *exec.Cmd
+	https, http, admin string
+	stderr             *strings.Builder
+}
+
+type edgeOptions struct {
+	tlsCost bool
+	cert    string // "" = self_signed; else a key type for a generated certificate file
+}
+
+func freePort() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startEdge(dir, backend string, o edgeOptions) (*edge, error) {
+	e := &edge{https: freePort(), http: freePort(), admin: freePort(), stderr: &strings.Builder{}}
+	certs := "  self_signed: true\n"
+	if o.cert != "" {
+		cf, kf, err := writeCert(dir, o.cert)
+		if err != nil {
+			return nil, err
+		}
+		certs = fmt.Sprintf("  certificates: [{cert: %q, key: %q}]\n", cf, kf)
+	}
+	cfg := fmt.Sprintf(`listen:
+  https: %q
+  http: %q
+  http_mode: proxy
+  metrics: %q
+tls:
+%s  tls_cost: %v
+pool:
+  targets: [%q]
+  health_check: {interval: 1s, healthy_threshold: 1}
+  retries: 0
+log: {format: text}
+`, e.https, e.http, e.admin, certs, o.tlsCost, backend)
+	path := filepath.Join(dir, fmt.Sprintf("edgeproxy-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	e.cmd = exec.Command(*bin, "run", "-config", path)
+	e.cmd.Stderr = &syncWriter{w: e.stderr}
+	if err := e.cmd.Start(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		res, err := http.Get("http://" + e.http + "/bytes?n=1")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return e, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			e.stop()
+			return nil, fmt.Errorf("edgeproxy did not become ready: %v\n%s", err, e.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func (e *edge) stop() {
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = e.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = e.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// cpu is the process's user+system CPU seconds from /proc/PID/stat.
+func (e *edge) cpu() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.cmd.Process.Pid))
+	if err != nil {
+		panic(err)
+	}
+	// The command name may contain spaces; fields resume after the last ')'.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
+// metric sums the samples of name (exact, or a histogram's name_sum / name_count) whose
+// labels contain every given "k=\"v\"" fragment.
+func (e *edge) metric(name string, labels ...string) float64 {
+	res, err := http.Get("http://" + e.admin + "/metrics")
+	if err != nil {
+		panic(err)
+	}
+	defer res.Body.Close()
+	sum := 0.0
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+lines:
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		series, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		n, lbl, _ := strings.Cut(series, "{")
+		if n != name {
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(lbl, l) {
+				continue lines
+			}
+		}
+		v, _ := strconv.ParseFloat(value, 64)
+		sum += v
+	}
+	return sum
+}
+
+// load is one bounded run of the load generator.
+type load struct {
+	tls       bool
+	addr      string
+	size      int  // response body bytes
+	keepAlive bool // else a new connection per request (Connection: close)
+	resume    bool // TLS session cache per worker (else every handshake is full)
+	requests  int
+}
+
+// run sends the requests over *workers connections (or new ones each time) and returns
+// how long it took. Written in Go for the full-handshake case: no session cache unless
+// resume is set, HTTP/1.1 only (plain HTTP has no h2 to compare with).
+func (l load) run() (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, *workers)
+	start := time.Now()
+	for range *workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}, ServerName: "localhost"}
+			if l.resume {
+				cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+			}
+			var c net.Conn
+			var br *bufio.Reader
+			defer func() {
+				if c != nil {
+					c.Close()
+				}
+			}()
+			for next.Add(1) <= int64(l.requests) {
+				if ctx.Err() != nil {
+					errs <- ctx.Err()
+					return
+				}
+				if c == nil {
+					var err error
+					d := &net.Dialer{Timeout: 5 * time.Second}
+					if l.tls {
+						c, err = tls.DialWithDialer(d, "tcp", l.addr, cfg)
+					} else {
+						c, err = d.Dial("tcp", l.addr)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					br = bufio.NewReaderSize(c, 64<<10)
+				}
+				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				conn := ""
+				if !l.keepAlive {
+					conn = "Connection: close\r\n"
+				}
+				if _, err := fmt.Fprintf(c, "GET /bytes?n=%d HTTP/1.1\r\nHost: localhost\r\n%s\r\n", l.size, conn); err != nil {
+					errs <- err
+					return
+				}
+				res, err := http.ReadResponse(br, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				n, err := io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if err != nil || res.StatusCode != 200 || n != int64(l.size) {
+					errs <- fmt.Errorf("status %d, %d bytes, %v", res.StatusCode, n, err)
+					return
+				}
+				if !l.keepAlive {
+					if l.tls {
+						// Read the server's close_notify and FIN before closing, as a
+						// browser does; this also reads a TLS 1.3 session ticket.
+						_, _ = io.Copy(io.Discard, br)
+					}
+					c.Close()
+					c = nil
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+type scenario struct {
+	name      string
+	size      int
+	keepAlive bool
+	requests  int
+	gated     bool
+}
+
+func scenarios() []scenario {
+	var out []scenario
+	for _, s := range allScenarios() {
+		if strings.Contains(s.name, *only) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func allScenarios() []scenario {
+	return []scenario{
+		{"new connection per request, 1 KiB", 1 << 10, false, n(3000), true},
+		{"keep-alive, 64 KiB bodies", 64 << 10, true, n(12000), true},
+		{"keep-alive, 1 KiB bodies (not gated)", 1 << 10, true, n(20000), false},
+	}
+}
+
+func n(base int) int { return max(100, int(float64(base)**scale)) }
+
+// accuracy: per scenario, -runs pairs of (TLS phase, plain phase) in alternating order on
+// one edgeproxy process. Extra CPU = CPU(TLS phase) - CPU(plain phase), both with the same
+// requests; measured = the increase of edgeproxy_tls_cpu_seconds_total in the TLS phase.
+func accuracy(dir, backend string) error {
+	e, err := startEdge(dir, backend, edgeOptions{tlsCost: true})
+	if err != nil {
+		return err
+	}
+	defer e.stop()
+	fmt.Println("| scenario | extra process CPU per request (TLS − plain) | edgeproxy_tls_cpu_seconds_total per request | ratio (median) | ratio spread (min..max) |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, sc := range scenarios() {
+		// Warm up both paths (connections to the target, calibration done, page cache).
+		for _, t := range []bool{true, false} {
+			if _, err := (load{tls: t, addr: e.addr(t), size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / 10}).run(); err != nil {
+				return err
+			}
+		}
+		var extra, measured, ratio []float64
+		for i := range *runs {
+			// A run is chunks: TLS and plain alternate every requests/chunks requests, so
+			// that both see the same background load on this shared machine.
+			var cpuTLS, cpuPlain, metricTLS float64
+			for j := range *chunks {
+				order := []bool{true, false}
+				if (i+j)%2 == 1 {
+					order = []bool{false, true}
+				}
+				for _, t := range order {
+					l := load{tls: t, addr: e.addr(t), size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / *chunks}
+					m0, c0 := e.metric("edgeproxy_tls_cpu_seconds_total"), e.cpu()
+					if _, err := l.run(); err != nil {
+						return fmt.Errorf("%s: %w", sc.name, err)
+					}
+					c1, m1 := e.cpu(), e.metric("edgeproxy_tls_cpu_seconds_total")
+					if t {
+						cpuTLS, metricTLS = cpuTLS+c1-c0, metricTLS+m1-m0
+					} else {
+						cpuPlain += c1 - c0
+					}
+				}
+			}
+			reqs := float64(sc.requests / *chunks * *chunks)
+			x := (cpuTLS - cpuPlain) / reqs
+			m := metricTLS / reqs
+			extra, measured, ratio = append(extra, x), append(measured, m), append(ratio, m/x)
+			fmt.Fprintf(os.Stderr, "  %s run %d: TLS %.3fs plain %.3fs CPU; extra %.1fµs/req, metric %.1fµs/req, ratio %.3f\n",
+				sc.name, i+1, cpuTLS, cpuPlain, x*1e6, m*1e6, m/x)
+		}
+		fmt.Printf("| %s | %.1f µs | %.1f µs | %.2f | %.2f..%.2f |\n", sc.name, median(extra)*1e6, median(measured)*1e6,
+			median(ratio), slices.Min(ratio), slices.Max(ratio))
+	}
+	return nil
+}
+
+func (e *edge) addr(tls bool) string {
+	if tls {
+		return e.https
+	}
+	return e.http
+}
+
+// overhead: two edgeproxy processes, tls_cost on and off, loaded in turn with the same TLS
+// requests; CPU per request of each, median of interleaved runs.
+func overhead(dir, backend string) error {
+	on, err := startEdge(dir, backend, edgeOptions{tlsCost: true})
+	if err != nil {
+		return err
+	}
+	defer on.stop()
+	off, err := startEdge(dir, backend, edgeOptions{tlsCost: false})
+	if err != nil {
+		return err
+	}
+	defer off.stop()
+	fmt.Println("| scenario (TLS) | CPU per request, tls_cost on | CPU per request, tls_cost off | overhead (median of per-run ratios) | spread |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, sc := range scenarios() {
+		if !sc.gated {
+			continue
+		}
+		for _, e := range []*edge{on, off} {
+			if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / 10}).run(); err != nil {
+				return err
+			}
+		}
+		var perOn, perOff, over []float64
+		for i := range *runs {
+			order := []*edge{on, off}
+			if i%2 == 1 {
+				order = []*edge{off, on}
+			}
+			got := map[*edge]float64{}
+			for _, e := range order {
+				c0 := e.cpu()
+				if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests}).run(); err != nil {
+					return err
+				}
+				got[e] = (e.cpu() - c0) / float64(sc.requests)
+			}
+			perOn, perOff = append(perOn, got[on]), append(perOff, got[off])
+			over = append(over, got[on]/got[off]-1)
+			fmt.Fprintf(os.Stderr, "  %s run %d: on %.1fµs off %.1fµs per request (%+.1f%%)\n", sc.name, i+1, got[on]*1e6, got[off]*1e6, (got[on]/got[off]-1)*100)
+		}
+		fmt.Printf("| %s | %.1f µs | %.1f µs | %+.1f%% | %+.1f%%..%+.1f%% |\n", sc.name, median(perOn)*1e6, median(perOff)*1e6,
+			median(over)*100, slices.Min(over)*100, slices.Max(over)*100)
+	}
+	return nil
+}
+
+// handshakes: CPU per handshake from edgeproxy's own histogram, for an ECDSA P-256 and an
+// RSA-2048 certificate, full (no client session cache) and resumed (a ticket per worker).
+func handshakes(dir, backend string) error {
+	type key struct{ cert, kind string }
+	results := map[key][]float64{}
+	edges := map[string]*edge{}
+	for _, cert := range []string{"ecdsa", "rsa"} {
+		e, err := startEdge(dir, backend, edgeOptions{tlsCost: true, cert: cert})
+		if err != nil {
+			return err
+		}
+		defer e.stop()
+		edges[cert] = e
+	}
+	for i := range *runs {
+		for _, cert := range []string{"ecdsa", "rsa"} {
+			e := edges[cert]
+			for _, resume := range []bool{false, true} {
+				kind, lbl := "full", `resumed="false"`
+				if resume {
+					kind, lbl = "resumed", `resumed="true"`
+				}
+				s0 := e.metric("edgeproxy_tls_handshake_cpu_seconds_sum", `result="ok"`, lbl)
+				c0 := e.metric("edgeproxy_tls_handshake_cpu_seconds_count", `result="ok"`, lbl)
+				if _, err := (load{tls: true, addr: e.https, size: 16, resume: resume, requests: n(1500)}).run(); err != nil {
+					return err
+				}
+				s1 := e.metric("edgeproxy_tls_handshake_cpu_seconds_sum", `result="ok"`, lbl)
+				c1 := e.metric("edgeproxy_tls_handshake_cpu_seconds_count", `result="ok"`, lbl)
+				us := (s1 - s0) / (c1 - c0) * 1e6
+				results[key{cert, kind}] = append(results[key{cert, kind}], us)
+				fmt.Fprintf(os.Stderr, "  run %d %s %s: %.0f handshakes, %.1f µs CPU each\n", i+1, cert, kind, c1-c0, us)
+			}
+		}
+	}
+	fmt.Println("| certificate | full handshake CPU | resumed handshake CPU |")
+	fmt.Println("|---|---|---|")
+	for _, cert := range []string{"ecdsa", "rsa"} {
+		name := map[string]string{"ecdsa": "ECDSA P-256", "rsa": "RSA-2048"}[cert]
+		f, r := results[key{cert, "full"}], results[key{cert, "resumed"}]
+		fmt.Printf("| %s | %.0f µs (%.0f..%.0f) | %.0f µs (%.0f..%.0f) |\n", name, median(f), slices.Min(f), slices.Max(f),
+			median(r), slices.Min(r), slices.Max(r))
+	}
+	return nil
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// writeCert writes a self-signed certificate for localhost/127.0.0.1 with an ECDSA P-256 or
+// RSA-2048 key, and returns the file names.
+func writeCert(dir, kind string) (certFile, keyFile string, err error) {
+	var priv, pub any
+	switch kind {
+	case "rsa":
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			return "", "", err
+		}
+		priv, pub = k, &k.PublicKey
+	case "ecdsa":
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return "", "", err
+		}
+		priv, pub = k, &k.PublicKey
+	default:
+		return "", "", errors.New("unknown key type " + kind)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
+	if err != nil {
+		return "", "", err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return "", "", err
+	}
+	certFile, keyFile = filepath.Join(dir, kind+".crt"), filepath.Join(dir, kind+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return "", "", err
+	}
+	return certFile, keyFile, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+}
