@@ -37,6 +37,7 @@ func commands() []command {
 	return []command{
 		{"run", "serve with a configuration file", runCmd},
 		{"validate", "check a configuration file and print every problem", validateCmd},
+		{"doctor", "check this box's HTTPS set-up (ports, DNS, certificates, targets, ACME) and say what to fix", doctorCmd},
 		{"demo", "serve https on 127.0.0.1:8443 in front of three built-in backends", demoCmd},
 		{"healthcheck", "exit 0 if the running edge's /healthz answers 200 (Docker HEALTHCHECK)", healthcheckCmd},
 		{"version", "print the version", versionCmd},

@@ -61,6 +61,9 @@ type Pebble struct {
 	ManagementURL string
 	// HTTPPort and TLSPort are the ports Pebble validates HTTP-01 and TLS-ALPN-01 on.
 	HTTPPort, TLSPort int
+	// DNSAddr is pebble-challtestsrv's DNS server (UDP and TCP), which Pebble resolves
+	// with; DNSManagementURL is its management interface (plain http), used by AddA.
+	DNSAddr, DNSManagementURL string
 
 	t      testing.TB
 	proc   *Proc
@@ -130,14 +133,16 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	proc := StartProcWith(t, ProcOptions{Name: "pebble", Env: env}, pebbleBin, "-config", cfgFile, "-dnsserver", dnsAddr)
 
 	p := &Pebble{
-		DirectoryURL:  "https://" + listen + "/dir",
-		CARootsFile:   caFile,
-		ManagementURL: "https://" + mgmt,
-		HTTPPort:      opts.HTTPPort,
-		TLSPort:       opts.TLSPort,
-		t:             t,
-		proc:          proc,
-		dns:           dns,
+		DirectoryURL:     "https://" + listen + "/dir",
+		CARootsFile:      caFile,
+		ManagementURL:    "https://" + mgmt,
+		HTTPPort:         opts.HTTPPort,
+		TLSPort:          opts.TLSPort,
+		DNSAddr:          dnsAddr,
+		DNSManagementURL: "http://" + dnsMgmt,
+		t:                t,
+		proc:             proc,
+		dns:              dns,
 		client: &http.Client{
 			Timeout:   5 * time.Second,
 			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
@@ -202,6 +207,23 @@ func (p *Pebble) Roots() *x509.CertPool {
 // log, which names each request's handler).
 func (p *Pebble) Orders() int {
 	return strings.Count(p.proc.Output(), "POST /order-plz ->")
+}
+
+// AddA makes the DNS server answer host's A queries with ips instead of 127.0.0.1. Pebble
+// dials what its DNS answers when it validates: only a name that no test orders may
+// resolve outside loopback (a TEST-NET address such as 192.0.2.1, for a resolver test).
+func (p *Pebble) AddA(host string, ips ...string) {
+	p.t.Helper()
+	body, _ := json.Marshal(map[string]any{"host": host, "addresses": ips})
+	resp, err := p.client.Post(p.DNSManagementURL+"/add-a", "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		p.t.Fatalf("testutil: pebble-challtestsrv add-a: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		p.t.Fatalf("testutil: pebble-challtestsrv add-a %s: %s %s", host, resp.Status, msg)
+	}
 }
 
 // Output returns Pebble's log so far.

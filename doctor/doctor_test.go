@@ -1,0 +1,245 @@
+package doctor
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"edgeproxy/certs"
+	"edgeproxy/config"
+	"edgeproxy/telemetry"
+)
+
+func TestResult_String(t *testing.T) {
+	r := Result{Status: Fail, Check: "config", Detail: "c.yaml has 1 problem(s)", More: []string{"c.yaml:1:1: bad"}}
+	want := "fail  config                    c.yaml has 1 problem(s)\n      c.yaml:1:1: bad"
+	if got := r.String(); got != want {
+		t.Errorf("got %q; want %q", got, want)
+	}
+	if !Failed([]Result{{Status: OK}, {Status: Warn}, r}) || Failed([]Result{{Status: OK}, {Status: Warn}}) {
+		t.Error("Failed is wrong")
+	}
+}
+
+// The last ACME error in the words of Let's Encrypt and of Pebble, translated.
+func TestExplain(t *testing.T) {
+	tests := []struct {
+		name string
+		le   certs.LastError
+		want string
+	}{
+		{"LE closed port", certs.LastError{Domain: "app.test", CAErrorType: "urn:ietf:params:acme:error:connection", Challenge: "tls-alpn-01",
+			CAErrorDetail: "203.0.113.7: Timeout during connect (likely firewall problem)"},
+			"the CA could not connect to this host (timeout): port 443 is not reachable from the internet. Open it in the firewall or the EC2 security group"},
+		{"LE refused on 80", certs.LastError{Domain: "app.test", CAErrorType: "urn:ietf:params:acme:error:connection", Challenge: "http-01",
+			CAErrorDetail: "203.0.113.7: Fetching http://app.test/.well-known/acme-challenge/x: Connection refused"},
+			"(connection refused): port 80 is not reachable"},
+		{"Pebble closed port", certs.LastError{Domain: "app.test", CAErrorType: "urn:ietf:params:acme:error:unauthorized", Challenge: "tls-alpn-01",
+			CAErrorDetail: "Failed to connect to 127.0.0.1:5001 for the tls-alpn-01 challenge"},
+			"the CA could not connect to this host: port 443 is not reachable"},
+		{"another certificate", certs.LastError{Domain: "app.test", CAErrorType: "urn:ietf:params:acme:error:unauthorized", Challenge: "tls-alpn-01",
+			CAErrorDetail: "203.0.113.9: Incorrect validation certificate for tls-alpn-01 challenge. Requested app.test from 203.0.113.9:443. Received 1 certificate(s), first certificate had names \"other.test\""},
+			"the CA reached a server, but it answered with another certificate or content than this edgeproxy's: DNS for app.test points elsewhere"},
+		{"another server", certs.LastError{Domain: "app.test", CAErrorType: "urn:ietf:params:acme:error:unauthorized", Challenge: "http-01",
+			CAErrorDetail: "203.0.113.9: Invalid response from http://app.test/.well-known/acme-challenge/x: 404"},
+			"DNS for app.test points elsewhere"},
+		{"no DNS", certs.LastError{Domain: "app.test", CAErrorType: "urn:ietf:params:acme:error:dns", CAErrorDetail: "DNS problem: NXDOMAIN looking up A for app.test"},
+			"the CA could not resolve app.test: create its A record"},
+		{"rate limited", certs.LastError{Domain: "app.test", CAErrorType: "urn:ietf:params:acme:error:rateLimited", CAErrorDetail: "too many failed authorizations recently"},
+			"rate limit"},
+		{"CA unreachable", certs.LastError{Domain: "app.test", Error: `Get "https://ca.test/dir": dial tcp 192.0.2.1:443: i/o timeout`},
+			"edgeproxy could not reach the CA"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Explain(&tt.le); !strings.Contains(got, tt.want) {
+				t.Errorf("got %q; want it to contain %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestClassifyDNS(t *testing.T) {
+	ip := netip.MustParseAddr
+	local := []netip.Addr{ip("127.0.0.1"), ip("10.0.0.5")}
+	tests := []struct {
+		name   string
+		ips    []netip.Addr
+		public netip.Addr
+		want   Status
+		detail string
+	}{
+		{"interface", []netip.Addr{ip("10.0.0.5")}, netip.Addr{}, OK, "this host"},
+		{"loopback range", []netip.Addr{ip("127.0.0.2")}, netip.Addr{}, OK, "this host"},
+		{"public IP given", []netip.Addr{ip("203.0.113.7")}, ip("203.0.113.7"), OK, "this host"},
+		{"NAT: no public IP given", []netip.Addr{ip("203.0.113.7")}, netip.Addr{}, Warn, "On EC2 the public IP is NATed"},
+		{"elsewhere", []netip.Addr{ip("192.0.2.10")}, ip("203.0.113.7"), Fail, "DNS points elsewhere"},
+		{"some elsewhere", []netip.Addr{ip("10.0.0.5"), ip("192.0.2.10")}, netip.Addr{}, Warn, "remove the records that point elsewhere"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := classifyDNS("app.test", "", tt.ips, local, tt.public)
+			if r.Status != tt.want || !strings.Contains(r.Detail, tt.detail) {
+				t.Errorf("got %v %q; want %v with %q", r.Status, r.Detail, tt.want, tt.detail)
+			}
+		})
+	}
+}
+
+// writeCert writes an edgeproxy self-signed certificate for names (plus localhost and
+// the loopback IPs), valid from an hour ago for life, and returns the file names.
+func writeCert(t *testing.T, dir string, life time.Duration, names ...string) (certFile, keyFile string) {
+	t.Helper()
+	c, err := certs.SelfSigned(names, life)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(c.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile = filepath.Join(dir, names[0]+".crt")
+	keyFile = filepath.Join(dir, names[0]+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+func parseConfig(t *testing.T, yaml string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse("c.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// Certificates: covered and current, due for renewal, expired, and missing a name.
+func TestCheckCertificate(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := writeCert(t, dir, 90*24*time.Hour, "app.test")
+	cfg := parseConfig(t, fmt.Sprintf(`
+tls:
+  certificates: [{cert: %q, key: %q}]
+pool:
+  targets: ["127.0.0.1:8000"]
+  health_check: {host: www.app.test}
+`, cert, key))
+	tests := []struct {
+		name   string
+		now    time.Time
+		host   string
+		want   Status
+		detail string
+	}{
+		{"current", time.Now(), "app.test", OK, "valid until"},
+		{"due for renewal", time.Now().Add(70 * 24 * time.Hour), "app.test", Warn, "due for renewal; replace the files"},
+		{"expired", time.Now().Add(91 * 24 * time.Hour), "app.test", Fail, "EXPIRED"},
+		{"missing name", time.Now(), "www.app.test", Fail, "no certificate covers www.app.test (pool.health_check.host); covered: localhost, app.test, 127.0.0.1, ::1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := New(Options{ConfigFile: "c.yaml"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.opts.now = func() time.Time { return tt.now }
+			r := d.checkCertificate(d.newSite(cfg), tt.host)
+			if r.Status != tt.want || !strings.Contains(r.Detail, tt.detail) {
+				t.Errorf("got %v %q; want %v with %q", r.Status, r.Detail, tt.want, tt.detail)
+			}
+		})
+	}
+}
+
+// A listener in use: by this edgeproxy (its metrics answer, its TLS certificate shows),
+// or by another program.
+func TestCheckListener(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := writeCert(t, dir, 90*24*time.Hour, "app.test")
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := httptest.NewServer(telemetry.New().AdminHandler(func() any { return []any{} }))
+	defer metrics.Close()
+	https := httptest.NewUnstartedServer(http.NotFoundHandler())
+	https.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	https.Config.ErrorLog = log.New(io.Discard, "", 0) // quiet for tests: the doctor's plain dial
+	https.StartTLS()
+	defer https.Close()
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	free, _ := net.Listen("tcp", "127.0.0.1:0")
+	freeAddr := free.Addr().String()
+	free.Close()
+
+	cfg := parseConfig(t, fmt.Sprintf(`
+tls:
+  certificates: [{cert: %q, key: %q}]
+pool:
+  targets: ["127.0.0.1:8000"]
+`, cert, key))
+	d, _ := New(Options{ConfigFile: "c.yaml", Timeout: time.Second})
+	s := d.newSite(cfg)
+	tests := []struct {
+		key, addr string
+		want      Status
+		detail    string
+	}{
+		{"metrics", metrics.Listener.Addr().String(), OK, "already bound by this edgeproxy (its /healthz and /targets answer)"},
+		{"https", https.Listener.Addr().String(), OK, "already bound by this edgeproxy (a TLS handshake there shows its certificate)"},
+		{"https", freeAddr, OK, "can be bound"},
+		{"http", "127.0.0.1:0", OK, "port 0"},
+	}
+	for _, tt := range tests {
+		r := d.checkListener(context.Background(), s, tt.key, tt.addr)
+		if r.Status != tt.want || !strings.Contains(r.Detail, tt.detail) {
+			t.Errorf("%s %s: got %v %q; want %v with %q", tt.key, tt.addr, r.Status, r.Detail, tt.want, tt.detail)
+		}
+	}
+	// Without the evidence of a metrics listener, a program that does not answer as
+	// edgeproxy holds the port.
+	s.edgeMetrics = ""
+	r := d.checkListener(context.Background(), s, "https", other.Addr().String())
+	if r.Status != Fail || !strings.Contains(r.Detail, "is in use by another program") {
+		t.Errorf("another program's port: got %v %q; want fail, in use by another program", r.Status, r.Detail)
+	}
+}
+
+// An invalid configuration: every problem is listed, and the run stops there.
+func TestRun_InvalidConfig(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("listen:\n  bogus: 1\npool:\n  targets: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := New(Options{ConfigFile: file})
+	rs := d.Run(context.Background(), nil)
+	if len(rs) != 1 || rs[0].Status != Fail || rs[0].Check != "config" || len(rs[0].More) < 3 {
+		t.Fatalf("got %+v; want one fail line for config with its problems", rs)
+	}
+	if !strings.Contains(strings.Join(rs[0].More, "\n"), `c.yaml:2:3: unknown key "bogus" in listen`) {
+		t.Errorf("problems lack the unknown key at 2:3: %q", rs[0].More)
+	}
+}

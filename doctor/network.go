@@ -1,0 +1,360 @@
+package doctor
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"syscall"
+
+	"edgeproxy/config"
+	"edgeproxy/health"
+)
+
+// checkListeners checks the metrics listener first: when a running edgeproxy answers
+// there, that is evidence for the other listeners in use.
+func (d *Doctor) checkListeners(ctx context.Context, s *site) []Result {
+	l := s.cfg.Listen
+	var out []Result
+	for _, key := range []struct{ name, addr string }{
+		{"metrics", l.Metrics}, {"https", l.HTTPS}, {"http", l.HTTP},
+	} {
+		if key.addr != "" {
+			out = append(out, d.checkListener(ctx, s, key.name, key.addr))
+		}
+	}
+	return out
+}
+
+// checkListener says whether addr can be bound, or is bound by this edgeproxy. It first
+// dials the address: a listener there means the port is in use, and a probe (healthz,
+// TLS certificate, challenge responder) tells whether it is edgeproxy's. Binding comes
+// second, so that a user who may not bind a low port still learns whether it is in use.
+func (d *Doctor) checkListener(ctx context.Context, s *site, key, addr string) Result {
+	r := Result{Check: "listen." + key}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return Result{Status: Fail, Check: r.Check, Detail: fmt.Sprintf("%q is not host:port: fix listen.%s", addr, key)}
+	}
+	if port == "0" {
+		return Result{Status: OK, Check: r.Check, Detail: addr + ": port 0 is chosen at start-up"}
+	}
+	dial := dialAddr(host, port)
+	c, err := net.DialTimeout("tcp", dial, d.opts.Timeout)
+	if err == nil {
+		c.Close()
+		if evidence := d.edgeEvidence(ctx, s, key, dial); evidence != "" {
+			if key == "metrics" {
+				s.edgeMetrics = dial
+			}
+			return Result{Status: OK, Check: r.Check, Detail: addr + " is already bound by this edgeproxy (" + evidence + ")"}
+		}
+		return Result{Status: Fail, Check: r.Check, Detail: fmt.Sprintf("%s is in use by another program (it does not answer as this edgeproxy): find it with `ss -ltnp 'sport = :%s'` and stop it, or change listen.%s", addr, port, key)}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		ln.Close()
+		return Result{Status: OK, Check: r.Check, Detail: addr + " can be bound"}
+	}
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return Result{Status: Warn, Check: r.Check, Detail: fmt.Sprintf("nothing listens on %s, and this user may not bind it: ports below 1024 need CAP_NET_BIND_SERVICE, which the systemd unit grants (run doctor as root to be sure; or `setcap cap_net_bind_service=+ep` the binary)", addr)}
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return Result{Status: Fail, Check: r.Check, Detail: fmt.Sprintf("%s: no interface of this host has %s: listen on an address this host has, or \":%s\" for all (on EC2 the public IP is never on an interface: use \":%s\")", addr, host, port, port)}
+	case errors.Is(err, syscall.EADDRINUSE):
+		return Result{Status: Fail, Check: r.Check, Detail: fmt.Sprintf("%s is in use by another program: find it with `ss -ltnp 'sport = :%s'` and stop it, or change listen.%s", addr, port, key)}
+	}
+	return Result{Status: Fail, Check: r.Check, Detail: fmt.Sprintf("cannot bind %s: %v", addr, err)}
+}
+
+// dialAddr is where to reach a listener on host:port from this host: a wildcard listener
+// ("", 0.0.0.0, ::) answers on 127.0.0.1 (Go's wildcard listeners take IPv4 too).
+func dialAddr(host, port string) string {
+	if ip, err := netip.ParseAddr(host); host == "" || err == nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// edgeEvidence returns how the listener at dial shows it is this edgeproxy's, or "".
+func (d *Doctor) edgeEvidence(ctx context.Context, s *site, key, dial string) string {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
+	defer cancel()
+	client := &http.Client{
+		Transport:     &http.Transport{Proxy: nil, DisableKeepAlives: true},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	get := func(url, host string) (*http.Response, string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return nil, "", err
+		}
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, "", err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return resp, string(body), nil
+	}
+	switch key {
+	case "metrics":
+		resp, body, err := get("http://"+dial+"/healthz", "")
+		if err != nil || resp.StatusCode != http.StatusOK || body != "ok\n" {
+			return ""
+		}
+		resp, body, err = get("http://"+dial+"/targets", "")
+		var targets []health.Status
+		if err != nil || resp.StatusCode != http.StatusOK || json.Unmarshal([]byte(body), &targets) != nil {
+			return ""
+		}
+		return "its /healthz and /targets answer"
+	case "https":
+		leaf, err := d.peerLeaf(ctx, dial, s.siteName())
+		if err == nil && s.ours(leaf) {
+			return "a TLS handshake there shows its certificate"
+		}
+	case "http":
+		// The challenge responder and the redirect answer in words of their own.
+		host := s.siteName()
+		if host == "" {
+			host = "localhost"
+		}
+		if resp, body, err := get("http://"+dial+"/.well-known/acme-challenge/edgeproxy-doctor", host); err == nil {
+			if strings.Contains(body, "ACME order in progress for") || strings.Contains(body, "not an ACME domain of this server") ||
+				resp.StatusCode == http.StatusPermanentRedirect && body == "308 Permanent Redirect\n" {
+				return "it answers as edgeproxy's plain-HTTP listener"
+			}
+		}
+	}
+	if s.edgeMetrics != "" {
+		return "presumably: the edgeproxy whose metrics listener answers on " + s.edgeMetrics + " holds it"
+	}
+	return ""
+}
+
+// peerLeaf returns the certificate the TLS server at addr presents for serverName.
+func (d *Doctor) peerLeaf(ctx context.Context, addr, serverName string) (*x509.Certificate, error) {
+	dialer := &tls.Dialer{
+		NetDialer: &net.Dialer{Timeout: d.opts.Timeout},
+		// Not verified here: the certificate is compared with the configured ones.
+		Config: &tls.Config{ServerName: serverName, InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}},
+	}
+	c, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	certs := c.(*tls.Conn).ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	return certs[0], nil
+}
+
+// checkDNS says whether name resolves to this host: to an interface's address, or to
+// Options.PublicIP.
+func (d *Doctor) checkDNS(ctx context.Context, name string) Result {
+	r := Result{Check: "dns:" + name}
+	via := ""
+	if d.opts.Resolver != "" {
+		via = " (via " + d.opts.Resolver + ")"
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.opts.Timeout)
+	defer cancel()
+	ips, err := d.resolver.LookupNetIP(ctx, "ip", name)
+	if err != nil || len(ips) == 0 {
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s does not resolve%s: %v. Create an A record (and AAAA if this host has IPv6) pointing at this host's public address; the CA must reach it", name, via, lookupErr(err))
+		return r
+	}
+	local, err := d.opts.interfaceAddrs()
+	if err != nil {
+		r.Status = Warn
+		r.Detail = fmt.Sprintf("%s → %s%s, but this host's addresses are unknown (%v)", name, joinAddrs(ips), via, err)
+		return r
+	}
+	return classifyDNS(name, via, ips, local, d.opts.PublicIP)
+}
+
+// classifyDNS judges the addresses name resolves to against this host's: its interfaces'
+// (local) and its public IP, if given.
+func classifyDNS(name, via string, ips, local []netip.Addr, publicIP netip.Addr) Result {
+	r := Result{Check: "dns:" + name}
+	var here, elsewhere []netip.Addr
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		if ip.IsLoopback() || slices.Contains(local, ip) || ip == publicIP {
+			here = append(here, ip)
+		} else {
+			elsewhere = append(elsewhere, ip)
+		}
+	}
+	public := publicIP.IsValid()
+	switch {
+	case len(elsewhere) == 0:
+		r.Status = OK
+		r.Detail = fmt.Sprintf("%s → %s%s: this host", name, joinAddrs(ips), via)
+	case len(here) > 0:
+		r.Status = Warn
+		r.Detail = fmt.Sprintf("%s → %s%s: %s is this host, %s is not. The CA may validate against any of them: remove the records that point elsewhere", name, joinAddrs(ips), via, joinAddrs(here), joinAddrs(elsewhere))
+	case public:
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s → %s%s, not this host's public IP %s (-public-ip) nor an interface's: DNS points elsewhere. Point the A record at %s, or run edgeproxy on the box it points at", name, joinAddrs(ips), via, publicIP, publicIP)
+	default:
+		r.Status = Warn
+		r.Detail = fmt.Sprintf("%s → %s%s, which no interface of this host has. On EC2 the public IP is NATed and never on an interface, so this is fine if %s is this instance's public or Elastic IP (say so with -public-ip); otherwise DNS points elsewhere: fix the A record", name, joinAddrs(ips), via, joinAddrs(elsewhere))
+	}
+	return r
+}
+
+func joinAddrs(ips []netip.Addr) string {
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.Unmap().String()
+	}
+	return strings.Join(s, ", ")
+}
+
+func lookupErr(err error) string {
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		switch {
+		case dnsErr.IsNotFound:
+			return "no such name"
+		case dnsErr.IsTimeout:
+			return "the resolver did not answer in time"
+		}
+		return dnsErr.Err
+	}
+	if err == nil {
+		return "no address"
+	}
+	return err.Error()
+}
+
+// checkDirectory says whether the ACME directory answers, trusting tls.acme.ca_roots
+// when set, as the edge does.
+func (d *Doctor) checkDirectory(ctx context.Context, s *site) Result {
+	a := s.cfg.TLS.ACME
+	r := Result{Check: "acme.directory"}
+	tr := http.DefaultTransport.(*http.Transport).Clone() // the edge's ACME client honours HTTPS_PROXY too
+	if a.CARoots != "" {
+		roots, err := config.LoadCARoots(a.CARoots)
+		if err != nil {
+			r.Status = Fail
+			r.Detail = fmt.Sprintf("tls.acme.ca_roots: %v", err)
+			return r
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, 2*d.opts.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.Directory, nil)
+	if err != nil {
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("tls.acme.directory %q: %v", a.Directory, err)
+		return r
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		r.Status = Fail
+		var unknown x509.UnknownAuthorityError
+		var hostErr x509.HostnameError
+		switch {
+		case errors.As(err, &unknown) || errors.As(err, &hostErr):
+			r.Detail = fmt.Sprintf("%s: its certificate is not trusted (%v): for a private CA or Pebble, set tls.acme.ca_roots to its root", a.Directory, unwrapURLErr(err))
+		default:
+			r.Detail = fmt.Sprintf("%s does not answer (%v): let this host make outbound HTTPS (port 443) connections (security group egress, firewall, HTTPS_PROXY), and check the URL", a.Directory, unwrapURLErr(err))
+		}
+		return r
+	}
+	defer resp.Body.Close()
+	var dir map[string]any
+	err = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&dir)
+	if resp.StatusCode != http.StatusOK || err != nil || dir["newOrder"] == nil {
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s answers %s, not an ACME directory: check tls.acme.directory (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory)", a.Directory, resp.Status)
+		return r
+	}
+	r.Status = OK
+	r.Detail = a.Directory + " answers"
+	return r
+}
+
+func unwrapURLErr(err error) error {
+	var ue interface{ Unwrap() error }
+	if errors.As(err, &ue) {
+		if inner := ue.Unwrap(); inner != nil {
+			return inner
+		}
+	}
+	return err
+}
+
+// checkTarget sends one health check to target as the edge would.
+func (d *Doctor) checkTarget(ctx context.Context, s *site, target string) Result {
+	hc := s.cfg.Pool.HealthCheck
+	r := Result{Check: "target:" + target}
+	opts := health.Options{Path: hc.Path, Host: hc.Host, Timeout: min(hc.Timeout, d.opts.Timeout), Matcher: hc.Matcher}
+	if t := s.cfg.Pool.TLS; t != nil {
+		conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+		if t.CA != "" {
+			roots, err := config.LoadCARoots(t.CA)
+			if err != nil {
+				r.Status = Fail
+				r.Detail = fmt.Sprintf("pool.tls.ca: %v", err)
+				return r
+			}
+			conf.RootCAs = roots
+		}
+		opts.TLSConfig = conf
+	}
+	host := hc.Host
+	if host == "" {
+		host = target
+	}
+	res := health.CheckOnce(ctx, opts, target)
+	req := fmt.Sprintf("GET %s (Host: %s)", hc.Path, host)
+	switch {
+	case res.Pass:
+		r.Status = OK
+		r.Detail = fmt.Sprintf("%s answers %d", req, res.Status)
+	case res.Status == http.StatusBadRequest:
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s answers 400: Django's ALLOWED_HOSTS probably rejects Host %q. ", req, host)
+		switch name := s.siteName(); {
+		case hc.Host != "":
+			r.Detail += fmt.Sprintf("Add %s to ALLOWED_HOSTS, or set pool.health_check.host to a name it lists", hc.Host)
+		case name != "":
+			r.Detail += fmt.Sprintf("Set pool.health_check.host: %s (the site's name, which ALLOWED_HOSTS lists) — an ALB target group's health check has the same trap", name)
+		default:
+			r.Detail += "Set pool.health_check.host to the site's name, one that ALLOWED_HOSTS lists"
+		}
+	case res.Status != 0:
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s: %s: fix the page, or point pool.health_check.path at one that answers 200 (Django: /admin/login/), or widen pool.health_check.matcher", req, res.Detail)
+	case res.Reason == health.ReasonTimeout:
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s: %s: is the backend overloaded, or is the address wrong?", req, res.Detail)
+	case strings.Contains(res.Detail, "connection refused"):
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s: connection refused: nothing listens on %s; start the backend there (gunicorn --bind %s) or fix pool.targets", req, target, target)
+	default:
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s: %s", req, res.Detail)
+	}
+	return r
+}
