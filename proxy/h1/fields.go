@@ -272,7 +272,6 @@ type bodyFields struct {
 	unknown   bool // a coding other than chunked was seen
 	close     bool
 	keepAlive bool
-	upgrade   bool
 }
 
 func (b *bodyFields) contentLength(v []byte) fault {
@@ -367,8 +366,6 @@ func (b *bodyFields) connection(v []byte, names *[][]byte) fault {
 			b.close = true
 		case equalFold(elem, "keep-alive"):
 			b.keepAlive = true
-		case equalFold(elem, "upgrade"):
-			b.upgrade = true
 		}
 		*names = append(*names, elem)
 	}
