@@ -243,3 +243,47 @@ func TestRun_InvalidConfig(t *testing.T) {
 		t.Errorf("problems lack the unknown key at 2:3: %q", rs[0].More)
 	}
 }
+
+// ACME domains: the cached certificate, none yet, none and a failed order on record, and
+// a cache file that cannot be read.
+func TestCheckCertificate_ACME(t *testing.T) {
+	cache := t.TempDir()
+	c, err := certs.SelfSigned([]string{"a.app.test"}, 90*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalECPrivateKey(c.PrivateKey.(*ecdsa.PrivateKey))
+	cached := append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]})...)
+	for name, data := range map[string][]byte{
+		"a.app.test":      cached,
+		"d.app.test":      []byte("not PEM"),
+		"last-error.json": []byte(`{"domain": "c.app.test", "attempt": 1, "error": "x", "ca_error_type": "urn:ietf:params:acme:error:connection"}`),
+	} {
+		if err := os.WriteFile(filepath.Join(cache, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := parseConfig(t, fmt.Sprintf(`
+tls:
+  acme: {domains: [a.app.test, b.app.test, c.app.test, d.app.test], cache_dir: %q}
+pool:
+  targets: ["127.0.0.1:8000"]
+`, cache))
+	d, _ := New(Options{ConfigFile: "c.yaml"})
+	s := d.newSite(cfg)
+	tests := []struct {
+		name   string
+		want   Status
+		detail string
+	}{
+		{"a.app.test", OK, "covered by the ACME cache"},
+		{"b.app.test", Warn, "edgeproxy orders it at start-up"},
+		{"c.app.test", Fail, "its last ACME order failed"},
+		{"d.app.test", Warn, "cannot read the cached certificate of d.app.test"},
+	}
+	for _, tt := range tests {
+		if r := d.checkCertificate(s, tt.name); r.Status != tt.want || !strings.Contains(r.Detail, tt.detail) {
+			t.Errorf("%s: got %v %q; want %v with %q", tt.name, r.Status, r.Detail, tt.want, tt.detail)
+		}
+	}
+}

@@ -17,7 +17,7 @@ func (d *Doctor) checkLastError(s *site) Result {
 	switch {
 	case s.lastErrErr != nil:
 		r.Status = Warn
-		r.Detail = fmt.Sprintf("cannot read %s: %v", file, s.lastErrErr)
+		r.Detail = fmt.Sprintf("cannot read %s: %v (the cache belongs to the edgeproxy service: run doctor as root, e.g. with sudo)", file, s.lastErrErr)
 		return r
 	case s.lastErr == nil:
 		r.Status = OK

@@ -22,8 +22,10 @@ type site struct {
 	cfg         *config.Config
 	acmeDomains []string // tls.acme.domains, lower case, without a trailing dot
 	static      []staticCert
-	// acme holds the leaf of each ACME domain's cached certificate (in cache_dir).
-	acme map[string]*x509.Certificate
+	// acme holds the leaf of each ACME domain's cached certificate (in cache_dir);
+	// acmeErr why a domain's cache file exists but could not be read.
+	acme    map[string]*x509.Certificate
+	acmeErr map[string]error
 	// lastErr is the ACME cache's LastErrorFile; nil when there is none. lastErrErr is
 	// why it could not be read, if it exists but could not.
 	lastErr    *certs.LastError
@@ -39,7 +41,7 @@ type staticCert struct {
 }
 
 func (d *Doctor) newSite(cfg *config.Config) *site {
-	s := &site{cfg: cfg, acme: map[string]*x509.Certificate{}}
+	s := &site{cfg: cfg, acme: map[string]*x509.Certificate{}, acmeErr: map[string]error{}}
 	for _, cf := range cfg.TLS.Certificates {
 		// An unreadable pair is already a config problem; here it just covers nothing.
 		if c, err := config.LoadCertificate(cf); err == nil {
@@ -53,8 +55,11 @@ func (d *Doctor) newSite(cfg *config.Config) *site {
 	for _, dom := range a.Domains {
 		name := normalize(dom)
 		s.acmeDomains = append(s.acmeDomains, name)
-		if leaf, err := cachedLeaf(a.CacheDir, name); err == nil {
+		switch leaf, err := cachedLeaf(a.CacheDir, name); {
+		case err == nil:
 			s.acme[name] = leaf
+		case !errors.Is(err, fs.ErrNotExist):
+			s.acmeErr[name] = err // unreadable (another user's 0700 directory) or corrupt
 		}
 	}
 	s.lastErr, s.lastErrErr = certs.ReadLastError(a.CacheDir)
@@ -199,6 +204,9 @@ func (d *Doctor) checkCertificate(s *site, name string) Result {
 		role = "pool.health_check.host"
 	}
 	switch {
+	case leaf == nil && isACME && s.acmeErr[name] != nil:
+		r.Status = Warn
+		r.Detail = fmt.Sprintf("cannot read the cached certificate of %s: %v (the cache belongs to the edgeproxy service: run doctor as root, e.g. with sudo)", name, s.acmeErr[name])
 	case leaf == nil && isACME && s.lastErr != nil && normalize(s.lastErr.Domain) == name:
 		r.Status = Fail
 		r.Detail = fmt.Sprintf("no certificate for %s yet, and its last ACME order failed: see acme.last_error below for why and the fix", name)

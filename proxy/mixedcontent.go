@@ -172,7 +172,7 @@ func (b *mixedBody) Read(p []byte) (int, error) {
 
 func (b *mixedBody) Close() error {
 	err := b.rc.Close()
-	*b = mixedBody{s: tagScanner{win: b.s.win}} // keep nothing of this response but the window's memory
+	*b = mixedBody{} // nothing of this response stays in the pool
 	mixedBodyPool.Put(b)
 	return err
 }
