@@ -61,6 +61,7 @@ func (d Decline) String() string {
 // ParseRequest, and its Header and Connection keep their capacity from one parse to the
 // next, so a Request reused on a connection allocates nothing in the steady state.
 type Request struct {
+	// Method is the method token, case-sensitive (RFC 9110 §9.1).
 	Method []byte
 	// Target is the request-target as received, in the form Form.
 	Target []byte

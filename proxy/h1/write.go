@@ -6,7 +6,9 @@ import (
 )
 
 // RequestHeadOptions say how AppendRequestHead rewrites a request for the upstream.
-// The zero value forwards no forwarding fields and keeps the connection alive.
+// The zero value forwards no forwarding fields and keeps the connection alive. Proto and
+// DefaultHost are written as given: they come from the proxy, not the client, and must
+// be valid field values.
 type RequestHeadOptions struct {
 	// ClientIP is the address of the client, written as X-Forwarded-For. The zero Addr
 	// writes no X-Forwarded-For at all.
@@ -101,7 +103,7 @@ type ResponseHeadOptions struct {
 	// the connection open. Ignored when Connection: close is written.
 	KeepAlive bool
 	// Extra fields are written last, replacing any upstream field of the same name,
-	// e.g. Strict-Transport-Security.
+	// e.g. Strict-Transport-Security. They are written as given and must be valid.
 	Extra Header
 }
 

@@ -180,29 +180,6 @@ func sampleValue(m *dto.Metric) float64 {
 	return 0
 }
 
-func (f *fixture) count(t *testing.T, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, _ := f.reg.Gather()
-	n := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			ok := true
-			for _, lp := range m.GetLabel() {
-				if v, in := want[lp.GetName()]; in && v != lp.GetValue() {
-					ok = false
-				}
-			}
-			if ok && m.Histogram != nil {
-				n += float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return n
-}
-
 func clientConfig() *tls.Config {
 	return &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}
 }
