@@ -66,7 +66,7 @@ func TestExplain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Explain(&tt.le); !strings.Contains(got, tt.want) {
+			if got := explain(&tt.le); !strings.Contains(got, tt.want) {
 				t.Errorf("got %q; want it to contain %q", got, tt.want)
 			}
 		})

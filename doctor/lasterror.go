@@ -31,7 +31,7 @@ func (d *Doctor) checkLastError(s *site) Result {
 		when += ", next try at " + le.NextAttempt.UTC().Format(time.RFC3339) + " while edgeproxy runs"
 	}
 	when += ")"
-	r.Detail = when + ": " + Explain(le)
+	r.Detail = when + ": " + explain(le)
 	if le.CAErrorType != "" {
 		r.More = append(r.More, fmt.Sprintf("the CA said: %s: %s", le.CAErrorType, le.CAErrorDetail))
 	} else {
@@ -44,9 +44,9 @@ func (d *Doctor) checkLastError(s *site) Result {
 	return r
 }
 
-// Explain says in a sentence or two what a failed ACME order most likely means for the
+// explain says in a sentence or two what a failed ACME order most likely means for the
 // person who set up the box, and what to do.
-func Explain(le *certs.LastError) string {
+func explain(le *certs.LastError) string {
 	typ := le.CAErrorType
 	if i := strings.LastIndex(typ, ":"); i >= 0 {
 		typ = typ[i+1:]
