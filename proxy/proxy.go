@@ -185,7 +185,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case h.opts.MaxBodyBytes > 0 && r.ContentLength > h.opts.MaxBodyBytes:
 		h.plainError(rec, http.StatusRequestEntityTooLarge)
 	default:
-		target = pick.Target.Addr
 		if pick.FailOpen && h.opts.Observer != nil {
 			h.opts.Observer.FailOpen()
 		}
