@@ -21,6 +21,7 @@ type Config struct {
 	Forwarding Forwarding `yaml:"forwarding"`
 	Headers    Headers    `yaml:"headers"`
 	Log        Log        `yaml:"log"`
+	Proxy      Proxy      `yaml:"proxy"`
 
 	// File is the path the configuration was read from; it prefixes every Problem.
 	File string `yaml:"-"`
@@ -168,6 +169,14 @@ type Headers struct {
 	MixedContentSample int `yaml:"mixed_content_sample"`
 }
 
+// Proxy selects the data path.
+type Proxy struct {
+	// FastPath serves HTTP/1.1 on edgeproxy's own fast path (default true); false sends
+	// everything through net/http, for comparison and as a safety valve. Both refuse the
+	// same malformed requests.
+	FastPath bool `yaml:"fast_path"`
+}
+
 // Log configures logging.
 type Log struct {
 	// Format is "text" (default) or "json".
@@ -204,5 +213,6 @@ func Default() *Config {
 		},
 		Headers: Headers{MixedContentSample: 10},
 		Log:     Log{Format: "text"},
+		Proxy:   Proxy{FastPath: true},
 	}
 }

@@ -46,9 +46,9 @@ type Edge struct {
 	// Reload swaps these; the request path reads them without a lock.
 	certSrc atomic.Pointer[certs.Source]
 	handler atomic.Pointer[proxy.Handler]
-	// transport is reused across reloads that keep the pool's timeouts, so that
+	// upstream is reused across reloads that keep the pool's timeouts, so that
 	// keep-alive connections to targets survive a reload.
-	transport *http.Transport
+	upstream *proxy.Upstream
 
 	// tickets rotates the HTTPS listener's session ticket keys. That listener's tls.Config
 	// outlives reloads, so clients keep resuming across them.
@@ -63,7 +63,7 @@ type Edge struct {
 	// sources built by reloads share them (a change of tls.acme needs a restart).
 	acme config.ACME
 
-	servers   []*http.Server
+	servers   []server
 	listeners []net.Listener
 
 	// failOpenMu guards failingOpen, so that entering and leaving fail-open is logged once.
@@ -202,14 +202,19 @@ func (e *Edge) upstreamTLS(cfg *config.Config) (*tls.Config, error) {
 	return conf, nil
 }
 
-// newHandler builds the proxy for cfg, reusing the upstream transport (and its pooled
+// newHandler builds the proxy for cfg, reusing the upstream (and its pooled
 // connections) when the pool's timeouts and TLS settings are unchanged.
 func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Handler {
-	if e.transport == nil || e.cfg == nil ||
+	if e.upstream == nil || e.cfg == nil ||
 		cfg.Pool.ConnectTimeout != e.cfg.Pool.ConnectTimeout ||
 		cfg.Pool.ResponseHeaderTimeout != e.cfg.Pool.ResponseHeaderTimeout ||
 		!reflect.DeepEqual(cfg.Pool.TLS, e.cfg.Pool.TLS) {
-		e.transport = proxy.NewTransport(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
+		if e.upstream != nil {
+			old := e.upstream
+			// Requests in flight keep their connections; idle ones of the old settings go.
+			defer old.CloseIdle()
+		}
+		e.upstream = proxy.NewUpstream(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
 	}
 	var trusted []netip.Prefix
 	for _, s := range cfg.Forwarding.TrustedProxies {
@@ -226,7 +231,7 @@ func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Ha
 		Passive:        passiveHealth{e},
 		TargetTLS:      cfg.Pool.TLS != nil,
 		Retries:        cfg.Pool.Retries,
-		Transport:      e.transport,
+		Upstream:       e.upstream,
 		TrustedProxies: trusted,
 		HSTS:           cfg.Headers.HSTS,
 		MaxBodyBytes:   cfg.Limits.MaxBodyBytes,
@@ -304,18 +309,21 @@ func (e *Edge) bind() error {
 			}
 			e.tlsCost = a
 		}
-		e.add(srv, e.tlsCost.Listener(limitListener(ln, l.MaxConnections), srv.TLSConfig))
+		e.add(e.dataServer(srv), e.tlsCost.Listener(limitListener(ln, l.MaxConnections), srv.TLSConfig))
 	}
 	if addr := cfg.Listen.HTTP; addr != "" {
 		ln, err := listen("listen.http", addr)
 		if err != nil {
 			return err
 		}
-		var h http.Handler = handler
 		if cfg.Listen.HTTPMode == "redirect" {
-			h = proxy.RedirectHandler(e.httpsPort())
+			h := proxy.RedirectHandler(e.httpsPort())
+			e.add(newServer(e.certs.HTTPHandler(h)), limitListener(ln, l.MaxConnections))
+		} else {
+			// Plain-HTTP proxying (benchmarks, a TLS-terminating balancer in front): the
+			// same data path as https. ACME HTTP-01 challenges still answer first.
+			e.add(e.dataServer(newServer(e.certs.HTTPHandler(handler))), limitListener(ln, l.MaxConnections))
 		}
-		e.add(newServer(e.certs.HTTPHandler(h)), limitListener(ln, l.MaxConnections))
 	}
 	if addr := cfg.Listen.Metrics; addr != "" {
 		ln, err := listen("listen.metrics", addr)
@@ -337,7 +345,25 @@ func (e *Edge) httpsPort() string {
 	return port
 }
 
-func (e *Edge) add(srv *http.Server, ln net.Listener) {
+// server is what the edge runs on each listener: an *http.Server, or a *proxy.Server
+// (the fast path with net/http behind it).
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+	Close() error
+}
+
+// dataServer puts the fast path in front of srv, unless proxy.fast_path is off; the
+// net/http server then serves behind the strict head gate alone.
+func (e *Edge) dataServer(srv *http.Server) server {
+	l := e.cfg.Limits
+	return proxy.NewServer(proxy.ServerOptions{
+		Handler: e.handler.Load, HTTP: srv, FastPath: e.cfg.Proxy.FastPath,
+		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
+	})
+}
+
+func (e *Edge) add(srv server, ln net.Listener) {
 	e.servers = append(e.servers, srv)
 	e.listeners = append(e.listeners, ln)
 }

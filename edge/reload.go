@@ -9,6 +9,7 @@ import (
 
 	"edgeproxy/balancer"
 	"edgeproxy/config"
+	"edgeproxy/proxy"
 )
 
 // Reload applies a new configuration without closing a listener or failing a request:
@@ -21,9 +22,13 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
 	old := e.cfg
+	oldUpstream := e.upstream // busy with the requests a drain may have to break
 
 	if !reflect.DeepEqual(old.Listen, cfg.Listen) {
 		e.log.Warn("reload: listen addresses changed; they take effect only after a restart")
+	}
+	if old.Proxy != cfg.Proxy {
+		e.log.Warn("reload: proxy.fast_path changed; it takes effect only after a restart")
 	}
 	if limitsNeedRestart(old.Limits, cfg.Limits) {
 		e.log.Warn("reload: server limits (timeouts, header size, connections) changed; they take effect only after a restart")
@@ -57,7 +62,7 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	var gone []string
 	for _, t := range removed {
 		gone = append(gone, t.Addr)
-		go e.drain(e.runCtx, t, cfg.Pool.DeregistrationDelay)
+		go e.drain(e.runCtx, t, cfg.Pool.DeregistrationDelay, oldUpstream)
 	}
 	e.log.Info("reloaded configuration", "targets", cfg.Pool.Targets, "added", added, "removed", gone)
 	return nil
@@ -71,7 +76,7 @@ func limitsNeedRestart(a, b config.Limits) bool {
 
 // drain waits until a removed target has no request in flight, or its deregistration delay
 // is over (then cancels what still runs), and forgets it.
-func (e *Edge) drain(ctx context.Context, t *balancer.Target, delay time.Duration) {
+func (e *Edge) drain(ctx context.Context, t *balancer.Target, delay time.Duration, upstream *proxy.Upstream) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -91,7 +96,8 @@ wait:
 			break wait
 		}
 	}
-	t.Retire()
+	t.Retire()                   // cancels the net/http path's requests to t
+	upstream.AbortTarget(t.Addr) // and breaks the fast path's
 	e.checker.Forget(t.Addr)
 	e.metrics.ForgetTarget(t.Addr)
 	e.log.Info(fmt.Sprintf("target %s removed and drained after %v", t.Addr, time.Since(start).Round(time.Millisecond)), "target", t.Addr)

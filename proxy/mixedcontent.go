@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"edgeproxy/proxy/h1"
 )
 
 // MixedContent is the edge's answer to mixed content: an HTML page served over https that
@@ -95,8 +97,10 @@ func (m *MixedContent) apply(resp *http.Response) {
 }
 
 // isHTML reports whether a response's Content-Type is HTML, without allocating.
-func isHTML(h http.Header) bool {
-	ct := h.Get("Content-Type")
+func isHTML(h http.Header) bool { return isHTMLType(h.Get("Content-Type")) }
+
+// isHTMLType reports whether a Content-Type value is HTML.
+func isHTMLType(ct string) bool {
 	if i := strings.IndexByte(ct, ';'); i >= 0 {
 		ct = ct[:i]
 	}
@@ -105,14 +109,13 @@ func isHTML(h http.Header) bool {
 }
 
 // found records a page that loads url (a script or stylesheet) over http.
-func (m *MixedContent) found(req *http.Request, url []byte) {
+func (m *MixedContent) found(host, path string, url []byte) {
 	if m.Observer != nil {
 		m.Observer.MixedContentPage()
 	}
 	if m.Logger == nil {
 		return
 	}
-	path := req.URL.Path
 	m.reportedMu.Lock()
 	if m.reported == nil {
 		m.reported = map[string]bool{}
@@ -133,7 +136,7 @@ func (m *MixedContent) found(req *http.Request, url []byte) {
 		fix = "headers.upgrade_insecure_requests makes browsers fetch it over https; fix the page so that it does not depend on that"
 	}
 	m.Logger.Warn("mixed content: an HTML page loads a script or stylesheet over http://; "+fix,
-		"host", req.Host, "path", path, "url", string(url))
+		"host", host, "path", path, "url", string(url))
 }
 
 // mixedBody is a response body that scans what streams through it. It comes from
@@ -162,7 +165,7 @@ func (b *mixedBody) Read(p []byte) (int, error) {
 		b.left -= len(chunk)
 		if url, ok := b.s.feed(chunk); ok {
 			b.done = true
-			b.m.found(b.req, url)
+			b.m.found(b.req.Host, b.req.URL.Path, url)
 		} else if b.left == 0 {
 			b.done = true
 		}
@@ -377,4 +380,81 @@ func equalFold(b []byte, lower string) bool {
 		}
 	}
 	return true
+}
+
+// active reports whether m does anything.
+func (m *MixedContent) active() bool {
+	return m != nil && (m.UpgradeInsecureRequests || m.Report)
+}
+
+// fastResponse is apply for the fast path, on a response to an https request: it returns
+// extra plus the CSP field when the page gets one, and a scan of the body when this
+// response is sampled for the report (nil otherwise).
+func (m *MixedContent) fastResponse(resp *h1.Response, extra h1.Header, host, target []byte) (h1.Header, *mixedScan) {
+	ct, _ := resp.Header.Get("Content-Type")
+	if !isHTMLType(string(ct)) {
+		return extra, nil
+	}
+	if _, hasCSP := resp.Header.Get("Content-Security-Policy"); m.UpgradeInsecureRequests && !hasCSP {
+		// A new slice: extra may be the handler's shared HSTS field.
+		extra = append(extra[:len(extra):len(extra)], h1.Field{Name: []byte("Content-Security-Policy"), Value: []byte("upgrade-insecure-requests")})
+	}
+	if !m.Report || resp.Status < 200 || resp.Status > 299 || resp.Framing == h1.FramingNone {
+		return extra, nil
+	}
+	if ce, ok := resp.Header.Get("Content-Encoding"); ok && !strings.EqualFold(string(ce), "identity") {
+		return extra, nil
+	}
+	if n := m.SampleOneIn; n > 1 && m.seq.Add(1)%uint64(n) != 0 {
+		return extra, nil
+	}
+	sc := mixedScanPool.Get().(*mixedScan)
+	sc.m, sc.host = m, string(host)
+	sc.path = string(target)
+	if i := strings.IndexByte(sc.path, '?'); i >= 0 {
+		sc.path = sc.path[:i]
+	}
+	sc.left = m.ScanBytes
+	if sc.left <= 0 {
+		sc.left = DefaultMixedContentScanBytes
+	}
+	return extra, sc
+}
+
+// mixedScan is the fast path's scan of one response body, like mixedBody's.
+type mixedScan struct {
+	m          *MixedContent
+	host, path string
+	left       int
+	done       bool
+	s          tagScanner
+}
+
+var mixedScanPool = sync.Pool{New: func() any { return new(mixedScan) }}
+
+// scanBody feeds the next body bytes to the response's scan, if any.
+func (c *fastConn) scanBody(p []byte) {
+	sc := c.scan
+	if sc == nil || sc.done || len(p) == 0 {
+		return
+	}
+	if len(p) > sc.left {
+		p = p[:sc.left]
+	}
+	sc.left -= len(p)
+	if url, ok := sc.s.feed(p); ok {
+		sc.done = true
+		sc.m.found(sc.host, sc.path, url)
+	} else if sc.left == 0 {
+		sc.done = true
+	}
+}
+
+// finish returns the scan to its pool; a nil scan is fine.
+func (sc *mixedScan) finish() {
+	if sc == nil {
+		return
+	}
+	*sc = mixedScan{}
+	mixedScanPool.Put(sc)
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"edgeproxy/balancer"
+	"edgeproxy/proxy/h1"
 )
 
 // Picker chooses the target of each request; *balancer.Balancer implements it.
@@ -53,7 +54,10 @@ type Observer interface {
 type Options struct {
 	// Picker chooses targets. Required.
 	Picker Picker
-	// Transport sends requests to targets; nil means NewTransport(5s, 60s, nil).
+	// Upstream reaches the targets for both paths; nil means NewUpstream(5s, 60s, nil).
+	Upstream *Upstream
+	// Transport sends the net/http path's requests to targets; nil means
+	// Upstream.Transport. (Tests put a fake here.)
 	Transport http.RoundTripper
 	// TargetTLS makes the requests to targets https (the Transport must speak TLS).
 	TargetTLS bool
@@ -84,20 +88,28 @@ type Options struct {
 
 // Handler proxies requests to the pool. Use New.
 type Handler struct {
-	opts   Options
-	log    *slog.Logger
-	rp     *httputil.ReverseProxy
-	budget retryBudget
+	opts     Options
+	log      *slog.Logger
+	rp       *httputil.ReverseProxy
+	budget   retryBudget
+	upstream *Upstream
+	hsts     h1.Header // the HSTS field the fast path adds; nil for none
 }
 
 var _ http.Handler = (*Handler)(nil)
 
 // New returns a Handler for opts.
 func New(opts Options) *Handler {
-	if opts.Transport == nil {
-		opts.Transport = NewTransport(5*time.Second, 60*time.Second, nil)
+	if opts.Upstream == nil {
+		opts.Upstream = NewUpstream(5*time.Second, 60*time.Second, nil)
 	}
-	h := &Handler{opts: opts, log: opts.Logger}
+	if opts.Transport == nil {
+		opts.Transport = opts.Upstream.Transport
+	}
+	h := &Handler{opts: opts, log: opts.Logger, upstream: opts.Upstream}
+	if opts.HSTS != "" {
+		h.hsts = h1.Header{{Name: []byte("Strict-Transport-Security"), Value: []byte(opts.HSTS)}}
+	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -171,7 +183,7 @@ func (a *attempt) done() {
 // ServeHTTP picks a target and proxies r to it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	if h.opts.HSTS != "" && r.TLS != nil {
+	if h.opts.HSTS != "" && requestTLS(r) != nil {
 		// Set before proxying so that error pages carry it too; modifyResponse removes a
 		// target's own value, so the edge's policy is the one clients see.
 		w.Header().Set("Strict-Transport-Security", h.opts.HSTS)
@@ -210,7 +222,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			slog.String("client", r.RemoteAddr), slog.String("method", r.Method),
 			slog.String("host", r.Host), slog.String("uri", r.RequestURI), slog.String("proto", r.Proto),
 			slog.Int("status", code), slog.Int64("bytes", rec.bytes), slog.Duration("duration", d),
-			slog.String("target", target))
+			slog.String("target", target), slog.String("engine", "net/http"))
 	}
 }
 
@@ -236,14 +248,32 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	if clientIP.IsValid() {
 		pr.Out.Header.Set("X-Forwarded-For", xff)
 	}
-	pr.Out.Header.Set("X-Forwarded-Host", pr.In.Host)
+	if pr.In.Host != "" {
+		pr.Out.Header.Set("X-Forwarded-Host", pr.In.Host)
+	}
+	removeUnderscoreForwarding(pr.Out.Header)
 	proto := "http"
-	if pr.In.TLS != nil {
+	if requestTLS(pr.In) != nil {
 		proto = "https"
 	} else if p := pr.In.Header.Get("X-Forwarded-Proto"); trusted && (p == "https" || p == "http") {
 		proto = p // a TLS-terminating load balancer in front says what the client used
 	}
 	pr.Out.Header.Set("X-Forwarded-Proto", proto)
+}
+
+// removeUnderscoreForwarding drops fields such as X_Forwarded_For: WSGI servers (gunicorn)
+// map "_" and "-" to the same environ key, so such a field could stand in for a
+// forwarding field the edge sets. The fast path's writer drops them too.
+func removeUnderscoreForwarding(h http.Header) {
+	for name := range h {
+		if !strings.Contains(name, "_") {
+			continue
+		}
+		switch http.CanonicalHeaderKey(strings.ReplaceAll(name, "_", "-")) {
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded":
+			delete(h, name)
+		}
+	}
 }
 
 func (h *Handler) trusted(ip netip.Addr) bool {
@@ -264,7 +294,7 @@ func remoteIP(remoteAddr string) netip.Addr {
 }
 
 func (h *Handler) modifyResponse(resp *http.Response) error {
-	if h.opts.HSTS != "" && resp.Request.TLS != nil {
+	if h.opts.HSTS != "" && requestTLS(resp.Request) != nil {
 		resp.Header.Del("Strict-Transport-Security")
 	}
 	h.opts.MixedContent.apply(resp)
@@ -318,6 +348,11 @@ type recorder struct {
 func (r *recorder) WriteHeader(code int) {
 	if r.status == 0 && code >= 200 {
 		r.status = code
+		// The edge passes a target's response on as it is: net/http must not add a
+		// Content-Type the target did not send (sniffing is the client's call).
+		if _, ok := r.Header()["Content-Type"]; !ok {
+			r.Header()["Content-Type"] = nil
+		}
 	}
 	r.ResponseWriter.WriteHeader(code)
 }

@@ -104,8 +104,24 @@ func (m *Metrics) Request(code int, target string, d time.Duration) {
 	if target == "" {
 		target = "none"
 	}
-	m.requests.WithLabelValues(strconv.Itoa(code), target).Inc()
+	m.requests.WithLabelValues(codeLabel(code), target).Inc()
 	m.requestDuration.Observe(d.Seconds())
+}
+
+// statusLabels holds the code label of every status, so that counting a request does
+// not format (and allocate) one. Read-only after init.
+var statusLabels = func() (labels [600]string) {
+	for i := range labels {
+		labels[i] = strconv.Itoa(i)
+	}
+	return labels
+}()
+
+func codeLabel(code int) string {
+	if code >= 0 && code < len(statusLabels) {
+		return statusLabels[code]
+	}
+	return strconv.Itoa(code)
 }
 
 // FailOpen records one request routed while no target was healthy.

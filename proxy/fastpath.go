@@ -1,0 +1,732 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"edgeproxy/balancer"
+	"edgeproxy/proxy/h1"
+)
+
+// The HTTP/1.1 fast path: a connection loop over crypto/tls with the strict parser of
+// package h1, pooled keep-alive connections to the targets, pooled buffers and one write
+// per response head (with the first body bytes). It serves the requests it fully
+// understands and hands the connection, with the bytes already read, to net/http for
+// anything else (h1.Request.Declined). Behaviour is the Handler's: the same picker,
+// passive health, retry rules and budget, header policy, error pages, metrics and access
+// log as the net/http path.
+
+const clientBufSize = 16 << 10
+
+var clientBufPool = sync.Pool{New: func() any { b := make([]byte, clientBufSize); return &b }}
+
+// fastConn is one client connection served by the fast path.
+type fastConn struct {
+	srv      *Server
+	conn     net.Conn
+	tls      *tls.ConnectionState // nil on a plain-HTTP listener
+	remote   netip.Addr
+	remoteAP string // RemoteAddr().String(), for the access log
+
+	buf  []byte // buf[r:w] holds bytes read from the client and not yet consumed
+	r, w int
+	out  []byte // the head being written, plus the first body bytes
+
+	req     h1.Request
+	resp    h1.Response
+	chunked h1.Chunked
+	served  int // requests served on this connection
+
+	// Per request: the head's length at buf[r:], the bytes of buf[r:] the request used
+	// (head and buffered body), whether its body went out in more than the first write,
+	// whether all of it was read, and the response head's length in the upstream buffer.
+	headLen      int
+	bodyConsumed int
+	bodyStreamed bool
+	bodyDone     bool
+	respHead     int
+	scan         *mixedScan       // the mixed-content scan of this response, or nil
+	target       *balancer.Target // the request's target, counted in flight
+}
+
+func (c *fastConn) endTarget() {
+	c.target.End()
+	c.target = nil
+}
+
+// serve runs the loop until the connection closes or is handed to net/http.
+func (c *fastConn) serve() {
+	defer func() {
+		if c.buf != nil {
+			b := c.buf
+			c.buf = nil
+			clientBufPool.Put(&b)
+		}
+	}()
+	for {
+		if err := c.readHead(); err != nil {
+			return
+		}
+		h := c.srv.handler()
+		if c.req.Declined != h1.DeclineNone || h.declines(&c.req) {
+			c.handOff()
+			return
+		}
+		keepAlive := h.serveFast(c)
+		c.srv.setActive(c, false)
+		c.served++
+		if !keepAlive || c.srv.shuttingDown() {
+			c.conn.Close()
+			return
+		}
+	}
+}
+
+// readHead reads until buf[r:] starts with a whole request head and parses it into
+// c.req. Before the first byte the wait is bounded by the idle timeout (the header
+// timeout on a new connection); from the first byte, by the header timeout. A refused
+// head is answered and the connection closed; a client that leaves between requests is
+// closed quietly.
+func (c *fastConn) readHead() error {
+	s := c.srv
+	if c.r == c.w {
+		c.r, c.w = 0, 0
+		wait := s.opts.IdleTimeout
+		if c.served == 0 {
+			wait = s.opts.ReadHeaderTimeout
+		}
+		c.conn.SetReadDeadline(time.Now().Add(wait))
+		if err := c.fill(); err != nil {
+			c.conn.Close()
+			return err
+		}
+	}
+	c.srv.setActive(c, true) // a request has begun: Shutdown lets it finish
+	c.conn.SetReadDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
+	lim := h1.Limits{MaxHeadBytes: s.opts.MaxHeaderBytes}
+	for next := 0; ; {
+		ready, nx := h1.ScanHead(c.buf[c.r:c.w], next, lim.MaxHeadBytes)
+		next = nx
+		if ready {
+			break
+		}
+		if err := c.fill(); err != nil {
+			c.conn.Close()
+			return err
+		}
+	}
+	n, err := h1.ParseRequest(c.buf[c.r:c.w], &c.req, lim)
+	if herr, ok := err.(*h1.Error); ok { // not errors.As: its target would escape, per request
+		c.refuse(herr)
+		return err
+	}
+	c.conn.SetReadDeadline(time.Time{})
+	c.headLen = n
+	return nil
+}
+
+// fill reads more from the client, compacting or growing the buffer as a head needs.
+func (c *fastConn) fill() error {
+	if c.buf == nil {
+		c.buf = *clientBufPool.Get().(*[]byte)
+	}
+	if c.w == len(c.buf) {
+		if c.r > 0 {
+			c.w = copy(c.buf, c.buf[c.r:c.w])
+			c.r = 0
+		} else {
+			// A head longer than the pooled buffer: grow, up to max_header_bytes (ScanHead
+			// stops at that limit, so this cannot grow further).
+			grown := make([]byte, 2*len(c.buf))
+			copy(grown, c.buf[:c.w])
+			c.buf = grown
+		}
+	}
+	n, err := c.conn.Read(c.buf[c.w:])
+	c.w += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// refuse answers a head the parser refused, and closes the connection: what follows a
+// bad head cannot be trusted to start a request.
+func (c *fastConn) refuse(herr *h1.Error) {
+	h := c.srv.handler()
+	h.log.Debug("refused request head", "client", c.remoteAP, "status", herr.Status, "reason", herr.Reason)
+	c.out = appendErrorResponse(c.out[:0], herr.Status, h.hstsFor(c.tls != nil), true)
+	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	c.conn.Write(c.out)
+	if h.opts.Observer != nil {
+		h.opts.Observer.Request(herr.Status, "", 0)
+	}
+	c.conn.Close()
+}
+
+// handOff gives the connection, with the bytes read and not consumed, to net/http.
+func (c *fastConn) handOff() {
+	pending := append([]byte(nil), c.buf[c.r:c.w]...)
+	c.srv.handOff(c.conn, c.tls, pending)
+}
+
+// declines reports whether the fast path should leave a valid request to net/http for a
+// reason of this configuration rather than of the request.
+func (h *Handler) declines(req *h1.Request) bool {
+	// A chunked body's decoded size is only known as it streams; net/http's
+	// MaxBytesReader enforces the limit on it.
+	return h.opts.MaxBodyBytes > 0 && req.Framing == h1.FramingChunked
+}
+
+// hstsFor returns the Strict-Transport-Security field for a response, if any.
+func (h *Handler) hstsFor(isTLS bool) h1.Header {
+	if h.hsts == nil || !isTLS {
+		return nil
+	}
+	return h.hsts
+}
+
+var idempotent = [...]string{http.MethodGet, http.MethodHead, http.MethodOptions}
+
+func isIdempotent(method []byte) bool {
+	for _, m := range idempotent {
+		if string(method) == m {
+			return true
+		}
+	}
+	return false
+}
+
+// fastResult is what serveFast tells the access log and metrics.
+type fastResult struct {
+	status int
+	bytes  int64
+	target string
+}
+
+// serveFast proxies the parsed request c.req and reports whether the client connection
+// may carry another request.
+func (h *Handler) serveFast(c *fastConn) (keepAlive bool) {
+	start := time.Now()
+	req := &c.req
+	res := fastResult{}
+	keepAlive = req.KeepAlive
+	defer func() {
+		c.r += c.bodyConsumed
+		c.bodyConsumed = 0
+		d := time.Since(start)
+		if h.opts.Observer != nil {
+			h.opts.Observer.Request(res.status, res.target, d)
+		}
+		if h.opts.AccessLog {
+			h.log.LogAttrs(context.Background(), slog.LevelInfo, "access",
+				slog.String("client", c.remoteAP), slog.String("method", string(req.Method)),
+				slog.String("host", string(req.Host)), slog.String("uri", string(req.Target)),
+				slog.String("proto", "HTTP/1."+strconv.Itoa(req.Minor)),
+				slog.Int("status", res.status), slog.Int64("bytes", res.bytes), slog.Duration("duration", d),
+				slog.String("target", res.target), slog.String("engine", "fast"))
+		}
+	}()
+	c.bodyConsumed, c.bodyStreamed, c.bodyDone, c.scan = c.headLen, false, false, nil
+
+	pick := h.opts.Picker.Next()
+	if pick.Target == nil {
+		res.status = http.StatusServiceUnavailable
+		return c.writeError(h, res.status, !c.bodyDrainable()) && keepAlive
+	}
+	if h.opts.MaxBodyBytes > 0 && req.Framing == h1.FramingLength && req.ContentLength > h.opts.MaxBodyBytes {
+		res.status = http.StatusRequestEntityTooLarge
+		c.writeError(h, res.status, true)
+		return false // the body was not read: the connection cannot go on
+	}
+	if pick.FailOpen && h.opts.Observer != nil {
+		h.opts.Observer.FailOpen()
+	}
+	h.budget.deposit()
+
+	// A target removed by a reload drains: when its deregistration delay is over,
+	// Upstream.AbortTarget breaks the connections still busy with it.
+	c.target = pick.Target
+	c.target.Begin()
+	defer c.endTarget()
+
+	for tries := 0; ; tries++ {
+		t := c.target
+		res.target = t.Addr
+		up, sent, err := h.exchange(c, t)
+		if err == nil {
+			return h.relayResponse(c, up, &res) && keepAlive
+		}
+		if !blamesTarget(err) && !errors.Is(err, errResponseHeadTooLarge) {
+			// The client failed or went away while its body was read.
+			res.status = 499
+			return false
+		}
+		if h.opts.Passive != nil && h.opts.Passive.ReportFailure(t) {
+			h.log.Warn("target "+t.Addr+" ejected by passive health: consecutive failed requests", "target", t.Addr, "error", err.Error())
+		}
+		retryable := isDialError(err) || (!sent && isIdempotent(req.Method) && req.Framing == h1.FramingNone && !isTimeout(err))
+		if tries < h.opts.Retries && retryable {
+			if next := h.opts.Picker.NextExcept(t); next.Target != nil && next.Target != t && h.budget.take() {
+				if h.opts.Observer != nil {
+					h.opts.Observer.Retry(t.Addr)
+				}
+				h.log.Info("retrying on another target", "failed", t.Addr, "target", next.Target.Addr, "method", string(req.Method), "error", err.Error())
+				t.End()
+				c.target = next.Target
+				c.target.Begin()
+				continue
+			}
+		}
+		res.status = http.StatusBadGateway
+		if isTimeout(err) {
+			res.status = http.StatusGatewayTimeout
+		}
+		h.log.Warn("proxy error", "target", t.Addr, "method", string(req.Method), "uri", string(req.Target), "status", res.status, "error", err.Error())
+		if sent && req.Framing != h1.FramingNone && !c.bodyDone {
+			keepAlive = false // part of the body is still on the wire
+		}
+		return c.writeError(h, res.status, !keepAlive) && keepAlive
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// exchange sends the request to t and reads the response head into c.resp (1xx interim
+// responses are relayed to the client on the way). sent reports whether any of the
+// request reached the target, which decides whether it may be retried. A pooled
+// connection that turns out closed is replaced by a new one once, transparently, when
+// nothing of the request body was streamed yet.
+func (h *Handler) exchange(c *fastConn, t *balancer.Target) (up *upstreamConn, sent bool, err error) {
+	u := h.upstream
+	for attempt := 0; ; attempt++ {
+		up, err = u.get(t.Addr)
+		if err != nil {
+			return nil, false, err
+		}
+		sent, err = h.sendRequest(c, up)
+		if err == nil {
+			err = h.readResponseHead(c, up)
+		}
+		if err == nil {
+			if h.opts.Passive != nil {
+				h.opts.Passive.ReportSuccess(t)
+			}
+			return up, true, nil
+		}
+		stale := up.reused && attempt == 0 && !c.bodyStreamed && isConnGone(err)
+		u.release(up)
+		if !stale {
+			return nil, sent, err
+		}
+		// The target closed an idle connection as it was reused: try a fresh one.
+	}
+}
+
+// isConnGone reports whether err says the connection was closed or reset.
+func isConnGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
+}
+
+// sendRequest writes the rewritten head and the body. The head goes out with the body
+// bytes already read in one write; the rest of the body streams from the client.
+func (h *Handler) sendRequest(c *fastConn, up *upstreamConn) (sent bool, err error) {
+	req := &c.req
+	ip := c.remote
+	opts := h1.RequestHeadOptions{ClientIP: ip, ForwardedHost: true, DefaultHost: up.addr}
+	trusted := h.trusted(ip)
+	opts.TrustForwarded = trusted
+	switch {
+	case c.tls != nil:
+		opts.Proto = "https"
+	case trusted:
+		opts.Proto = "http"
+		if p, ok := req.Header.Get("X-Forwarded-Proto"); ok && (string(p) == "https" || string(p) == "http") {
+			opts.Proto = string(p)
+		}
+	default:
+		opts.Proto = "http"
+	}
+	c.out = h1.AppendRequestHead(c.out[:0], req, &opts)
+	up.SetWriteDeadline(time.Now().Add(h.upstream.responseHeaderTimeout))
+	defer up.SetWriteDeadline(time.Time{})
+
+	bodyStart := c.r + c.headLen
+	switch req.Framing {
+	case h1.FramingNone:
+		c.bodyDone = true
+		_, err = up.Write(c.out)
+		return err == nil, err
+	case h1.FramingLength:
+		inBuf := int64(c.w - bodyStart)
+		first := min(inBuf, req.ContentLength)
+		c.out = append(c.out, c.buf[bodyStart:bodyStart+int(first)]...)
+		if _, err = up.Write(c.out); err != nil {
+			return false, err
+		}
+		c.bodyConsumed = c.headLen + int(first)
+		left := req.ContentLength - first
+		c.bodyDone = left == 0
+		if left > 0 {
+			c.bodyStreamed = true
+			if err := c.streamBody(up, left); err != nil {
+				return true, err
+			}
+			c.bodyDone = true
+		}
+		return true, nil
+	default: // chunked, forwarded as received after checking it
+		c.chunked.Reset()
+		n, cerr := c.chunked.Scan(c.buf[bodyStart:c.w])
+		c.out = append(c.out, c.buf[bodyStart:bodyStart+n]...)
+		c.bodyConsumed = c.headLen + n
+		if cerr != nil {
+			return false, clientError{cerr}
+		}
+		if _, err = up.Write(c.out); err != nil {
+			return false, err
+		}
+		c.bodyDone = c.chunked.Done()
+		if !c.bodyDone {
+			c.bodyStreamed = true
+			if err := c.streamChunked(up); err != nil {
+				return true, err
+			}
+			c.bodyDone = true
+		}
+		return true, nil
+	}
+}
+
+// clientError is a failure on the client's side of an exchange: it does not count
+// against the target and is not retried.
+type clientError struct{ error }
+
+func (e clientError) Unwrap() error { return e.error }
+
+// streamBody copies the rest of a Content-Length body from the client to the target,
+// through the client buffer (which holds nothing else: the head was consumed).
+func (c *fastConn) streamBody(up *upstreamConn, left int64) error {
+	c.r, c.w, c.bodyConsumed = 0, 0, 0
+	c.conn.SetReadDeadline(time.Now().Add(c.srv.opts.IdleTimeout))
+	defer c.conn.SetReadDeadline(time.Time{})
+	for left > 0 {
+		n, err := c.conn.Read(c.buf[:min(int64(len(c.buf)), left)])
+		if n > 0 {
+			if _, werr := up.Write(c.buf[:n]); werr != nil {
+				return werr
+			}
+			left -= int64(n)
+		}
+		if err != nil && left > 0 {
+			return clientError{err}
+		}
+	}
+	return nil
+}
+
+// streamChunked copies the rest of a chunked body, checking its coding, and keeps any
+// bytes after its end (a pipelined request) in the client buffer.
+func (c *fastConn) streamChunked(up *upstreamConn) error {
+	c.r, c.w, c.bodyConsumed = 0, 0, 0
+	c.conn.SetReadDeadline(time.Now().Add(c.srv.opts.IdleTimeout))
+	defer c.conn.SetReadDeadline(time.Time{})
+	for !c.chunked.Done() {
+		n, err := c.conn.Read(c.buf)
+		if n > 0 {
+			k, cerr := c.chunked.Scan(c.buf[:n])
+			if k > 0 {
+				if _, werr := up.Write(c.buf[:k]); werr != nil {
+					return werr
+				}
+			}
+			if cerr != nil {
+				return clientError{cerr}
+			}
+			if c.chunked.Done() {
+				c.r, c.w = k, n // what follows the body
+				c.bodyConsumed = 0
+				return nil
+			}
+		}
+		if err != nil {
+			return clientError{err}
+		}
+	}
+	return nil
+}
+
+// readResponseHead reads the target's response head, relaying interim 1xx responses.
+func (h *Handler) readResponseHead(c *fastConn, up *upstreamConn) error {
+	up.SetReadDeadline(time.Now().Add(h.upstream.responseHeaderTimeout))
+	defer up.SetReadDeadline(time.Time{})
+	lim := h1.Limits{MaxHeadBytes: upstreamBufSize}
+	for {
+		n, err := h1.ParseResponse(up.buf[up.r:up.w], &c.resp, c.req.Method, lim)
+		if errors.Is(err, h1.ErrIncomplete) {
+			if ferr := up.fill(); ferr != nil {
+				if errors.Is(ferr, os.ErrDeadlineExceeded) {
+					return timeoutError{}
+				}
+				return ferr
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if c.resp.Status >= 200 || c.resp.Status == http.StatusSwitchingProtocols {
+			c.respHead = n
+			return nil
+		}
+		// An interim response (103 Early Hints): pass it on and read on.
+		c.out = h1.AppendResponseHead(c.out[:0], &c.resp, nil)
+		if _, err := c.conn.Write(c.out); err != nil {
+			return clientError{err}
+		}
+		up.r += n
+	}
+}
+
+// timeoutError is the fast path's response-header timeout; it is a net.Error timeout, as
+// net/http's is, so both paths answer 504.
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "proxy: timeout awaiting response headers" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+// relayResponse writes the response head and body to the client and returns the upstream
+// connection to the pool when it can carry another request. It reports whether the client
+// connection can go on.
+func (h *Handler) relayResponse(c *fastConn, up *upstreamConn, res *fastResult) (keepAlive bool) {
+	resp := &c.resp
+	res.status = resp.Status
+	keepAlive = true
+	opts := h1.ResponseHeadOptions{Extra: h.hstsFor(c.tls != nil)}
+	decode := false
+	if resp.Framing == h1.FramingChunked && c.req.Minor == 0 {
+		resp.Framing = h1.FramingClose // an HTTP/1.0 client gets the data, delimited by the close
+		decode = true
+	}
+	if resp.Framing == h1.FramingClose || !c.req.KeepAlive {
+		opts.Close = true
+		keepAlive = false
+	} else if c.req.Minor == 0 {
+		opts.KeepAlive = true
+	}
+	if m := h.opts.MixedContent; m.active() && c.tls != nil {
+		opts.Extra, c.scan = m.fastResponse(resp, opts.Extra, c.req.Host, c.req.Target)
+	}
+	c.out = h1.AppendResponseHead(c.out[:0], resp, &opts)
+	up.r += c.respHead
+	upstreamOK := resp.KeepAlive
+	var err error
+	switch resp.Framing {
+	case h1.FramingNone:
+		_, err = c.conn.Write(c.out)
+	case h1.FramingLength:
+		res.bytes, err = c.copyLength(up, resp.ContentLength)
+	case h1.FramingChunked:
+		res.bytes, err = c.copyChunked(up, false)
+	case h1.FramingClose:
+		if decode {
+			res.bytes, err = c.copyChunked(up, true)
+			upstreamOK = upstreamOK && err == nil
+		} else {
+			res.bytes, err = c.copyUntilClose(up)
+			upstreamOK = false
+		}
+	}
+	c.scan.finish()
+	c.scan = nil
+	if err != nil {
+		var ce clientError
+		if errors.As(err, &ce) {
+			h.log.Debug("client went away during the response", "client", c.remoteAP, "error", err.Error())
+		} else {
+			h.log.Warn("target broke off the response", "target", up.addr, "error", err.Error())
+		}
+		h.upstream.release(up)
+		return false
+	}
+	if upstreamOK && up.r == up.w {
+		h.upstream.put(up)
+	} else {
+		h.upstream.release(up)
+	}
+	return keepAlive
+}
+
+// copyLength sends c.out (the head) with the first body bytes in one write, then the
+// rest of a body of n bytes.
+func (c *fastConn) copyLength(up *upstreamConn, n int64) (int64, error) {
+	first := min(int64(up.w-up.r), n)
+	c.scanBody(up.buf[up.r : up.r+int(first)])
+	c.out = append(c.out, up.buf[up.r:up.r+int(first)]...)
+	up.r += int(first)
+	if _, err := c.conn.Write(c.out); err != nil {
+		return 0, clientError{err}
+	}
+	sent, left := first, n-first
+	for left > 0 {
+		up.r, up.w = 0, 0
+		k, err := up.Conn.Read(up.buf[:min(int64(len(up.buf)), left)])
+		if k > 0 {
+			c.scanBody(up.buf[:k])
+			if _, werr := c.conn.Write(up.buf[:k]); werr != nil {
+				return sent, clientError{werr}
+			}
+			sent += int64(k)
+			left -= int64(k)
+		}
+		if err != nil && left > 0 {
+			return sent, err
+		}
+	}
+	return sent, nil
+}
+
+// copyChunked forwards a chunked body as received, checking it (or, with decode, sends
+// only its data, for an HTTP/1.0 client).
+func (c *fastConn) copyChunked(up *upstreamConn, decode bool) (int64, error) {
+	c.chunked.Reset()
+	var sent int64
+	first := true
+	for {
+		in := up.buf[up.r:up.w]
+		var n int
+		var err error
+		var data []byte
+		if decode {
+			var m int
+			n, m, err = c.chunked.DecodeInPlace(in)
+			data = in[:m]
+		} else {
+			n, err = c.chunked.Scan(in)
+			data = in[:n]
+		}
+		up.r += n
+		if err != nil {
+			return sent, err
+		}
+		c.scanBody(data) // the raw chunks when forwarding them: tags rarely span a chunk line
+		if first {
+			c.out = append(c.out, data...)
+			if _, werr := c.conn.Write(c.out); werr != nil {
+				return sent, clientError{werr}
+			}
+			first = false
+		} else if len(data) > 0 {
+			if _, werr := c.conn.Write(data); werr != nil {
+				return sent, clientError{werr}
+			}
+		}
+		sent += int64(len(data))
+		if c.chunked.Done() {
+			return sent, nil
+		}
+		up.r, up.w = 0, 0
+		if ferr := up.fill(); ferr != nil {
+			return sent, ferr
+		}
+	}
+}
+
+// copyUntilClose forwards a body delimited by the target closing the connection.
+func (c *fastConn) copyUntilClose(up *upstreamConn) (int64, error) {
+	first := int64(up.w - up.r)
+	c.scanBody(up.buf[up.r:up.w])
+	c.out = append(c.out, up.buf[up.r:up.w]...)
+	up.r = up.w
+	if _, err := c.conn.Write(c.out); err != nil {
+		return 0, clientError{err}
+	}
+	sent := first
+	for {
+		k, err := up.Conn.Read(up.buf)
+		if k > 0 {
+			c.scanBody(up.buf[:k])
+			if _, werr := c.conn.Write(up.buf[:k]); werr != nil {
+				return sent, clientError{werr}
+			}
+			sent += int64(k)
+		}
+		if errors.Is(err, io.EOF) {
+			return sent, nil
+		}
+		if err != nil {
+			return sent, err
+		}
+	}
+}
+
+// writeError answers the current request with an error page. It reports whether the
+// write succeeded; closeAfter adds Connection: close.
+func (c *fastConn) writeError(h *Handler, code int, closeAfter bool) bool {
+	c.out = appendErrorResponse(c.out[:0], code, h.hstsFor(c.tls != nil), closeAfter)
+	_, err := c.conn.Write(c.out)
+	return err == nil
+}
+
+// bodyDrainable reports whether the request's body is wholly in the buffer, so that the
+// connection can carry on after an error answered without reading it.
+func (c *fastConn) bodyDrainable() bool {
+	switch c.req.Framing {
+	case h1.FramingNone:
+		return true
+	case h1.FramingLength:
+		if int64(c.w-c.r-c.headLen) >= c.req.ContentLength {
+			c.bodyConsumed = c.headLen + int(c.req.ContentLength)
+			return true
+		}
+	}
+	return false
+}
+
+// appendErrorResponse appends a whole error response: the same short plain body as the
+// net/http path's plainError.
+func appendErrorResponse(dst []byte, code int, extra h1.Header, closeAfter bool) []byte {
+	body := errorBody(code)
+	dst = append(dst, "HTTP/1.1 "...)
+	dst = strconv.AppendInt(dst, int64(code), 10)
+	dst = append(dst, ' ')
+	dst = append(dst, http.StatusText(code)...)
+	dst = append(dst, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nContent-Length: "...)
+	dst = strconv.AppendInt(dst, int64(len(body)), 10)
+	dst = append(dst, "\r\n"...)
+	for _, f := range extra {
+		dst = append(dst, f.Name...)
+		dst = append(dst, ": "...)
+		dst = append(dst, f.Value...)
+		dst = append(dst, "\r\n"...)
+	}
+	if closeAfter {
+		dst = append(dst, "Connection: close\r\n"...)
+	}
+	dst = append(dst, "\r\n"...)
+	return append(dst, body...)
+}
+
+// errorBody is the body of every error page the edge writes: status and text, no detail.
+func errorBody(code int) string {
+	return strconv.Itoa(code) + " " + http.StatusText(code) + "\n"
+}

@@ -1,0 +1,281 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	// Handler returns the Handler in effect; a reload swaps what it returns. Required.
+	Handler func() *Handler
+	// HTTP serves what the fast path leaves to net/http: HTTP/2 (ALPN h2), and HTTP/1.1
+	// connections from a request the fast path declines on (upgrades, Expect, trailers,
+	// CONNECT, absolute-form targets). Its Handler should serve through the same Handler.
+	// NewServer sets its ConnContext (wrapping any set). Required.
+	HTTP *http.Server
+	// FastPath false hands every connection to HTTP: the safety valve, and the baseline
+	// of the performance comparison.
+	FastPath bool
+	// ReadHeaderTimeout bounds the TLS handshake and each request head; IdleTimeout the
+	// wait for the next request on a kept-alive connection; MaxHeaderBytes a request head.
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	MaxHeaderBytes    int
+}
+
+// Server serves client connections: HTTP/1.1 on the fast path, everything else through
+// net/http on the same connection. Every HTTP/1.1 head that reaches net/http has passed
+// the same strict parser as the fast path's (see gateConn), so both paths refuse the same
+// requests. Use NewServer.
+type Server struct {
+	opts    ServerOptions
+	handler func() *Handler
+	handoff *connListener
+
+	startHTTP  sync.Once
+	inShutdown atomic.Bool
+
+	// mu guards listeners and conns (true while a request is being read or served).
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*fastConn]bool
+}
+
+// NewServer returns a Server; it serves nothing until Serve.
+func NewServer(opts ServerOptions) *Server {
+	s := &Server{
+		opts:      opts,
+		handler:   opts.Handler,
+		handoff:   newConnListener(),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*fastConn]bool{},
+	}
+	// net/http fills Request.TLS only for a *tls.Conn; for a connection handed over
+	// behind the gate, the TLS state travels in the context (see requestTLS).
+	prev := opts.HTTP.ConnContext
+	opts.HTTP.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if g, ok := c.(*gateConn); ok && g.tls != nil {
+			ctx = context.WithValue(ctx, tlsStateKey{}, g.tls)
+		}
+		if prev != nil {
+			ctx = prev(ctx, c)
+		}
+		return ctx
+	}
+	return s
+}
+
+type tlsStateKey struct{}
+
+// requestTLS is r.TLS, or the TLS state of a connection the fast path handed to net/http.
+func requestTLS(r *http.Request) *tls.ConnectionState {
+	if r.TLS != nil {
+		return r.TLS
+	}
+	st, _ := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState)
+	return st
+}
+
+// Serve accepts connections from ln until Shutdown or Close, like http.Server.Serve. A
+// *tls.Conn from ln is served over TLS (its handshake done here if not yet); any other
+// connection as plain HTTP.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.inShutdown.Load() {
+		s.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.handoff.setAddr(ln.Addr())
+	s.mu.Unlock()
+	s.startHTTP.Do(func() {
+		go func() { _ = s.opts.HTTP.Serve(s.handoff) }()
+	})
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.inShutdown.Load() {
+				return http.ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// As net/http does: back off on errors such as EMFILE, then go on.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		go s.serveConn(c)
+	}
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	var state *tls.ConnectionState
+	if tc, ok := c.(*tls.Conn); ok {
+		tc.SetDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
+		err := tc.Handshake() // done already behind the TLS cost listener: then a no-op
+		tc.SetDeadline(time.Time{})
+		if err != nil {
+			tc.Close()
+			return
+		}
+		st := tc.ConnectionState()
+		if st.NegotiatedProtocol == "h2" {
+			s.handoff.push(tc) // net/http's HTTP/2 server takes the *tls.Conn as it is
+			return
+		}
+		state = &st
+	}
+	if !s.opts.FastPath {
+		s.handOff(c, state, nil)
+		return
+	}
+	fc := &fastConn{srv: s, conn: c, tls: state, remoteAP: c.RemoteAddr().String()}
+	if ap, err := netip.ParseAddrPort(fc.remoteAP); err == nil {
+		fc.remote = ap.Addr().Unmap()
+	}
+	if !s.track(fc) {
+		c.Close()
+		return
+	}
+	defer s.untrack(fc)
+	fc.serve()
+}
+
+// handOff gives an HTTP/1.x connection, with pending bytes already read from it, to
+// net/http behind the strict head gate.
+func (s *Server) handOff(c net.Conn, state *tls.ConnectionState, pending []byte) {
+	s.handoff.push(newGateConn(c, state, pending, s.opts.MaxHeaderBytes))
+}
+
+func (s *Server) track(c *fastConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inShutdown.Load() {
+		return false
+	}
+	s.conns[c] = false
+	return true
+}
+
+func (s *Server) untrack(c *fastConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// setActive marks a connection busy from the first byte of a request until its response
+// is written; Shutdown closes only connections that are not.
+func (s *Server) setActive(c *fastConn, active bool) {
+	s.mu.Lock()
+	if _, ok := s.conns[c]; ok {
+		s.conns[c] = active
+	}
+	s.mu.Unlock()
+}
+
+func (s *Server) shuttingDown() bool { return s.inShutdown.Load() }
+
+// Shutdown stops accepting, closes idle connections, lets requests in flight finish (on
+// both paths) and returns when all are done or ctx ends, like http.Server.Shutdown.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.inShutdown.Store(true)
+	s.mu.Lock()
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- s.opts.HTTP.Shutdown(ctx) }()
+
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		for c, active := range s.conns {
+			if !active {
+				c.conn.Close()
+			}
+		}
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			<-httpDone
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return <-httpDone
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	s.inShutdown.Store(true)
+	s.mu.Lock()
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.conn.Close()
+	}
+	s.mu.Unlock()
+	return s.opts.HTTP.Close()
+}
+
+// connListener is the net.Listener through which the fast path hands connections to
+// net/http's server.
+type connListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr atomic.Pointer[net.Addr]
+}
+
+func newConnListener() *connListener {
+	return &connListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) push(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) setAddr(a net.Addr) { l.addr.CompareAndSwap(nil, &a) }
+
+func (l *connListener) Addr() net.Addr {
+	if a := l.addr.Load(); a != nil {
+		return *a
+	}
+	return &net.TCPAddr{}
+}
