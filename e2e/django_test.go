@@ -83,6 +83,13 @@ func clientFor(t *testing.T, e *edgeProc) *http.Client {
 	return httpsClient(roots, e.HTTPS)
 }
 
+// clientsFor returns an HTTP/1.1 client (the fast path) and an HTTP/2 one (net/http).
+func clientsFor(t *testing.T, e *edgeProc) map[string]*http.Client {
+	t.Helper()
+	roots := certPoolFromConfig(t, e.ConfigFile)
+	return map[string]*http.Client{"HTTP/1.1": httpsClient(roots, e.HTTPS), "HTTP/2.0": h2Client(roots, e.HTTPS)}
+}
+
 type whoami struct {
 	Instance        string `json:"instance"`
 	IsSecure        bool   `json:"is_secure"`
@@ -124,27 +131,27 @@ func TestDjango_RoundRobinAndForwarding(t *testing.T) {
 	for _, d := range pool {
 		e.waitState(t, d.Addr, "healthy", 5*time.Second)
 	}
-	c := clientFor(t, e)
-
-	const requests = 300
-	counts := map[string]int{}
-	spoof := http.Header{"X-Forwarded-For": {"6.6.6.6"}, "X-Forwarded-Proto": {"http"}, "Forwarded": {"for=6.6.6.6"}}
-	for i := 0; i < requests; i++ {
-		w, proto := getWhoami(t, c, spoof)
-		counts[w.Instance]++
-		if i == 0 {
-			if !w.IsSecure || w.Host != "app.test" || w.Client != "127.0.0.1" || w.XForwardedFor != "127.0.0.1" {
-				t.Errorf("Django saw %+v; want is_secure, host app.test, client 127.0.0.1 (not the spoofed 6.6.6.6)", w)
-			}
-			if proto != "HTTP/2.0" {
-				t.Errorf("client protocol %s; want HTTP/2.0 via ALPN", proto)
+	for wantProto, c := range clientsFor(t, e) {
+		const requests = 300
+		counts := map[string]int{}
+		spoof := http.Header{"X-Forwarded-For": {"6.6.6.6"}, "X-Forwarded-Proto": {"http"}, "Forwarded": {"for=6.6.6.6"}, "X_Forwarded_For": {"7.7.7.7"}}
+		for i := 0; i < requests; i++ {
+			w, proto := getWhoami(t, c, spoof)
+			counts[w.Instance]++
+			if i == 0 {
+				if !w.IsSecure || w.Host != "app.test" || w.Client != "127.0.0.1" || w.XForwardedFor != "127.0.0.1" {
+					t.Errorf("%s: Django saw %+v; want is_secure, host app.test, client 127.0.0.1 (not the spoofed 6.6.6.6)", wantProto, w)
+				}
+				if proto != wantProto {
+					t.Errorf("client protocol %s; want %s via ALPN", proto, wantProto)
+				}
 			}
 		}
-	}
-	t.Logf("spread of %d requests over 3 Django instances: %v", requests, counts)
-	for i := 1; i <= 3; i++ {
-		if n := counts[fmt.Sprintf("django-%d", i)]; n < requests/3-1 || n > requests/3+1 {
-			t.Errorf("django-%d got %d requests; want %d ± 1 (spread %v)", i, n, requests/3, counts)
+		t.Logf("%s: spread of %d requests over 3 Django instances: %v", wantProto, requests, counts)
+		for i := 1; i <= 3; i++ {
+			if n := counts[fmt.Sprintf("django-%d", i)]; n < requests/3-1 || n > requests/3+1 {
+				t.Errorf("%s: django-%d got %d requests; want %d ± 1 (spread %v)", wantProto, i, n, requests/3, counts)
+			}
 		}
 	}
 	m := e.metrics(t)

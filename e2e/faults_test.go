@@ -27,10 +27,11 @@ func counterValue(metrics, series string) float64 {
 // the dead target within a second — long before the active checks (every 1s, 3 failures)
 // would — and the target returns once restarted.
 func TestFaults_KillBackendUnderLoadNoClientErrors(t *testing.T) {
-	pool := djangoPool(t, 3)
-	certDir := t.TempDir()
-	cert, key, roots := testCert(t, certDir, "app.test")
-	e := startEdge(t, fmt.Sprintf(`listen:
+	forEachEngine(t, func(t *testing.T, engine string) {
+		pool := djangoPool(t, 3)
+		certDir := t.TempDir()
+		cert, key, roots := testCert(t, certDir, "app.test")
+		e := startEdge(t, fmt.Sprintf(`listen:
   https: "{{HTTPS}}"
   metrics: "{{METRICS}}"
 tls:
@@ -46,94 +47,95 @@ pool:
     timeout: 500ms
     healthy_threshold: 2
     unhealthy_threshold: 3
-`, cert, key, quote(addrsOf(pool)...)))
-	for _, d := range pool {
-		e.waitState(t, d.Addr, "healthy", 5*time.Second)
-	}
-	c := httpsClient(roots, e.HTTPS)
-	victim := pool[1]
+%s`, cert, key, quote(addrsOf(pool)...), engine))
+		for _, d := range pool {
+			e.waitState(t, d.Addr, "healthy", 5*time.Second)
+		}
+		c := httpsClient(roots, e.HTTPS)
+		victim := pool[1]
 
-	var sent, failed atomic.Int64
-	var mu sync.Mutex
-	var victimServedAt []time.Time
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 20000; i++ {
-				select {
-				case <-stop:
-					return
-				default:
+		var sent, failed atomic.Int64
+		var mu sync.Mutex
+		var victimServedAt []time.Time
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 20000; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					sent.Add(1)
+					w, err := c.Get("https://app.test/whoami")
+					if err != nil {
+						failed.Add(1)
+						t.Logf("client error: %v", err)
+						continue
+					}
+					body, _ := io.ReadAll(w.Body)
+					w.Body.Close()
+					if w.StatusCode != 200 {
+						failed.Add(1)
+						t.Logf("client saw %d: %s", w.StatusCode, body)
+						continue
+					}
+					if regexp.MustCompile(`"instance": ?"django-2"`).Match(body) {
+						mu.Lock()
+						victimServedAt = append(victimServedAt, time.Now())
+						mu.Unlock()
+					}
 				}
-				sent.Add(1)
-				w, err := c.Get("https://app.test/whoami")
-				if err != nil {
-					failed.Add(1)
-					t.Logf("client error: %v", err)
-					continue
-				}
-				body, _ := io.ReadAll(w.Body)
-				w.Body.Close()
-				if w.StatusCode != 200 {
-					failed.Add(1)
-					t.Logf("client saw %d: %s", w.StatusCode, body)
-					continue
-				}
-				if regexp.MustCompile(`"instance": ?"django-2"`).Match(body) {
-					mu.Lock()
-					victimServedAt = append(victimServedAt, time.Now())
-					mu.Unlock()
-				}
+			}()
+		}
+		ejectionSeries := fmt.Sprintf(`edgeproxy_passive_ejections_total{target=%q}`, victim.Addr)
+
+		time.Sleep(3 * time.Second)
+		victim.Kill()
+		killedAt := time.Now()
+		var ejectedAfter time.Duration
+		for {
+			if counterValue(e.metrics(t), ejectionSeries) >= 1 {
+				ejectedAfter = time.Since(killedAt)
+				break
 			}
-		}()
-	}
-	ejectionSeries := fmt.Sprintf(`edgeproxy_passive_ejections_total{target=%q}`, victim.Addr)
-
-	time.Sleep(3 * time.Second)
-	victim.Kill()
-	killedAt := time.Now()
-	var ejectedAfter time.Duration
-	for {
-		if counterValue(e.metrics(t), ejectionSeries) >= 1 {
-			ejectedAfter = time.Since(killedAt)
-			break
+			if time.Since(killedAt) > 5*time.Second {
+				t.Fatalf("no passive ejection 5s after kill -9:\n%s", e.Output())
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		if time.Since(killedAt) > 5*time.Second {
-			t.Fatalf("no passive ejection 5s after kill -9:\n%s", e.Output())
+		t.Logf("killed target ejected by passive health %v after kill -9", ejectedAfter.Round(time.Millisecond))
+		if ejectedAfter > time.Second {
+			t.Errorf("ejected after %v; want within 1s", ejectedAfter)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("killed target ejected by passive health %v after kill -9", ejectedAfter.Round(time.Millisecond))
-	if ejectedAfter > time.Second {
-		t.Errorf("ejected after %v; want within 1s", ejectedAfter)
-	}
 
-	time.Sleep(4 * time.Second)
-	victim.Start()
-	restartedAt := time.Now()
-	time.Sleep(8 * time.Second) // the rest of the 15 s load, and time for 2 passing checks
-	close(stop)
-	wg.Wait()
+		time.Sleep(4 * time.Second)
+		victim.Start()
+		restartedAt := time.Now()
+		time.Sleep(8 * time.Second) // the rest of the 15 s load, and time for 2 passing checks
+		close(stop)
+		wg.Wait()
 
-	mu.Lock()
-	back := false
-	for _, at := range victimServedAt {
-		if at.After(restartedAt) {
-			back = true
-			t.Logf("restarted target serving again %v after restart", at.Sub(restartedAt).Round(time.Millisecond))
-			break
+		mu.Lock()
+		back := false
+		for _, at := range victimServedAt {
+			if at.After(restartedAt) {
+				back = true
+				t.Logf("restarted target serving again %v after restart", at.Sub(restartedAt).Round(time.Millisecond))
+				break
+			}
 		}
-	}
-	mu.Unlock()
-	if !back {
-		t.Errorf("restarted target never served again:\n%s", e.Output())
-	}
-	retries := counterValue(e.metrics(t), fmt.Sprintf(`edgeproxy_retries_total{target=%q}`, victim.Addr))
-	t.Logf("kill test: %d requests, %d client-visible errors, %.0f retries", sent.Load(), failed.Load(), retries)
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d requests failed; want 0", failed.Load(), sent.Load())
-	}
+		mu.Unlock()
+		if !back {
+			t.Errorf("restarted target never served again:\n%s", e.Output())
+		}
+		retries := counterValue(e.metrics(t), fmt.Sprintf(`edgeproxy_retries_total{target=%q}`, victim.Addr))
+		t.Logf("kill test: %d requests, %d client-visible errors, %.0f retries", sent.Load(), failed.Load(), retries)
+		if failed.Load() != 0 {
+			t.Errorf("%d of %d requests failed; want 0", failed.Load(), sent.Load())
+		}
+	})
 }

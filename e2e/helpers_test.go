@@ -51,7 +51,7 @@ func startEdge(t *testing.T, config string) *edgeProc {
 	bin := testutil.BuildEdgeproxy(t)
 	e.Proc = testutil.StartProc(t, bin, "run", "-config", e.ConfigFile)
 	if !e.WaitForOutput("edgeproxy serving", 15*time.Second) {
-		code, _ := e.Wait(0)
+		code, _ := e.Wait(2 * time.Second)
 		t.Fatalf("edgeproxy did not start (exited: %v, code %d):\n%s", e.Exited(), code, e.Output())
 	}
 	return e
@@ -147,15 +147,29 @@ func testCert(t *testing.T, dir string, names ...string) (certFile, keyFile stri
 	return certFile, keyFile, roots
 }
 
-// httpsClient returns a client that trusts roots and dials every name to the edge's
-// address, as DNS pointing the site's name at the box would.
+// httpsClient returns an HTTP/1.1 client (the fast path's protocol) that trusts roots
+// and dials every name to the edge's address, as DNS pointing the site's name at the box
+// would.
 func httpsClient(roots *x509.CertPool, edgeAddr string) *http.Client {
+	return newClient(roots, edgeAddr, false)
+}
+
+// h2Client is httpsClient speaking HTTP/2, which the edge serves through net/http.
+func h2Client(roots *x509.CertPool, edgeAddr string) *http.Client {
+	return newClient(roots, edgeAddr, true)
+}
+
+func newClient(roots *x509.CertPool, edgeAddr string, h2 bool) *http.Client {
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	protos := []string{"http/1.1"}
+	if h2 {
+		protos = []string{"h2", "http/1.1"}
+	}
 	return &http.Client{
 		Timeout: 20 * time.Second,
 		Transport: &http.Transport{
-			TLSClientConfig:   &tls.Config{RootCAs: roots},
-			ForceAttemptHTTP2: true,
+			TLSClientConfig:   &tls.Config{RootCAs: roots, NextProtos: protos},
+			ForceAttemptHTTP2: h2,
 			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 				return dialer.DialContext(ctx, network, edgeAddr)
 			},

@@ -279,7 +279,9 @@ func (h *Handler) serveFast(c *fastConn) (keepAlive bool) {
 		if h.opts.Passive != nil && h.opts.Passive.ReportFailure(t) {
 			h.log.Warn("target "+t.Addr+" ejected by passive health: consecutive failed requests", "target", t.Addr, "error", err.Error())
 		}
-		retryable := isDialError(err) || (!sent && isIdempotent(req.Method) && req.Framing == h1.FramingNone && !isTimeout(err))
+		// As on the net/http path (replayable): nothing was sent, or an idempotent request
+		// without a body met a closed or reset connection before its response began.
+		retryable := isDialError(err) || (isIdempotent(req.Method) && req.Framing == h1.FramingNone && isConnGone(err))
 		if tries < h.opts.Retries && retryable {
 			if next := h.opts.Picker.NextExcept(t); next.Target != nil && next.Target != t && h.budget.take() {
 				if h.opts.Observer != nil {

@@ -323,3 +323,32 @@ type nopObserver struct{}
 func (nopObserver) Request(int, string, time.Duration) {}
 func (nopObserver) FailOpen()                          {}
 func (nopObserver) Retry(string)                       {}
+
+// The retry rules hold on the fast path too: a GET reset before its response is retried
+// on another target; a POST whose body reached a target is not.
+func TestFastPath_RetryRules(t *testing.T) {
+	for _, tc := range []struct {
+		method, raw string
+		status      int
+		liveHits    int64
+	}{
+		{"GET", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 200, 1},
+		{"POST", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nonce", 502, 0},
+	} {
+		t.Run(tc.method, func(t *testing.T) {
+			var resetHits, liveHits atomic.Int64
+			dying := resettingBackend(t, &resetHits)
+			live := echoBackend(t, &liveHits)
+			b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
+			b.Next()
+			b.Next()
+			s := startServer(t, true, Options{Picker: b, Passive: b, Retries: 1}, false)
+			c, br := dialRaw(t, s.addr)
+			fmt.Fprint(c, tc.raw)
+			if resp, _ := readResp(t, br); resp.StatusCode != tc.status || liveHits.Load() != tc.liveHits || resetHits.Load() != 1 {
+				t.Errorf("got %d with %d hits on the dying and %d on the live target; want %d, 1, %d",
+					resp.StatusCode, resetHits.Load(), liveHits.Load(), tc.status, tc.liveHits)
+			}
+		})
+	}
+}
