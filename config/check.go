@@ -58,6 +58,7 @@ func (c *Config) check(failed []string) []Problem {
 	k.tls()
 	k.acme()
 	k.pool()
+	k.passthrough()
 	k.limits()
 	k.forwarding()
 	if h := c.Headers.HSTS; h != "" && !strings.HasPrefix(strings.TrimSpace(h), "max-age=") {
@@ -317,6 +318,7 @@ func (c *Config) CheckEnvironment() []Problem {
 		}
 	}
 	k.acmeEnvironment(unset)
+	k.passthroughEnvironment(unset)
 	sortProblems(k.problems)
 	var errs []Problem
 	for _, p := range k.problems {

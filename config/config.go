@@ -23,6 +23,10 @@ type Config struct {
 	Log        Log        `yaml:"log"`
 	Proxy      Proxy      `yaml:"proxy"`
 
+	// Passthrough routes TLS connections by SNI, unterminated, to targets of their own
+	// (see Passthrough in passthrough.go). Default none.
+	Passthrough []Passthrough `yaml:"passthrough"`
+
 	// File is the path the configuration was read from; it prefixes every Problem.
 	File string `yaml:"-"`
 	// Warnings are problems that do not stop edgeproxy from running, such as a metrics
