@@ -65,6 +65,10 @@ type Options struct {
 	// Transport sends the checks; nil means a transport without keep-alive, so that every
 	// check opens a connection as an ALB's does.
 	Transport http.RoundTripper
+	// TCPConnect makes each check a TCP connect, as an NLB's TCP health check: it passes
+	// when the target accepts a connection within Timeout, which is then closed. Path,
+	// Host, Matcher, TLSConfig and Transport are not used. False means HTTP(S) checks.
+	TCPConnect bool
 }
 
 // Status is one target's health as shown by /targets.
@@ -325,6 +329,9 @@ func (c *Checker) probe(ctx context.Context, opts *Options, addr string) (r resu
 	}()
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
+	if opts.TCPConnect {
+		return probeTCP(ctx, opts, addr)
+	}
 	scheme := "http://"
 	if opts.TLSConfig != nil {
 		scheme = "https://"
@@ -362,6 +369,20 @@ func (c *Checker) probe(ctx context.Context, opts *Options, addr string) (r resu
 		return result{status: resp.StatusCode, reason: ReasonResponseCodeMismatch, detail: detail}
 	}
 	return result{pass: true, status: resp.StatusCode, reason: ReasonNone}
+}
+
+// probeTCP is a TCP-connect check: a connection accepted within the timeout passes.
+func probeTCP(ctx context.Context, opts *Options, addr string) result {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+			return result{reason: ReasonTimeout, detail: fmt.Sprintf("no connection within %v", opts.Timeout)}
+		}
+		return result{reason: ReasonFailedHealthChecks, detail: connError(err)}
+	}
+	c.Close()
+	return result{pass: true, reason: ReasonNone}
 }
 
 // Result is the outcome of one check, as CheckOnce reports it.
