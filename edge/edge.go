@@ -26,6 +26,7 @@ import (
 	"edgeproxy/certs"
 	"edgeproxy/config"
 	"edgeproxy/health"
+	"edgeproxy/passthrough"
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
 	"edgeproxy/telemetry/tlscost"
@@ -56,6 +57,9 @@ type Edge struct {
 	// tlsCost measures what TLS costs in CPU; nil when tls.tls_cost is false (read at
 	// start; a reload does not change it).
 	tlsCost *tlscost.Accountant
+	// passthrough routes connections by SNI under the TLS layer; nil when the
+	// configuration at start had no passthrough entries.
+	passthrough *passthrough.Router
 
 	runCtx context.Context // set by Run; bounds drains
 
@@ -102,6 +106,7 @@ func (e *Edge) build() error {
 	opts := healthOptions(cfg, upTLS)
 	opts.Observer, opts.Logger, opts.OnChange, opts.OnProven = e.metrics, e.log, e.healthChanged, e.healthProven
 	e.checker = health.New(opts)
+	e.passthrough = e.newPassthrough(cfg)
 	e.handler.Store(e.newHandler(cfg, upTLS))
 	return nil
 }
@@ -309,7 +314,10 @@ func (e *Edge) bind() error {
 			}
 			e.tlsCost = a
 		}
-		e.add(e.dataServer(srv), e.tlsCost.Listener(limitListener(ln, l.MaxConnections), srv.TLSConfig))
+		// Passthrough sits under the TLS layer: it splices the connections for its names
+		// and hands the others on with their ClientHello replayed.
+		inner := e.passthrough.Listener(limitListener(ln, l.MaxConnections))
+		e.add(e.dataServer(srv), e.tlsCost.Listener(inner, srv.TLSConfig))
 	}
 	if addr := cfg.Listen.HTTP; addr != "" {
 		ln, err := listen("listen.http", addr)
@@ -418,8 +426,10 @@ func (e *Edge) Run(ctx context.Context) error {
 	defer func() {
 		stopChecks()
 		e.checker.Wait()
+		e.passthrough.Wait()
 	}()
 	e.checker.Start(checkCtx, e.cfg.Pool.Targets)
+	e.passthrough.Start(checkCtx)
 	go e.tickets.Run(checkCtx)
 
 	serveErr := make(chan error, len(e.servers))
@@ -456,6 +466,11 @@ func (e *Edge) Run(ctx context.Context) error {
 			errs[i] = srv.Shutdown(drainCtx)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = e.passthrough.Shutdown(drainCtx) // connections left at the deadline are closed
+	}()
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		for _, srv := range e.servers {

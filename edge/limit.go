@@ -52,6 +52,9 @@ type limitedConn struct {
 	release func()
 }
 
+// NetConn returns the connection below, so that passthrough can splice(2) it.
+func (c *limitedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)

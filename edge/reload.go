@@ -50,6 +50,7 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	e.checker.Reconfigure(opts)
 	removed := e.bal.SetTargets(cfg.Pool.Targets)
 	e.checker.SetTargets(cfg.Pool.Targets)
+	e.reloadPassthrough(cfg)
 	e.handler.Store(handler)
 	e.cfg = cfg
 

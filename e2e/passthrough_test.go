@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A passthrough entry routes its server name, unterminated, to a backend that speaks TLS
+// with its own certificate: the client sees the backend's certificate for that name and
+// the edge's for any other, on the same HTTPS listener. The pool re-encrypts to the same
+// backend (pool.tls), so its HTTP health checks are HTTPS; the passthrough target is
+// checked by TCP connect, and both show in the metrics.
+func TestPassthrough_RoutesBySNIToTLSBackend(t *testing.T) {
+	backend, ca, _ := tlsBackend(t, "127.0.0.2", "backend.test")
+	target := backend.Listener.Addr().String()
+	cert, key, edgeRoots := testCert(t, t.TempDir(), "app.test")
+	e := startEdge(t, fmt.Sprintf(`listen:
+  https: "{{HTTPS}}"
+  metrics: "{{METRICS}}"
+tls:
+  certificates: [{cert: %q, key: %q}]
+pool:
+  targets: [%q]
+  tls: {ca: %q, server_name: backend.test}
+  health_check: {interval: 200ms, timeout: 150ms}
+passthrough:
+  - server_names: [backend.test]
+    targets: [%q]
+`, cert, key, target, ca, target))
+	e.waitState(t, target, "healthy", 5*time.Second) // an HTTPS check of the pool target
+
+	caPEM, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backendRoots := x509.NewCertPool()
+	backendRoots.AppendCertsFromPEM(caPEM)
+
+	tests := []struct {
+		name, sni string
+		roots     *x509.CertPool
+		wantCert  string
+		wantBody  string
+	}{
+		// The backend answers with the SNI it saw: the edge did not terminate.
+		{"passthrough name", "backend.test", backendRoots, "backend.test", "tls=304 sni=backend.test"},
+		// Terminated at the edge, then re-encrypted to the same backend with pool.tls.
+		{"other name", "app.test", edgeRoots, "app.test", "tls=304 sni=backend.test"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tls.Dial("tcp", e.HTTPS, &tls.Config{ServerName: tt.sni, RootCAs: tt.roots, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatalf("handshake with SNI %s (verifying against the %s certificate): %v", tt.sni, tt.wantCert, err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if got := c.ConnectionState().PeerCertificates[0].DNSNames[0]; got != tt.wantCert {
+				t.Errorf("certificate for %s; want %s", got, tt.wantCert)
+			}
+			fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", tt.sni)
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			if res.StatusCode != 200 || string(body) != tt.wantBody {
+				t.Errorf("got %d %q; want 200 %q", res.StatusCode, body, tt.wantBody)
+			}
+		})
+	}
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m := e.metrics(t)
+		want := []string{
+			fmt.Sprintf(`edgeproxy_passthrough_connections_total{result="ok",target=%q} 1`, target),
+			fmt.Sprintf(`edgeproxy_passthrough_target_healthy{target=%q} 1`, target),
+			`edgeproxy_passthrough_active_connections 0`,
+			fmt.Sprintf(`edgeproxy_passthrough_health_checks_total{reason="none",result="pass",target=%q}`, target),
+		}
+		var missing []string
+		for _, w := range want {
+			if !strings.Contains(m, w) {
+				missing = append(missing, w)
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics lack %q", missing)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
