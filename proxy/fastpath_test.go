@@ -272,15 +272,21 @@ func cannedTarget(tb testing.TB, response string) string {
 // BenchmarkFastPath measures a keep-alive GET through the fast path, client and target
 // on loopback and allocation-free; allocs/op is the edge's, with the real metrics.
 func BenchmarkFastPath(b *testing.B) {
-	benchmarkFastPath(b, telemetry.New())
+	benchmarkFastPath(b, telemetry.New(), false)
 }
 
 // BenchmarkFastPath_NoMetrics is the same without metrics, to see their cost.
 func BenchmarkFastPath_NoMetrics(b *testing.B) {
-	benchmarkFastPath(b, nopObserver{})
+	benchmarkFastPath(b, nopObserver{}, false)
 }
 
-func benchmarkFastPath(b *testing.B, obs Observer) {
+// BenchmarkFastPath_TLS is BenchmarkFastPath over TLS (the client's TLS allocates
+// nothing per request either).
+func BenchmarkFastPath_TLS(b *testing.B) {
+	benchmarkFastPath(b, telemetry.New(), true)
+}
+
+func benchmarkFastPath(b *testing.B, obs Observer, useTLS bool) {
 	target := cannedTarget(b, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
 	bal := balancer.New([]string{target})
 	bal.SetHealthy(target, true)
@@ -288,9 +294,18 @@ func benchmarkFastPath(b *testing.B, obs Observer) {
 	s := NewServer(ServerOptions{Handler: func() *Handler { return h }, HTTP: &http.Server{Handler: h}, FastPath: true,
 		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	go s.Serve(ln)
+	var c net.Conn
+	var err error
+	if useTLS {
+		cert, _ := selfSignedForTest()
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+		go s.Serve(ln)
+		c, err = tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	} else {
+		go s.Serve(ln)
+		c, err = net.Dial("tcp", ln.Addr().String())
+	}
 	defer s.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		b.Fatal(err)
 	}
