@@ -29,6 +29,7 @@ func main() {
 	bin := flag.String("edgeproxy", "", "edgeproxy binary (required unless -client)")
 	n := flag.Int("n", 5000, "idle connections")
 	client := flag.String("client", "", "internal: act as the client against this address")
+	fastPath := flag.Bool("fast-path", true, "proxy.fast_path of the edge (false: everything through net/http)")
 	flag.Parse()
 	if *client != "" {
 		runClient(*client, *n)
@@ -38,7 +39,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "idleconns: -edgeproxy is required")
 		os.Exit(2)
 	}
-	if err := run(*bin, *n); err != nil {
+	if err := run(*bin, *n, *fastPath); err != nil {
 		fmt.Fprintln(os.Stderr, "idleconns:", err)
 		os.Exit(1)
 	}
@@ -53,7 +54,7 @@ func freeAddr() string {
 	return ln.Addr().String()
 }
 
-func run(bin string, n int) error {
+func run(bin string, n int, fastPath bool) error {
 	backend, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -73,7 +74,8 @@ pool:
   targets: [%q]
   health_check: {interval: 1s}
 limits: {max_connections: %d, idle_timeout: 10m}
-`, https, metrics, backend.Addr().String(), n+100)), 0o600)
+proxy: {fast_path: %v}
+`, https, metrics, backend.Addr().String(), n+100, fastPath)), 0o600)
 	edge := exec.Command(bin, "run", "-config", cfg)
 	edge.Stderr = io.Discard
 	if err := edge.Start(); err != nil {
@@ -108,7 +110,7 @@ limits: {max_connections: %d, idle_timeout: 10m}
 		time.Sleep(200 * time.Millisecond)
 		g2 = goroutines(metrics)
 	}
-	fmt.Printf("idle TLS connections: %d (client: %s)\n", n, strings.TrimSpace(line))
+	fmt.Printf("idle TLS connections: %d, fast path %v (client: %s)\n", n, fastPath, strings.TrimSpace(line))
 	fmt.Printf("edge RSS: %d KiB before, %d KiB with the connections open: %.1f KiB per connection\n",
 		rss0, rss1, float64(rss1-rss0)/float64(n))
 	fmt.Printf("edge goroutines: %d before, %d with the connections open, %d after they closed\n", g0, g1, g2)
