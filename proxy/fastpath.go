@@ -365,8 +365,15 @@ func (h *Handler) exchange(c *fastConn, t *balancer.Target) (up *upstreamConn, s
 			return nil, false, err
 		}
 		sent, err = h.sendRequest(c, up)
-		if err == nil {
-			err = h.readResponseHead(c, up)
+		var ce clientError
+		if err == nil || sent && !errors.As(err, &ce) && isConnGone(err) {
+			// Even when the body could not all be written (a target may answer early, a 413
+			// say, and close), its response may be there: read it, as net/http does.
+			if rerr := h.readResponseHead(c, up); rerr == nil {
+				err = nil // relayResponse closes the client connection: !c.bodyDone
+			} else if err == nil {
+				err = rerr
+			}
 		}
 		if err == nil {
 			if h.opts.Passive != nil {
@@ -374,7 +381,10 @@ func (h *Handler) exchange(c *fastConn, t *balancer.Target) (up *upstreamConn, s
 			}
 			return up, true, nil
 		}
-		stale := up.reused && attempt == 0 && !c.bodyStreamed && isConnGone(err)
+		// A pooled connection the target closed as it was reused: send again on a fresh one
+		// if nothing was sent, or the request is idempotent and bodiless (net/http's rule).
+		stale := up.reused && attempt == 0 && !c.bodyStreamed && isConnGone(err) &&
+			(!sent || isIdempotent(c.req.Method) && c.req.Framing == h1.FramingNone)
 		u.release(up)
 		if !stale {
 			return nil, sent, err
@@ -570,7 +580,7 @@ func (h *Handler) relayResponse(c *fastConn, up *upstreamConn, res *fastResult) 
 		resp.Framing = h1.FramingClose // an HTTP/1.0 client gets the data, delimited by the close
 		decode = true
 	}
-	if resp.Framing == h1.FramingClose || !c.req.KeepAlive {
+	if resp.Framing == h1.FramingClose || !c.req.KeepAlive || !c.bodyDone {
 		opts.Close = true
 		keepAlive = false
 	} else if c.req.Minor == 0 {

@@ -75,6 +75,7 @@ func blamesTarget(err error) bool {
 	}
 	var netErr net.Error
 	return isDialError(err) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.As(err, &netErr) && netErr.Timeout()
 }
