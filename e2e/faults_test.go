@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"regexp"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -54,43 +52,15 @@ pool:
 		c := httpsClient(roots, e.HTTPS)
 		victim := pool[1]
 
-		var sent, failed atomic.Int64
 		var mu sync.Mutex
 		var victimServedAt []time.Time
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for w := 0; w < 4; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < 20000; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					sent.Add(1)
-					w, err := c.Get("https://app.test/whoami")
-					if err != nil {
-						failed.Add(1)
-						t.Logf("client error: %v", err)
-						continue
-					}
-					body, _ := io.ReadAll(w.Body)
-					w.Body.Close()
-					if w.StatusCode != 200 {
-						failed.Add(1)
-						t.Logf("client saw %d: %s", w.StatusCode, body)
-						continue
-					}
-					if regexp.MustCompile(`"instance": ?"django-2"`).Match(body) {
-						mu.Lock()
-						victimServedAt = append(victimServedAt, time.Now())
-						mu.Unlock()
-					}
-				}
-			}()
-		}
+		load, stopLoad := steadyLoad(t, c, "https://app.test/whoami", 4, 0, func(body []byte) {
+			if regexp.MustCompile(`"instance": ?"django-2"`).Match(body) {
+				mu.Lock()
+				victimServedAt = append(victimServedAt, time.Now())
+				mu.Unlock()
+			}
+		})
 		ejectionSeries := fmt.Sprintf(`edgeproxy_passive_ejections_total{target=%q}`, victim.Addr)
 
 		time.Sleep(3 * time.Second)
@@ -116,8 +86,7 @@ pool:
 		victim.Start()
 		restartedAt := time.Now()
 		time.Sleep(8 * time.Second) // the rest of the 15 s load, and time for 2 passing checks
-		close(stop)
-		wg.Wait()
+		stopLoad()
 
 		mu.Lock()
 		back := false
@@ -133,9 +102,9 @@ pool:
 			t.Errorf("restarted target never served again:\n%s", e.Output())
 		}
 		retries := counterValue(e.metrics(t), fmt.Sprintf(`edgeproxy_retries_total{target=%q}`, victim.Addr))
-		t.Logf("kill test: %d requests, %d client-visible errors, %.0f retries", sent.Load(), failed.Load(), retries)
-		if failed.Load() != 0 {
-			t.Errorf("%d of %d requests failed; want 0", failed.Load(), sent.Load())
+		t.Logf("kill test: %d requests, %d client-visible errors, %.0f retries", load.sent.Load(), load.failed.Load(), retries)
+		if load.failed.Load() != 0 {
+			t.Errorf("%d of %d requests failed; want 0", load.failed.Load(), load.sent.Load())
 		}
 	})
 }

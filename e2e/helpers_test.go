@@ -21,6 +21,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,4 +206,50 @@ func certPoolFromConfig(t *testing.T, configFile string) *x509.CertPool {
 		pool.AppendCertsFromPEM(pem)
 	}
 	return pool
+}
+
+// loadStats counts the requests of a steadyLoad.
+type loadStats struct{ sent, failed atomic.Int64 }
+
+// steadyLoad starts workers that GET url in a loop, pausing between requests, until the
+// returned stop is called (which waits for them); each worker sends at most 20,000
+// requests. Errors and non-200 answers count as failed and are logged; onBody, if not nil,
+// sees every 200 answer's body.
+func steadyLoad(t *testing.T, c *http.Client, url string, workers int, pause time.Duration, onBody func([]byte)) (*loadStats, func()) {
+	t.Helper()
+	stats := &loadStats{}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20000; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				stats.sent.Add(1)
+				resp, err := c.Get(url)
+				if err != nil {
+					stats.failed.Add(1)
+					t.Logf("request failed: %v", err)
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					stats.failed.Add(1)
+					t.Logf("request failed: %d %s", resp.StatusCode, body)
+					continue
+				}
+				if onBody != nil {
+					onBody(body)
+				}
+				time.Sleep(pause)
+			}
+		}()
+	}
+	return stats, func() { close(done); wg.Wait() }
 }

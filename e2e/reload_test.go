@@ -9,7 +9,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -95,44 +94,14 @@ func TestReload_UnderLoadChangesTargetsWithoutFailures(t *testing.T) {
 	e.waitState(t, addr(b2), "healthy", 5*time.Second)
 	c := httpsClient(roots, e.HTTPS)
 
-	var sent, failed atomic.Int64
 	var mu sync.Mutex
 	served := map[string][]time.Time{} // backend name -> when each answer arrived
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	const workers = 4
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 20000; i++ { // bounded in count as well as time
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				sent.Add(1)
-				resp, err := c.Get("https://app.test/")
-				if err != nil {
-					failed.Add(1)
-					t.Logf("request failed: %v", err)
-					continue
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					failed.Add(1)
-					t.Logf("request failed: %d %s", resp.StatusCode, body)
-					continue
-				}
-				now := time.Now()
-				mu.Lock()
-				served[string(body)] = append(served[string(body)], now)
-				mu.Unlock()
-				time.Sleep(5 * time.Millisecond) // a few hundred requests a second in all
-			}
-		}()
-	}
+	// A few hundred requests a second in all.
+	load, stopLoad := steadyLoad(t, c, "https://app.test/", 4, 5*time.Millisecond, func(body []byte) {
+		mu.Lock()
+		served[string(body)] = append(served[string(body)], time.Now())
+		mu.Unlock()
+	})
 	// firstAfter is the first answer from name after t0; last is its last answer.
 	firstAfter := func(name string, t0 time.Time) time.Time {
 		mu.Lock()
@@ -178,8 +147,7 @@ func TestReload_UnderLoadChangesTargetsWithoutFailures(t *testing.T) {
 	r2 := time.Now()
 	e.reload(t, "reloaded configuration")
 	time.Sleep(2 * time.Second)
-	close(stop)
-	wg.Wait()
+	stopLoad()
 
 	if first := firstAfter("b1", r2); first.IsZero() || first.Sub(r2) > interval+slack {
 		t.Errorf("b1 first served %v after reload 2; want within %v", first.Sub(r2), interval+slack)
@@ -189,9 +157,9 @@ func TestReload_UnderLoadChangesTargetsWithoutFailures(t *testing.T) {
 	if l := last("b2"); l.After(r2.Add(slack)) {
 		t.Errorf("b2 still served %v after its removal", l.Sub(r2))
 	}
-	t.Logf("reload under load: %d requests sent, %d failed", sent.Load(), failed.Load())
-	if failed.Load() != 0 {
-		t.Errorf("%d of %d requests failed; want 0", failed.Load(), sent.Load())
+	t.Logf("reload under load: %d requests sent, %d failed", load.sent.Load(), load.failed.Load())
+	if load.failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed; want 0", load.failed.Load(), load.sent.Load())
 	}
 	if !strings.Contains(e.Output(), "reload rejected, the previous configuration keeps serving") ||
 		!strings.Contains(e.Output(), `unknown key \"bogus\"`) {

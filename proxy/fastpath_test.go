@@ -80,23 +80,7 @@ func TestFastPath_Pipelined(t *testing.T) {
 // A WebSocket upgrade (which the fast path declines) is handed to net/http on the same
 // connection, after a request the fast path served, without the client noticing.
 func TestFastPath_HandsUpgradeToNetHTTP(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "websocket" {
-			fmt.Fprint(w, "plain")
-			return
-		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		line, _ := brw.ReadString('\n')
-		brw.WriteString("echo " + line)
-		brw.Flush()
-	}))
-	defer backend.Close()
+	backend := websocketEchoBackend(t)
 	s := startServer(t, true, Options{Picker: pickerForAddr(backend.Listener.Addr().String())}, true)
 	conn, err := tls.Dial("tcp", s.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
 	if err != nil {

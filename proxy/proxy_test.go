@@ -196,23 +196,7 @@ func TestStreaming_ServerSentEventsFlushed(t *testing.T) {
 
 // WebSocket upgrades pass through: the 101 and then bytes both ways.
 func TestUpgrade_WebSocketPassesThrough(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "websocket" {
-			http.Error(w, "want upgrade", 400)
-			return
-		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		line, _ := brw.ReadString('\n')
-		brw.WriteString("echo " + line)
-		brw.Flush()
-	}))
-	defer backend.Close()
+	backend := websocketEchoBackend(t)
 	obs := &countingObserver{}
 	front := frontend(t, Options{Picker: pickerFor(backend), Observer: obs})
 
@@ -299,4 +283,27 @@ func BenchmarkServeHTTP(b *testing.B) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 	}
+}
+
+// websocketEchoBackend answers a WebSocket upgrade with 101 and then echoes one line
+// through the tunnel; any other request gets "plain".
+func websocketEchoBackend(t *testing.T) *httptest.Server {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			fmt.Fprint(w, "plain")
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		line, _ := brw.ReadString('\n')
+		brw.WriteString("echo " + line)
+		brw.Flush()
+	}))
+	t.Cleanup(backend.Close)
+	return backend
 }
