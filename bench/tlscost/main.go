@@ -19,7 +19,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -37,9 +36,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"edgeproxy/bench/loadgen"
 )
 
 var (
@@ -290,84 +290,15 @@ type load struct {
 }
 
 // run sends the requests over *workers connections (or new ones each time) and returns
-// how long it took. Written in Go for the full-handshake case: no session cache unless
-// resume is set, HTTP/1.1 only (plain HTTP has no h2 to compare with).
+// how long it took, with the shared load generator (bench/loadgen): no session cache
+// unless resume is set, HTTP/1.1 only (plain HTTP has no h2 to compare with).
 func (l load) run() (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, *workers)
 	start := time.Now()
-	for range *workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}, ServerName: "localhost"}
-			if l.resume {
-				cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
-			}
-			var c net.Conn
-			var br *bufio.Reader
-			defer func() {
-				if c != nil {
-					c.Close()
-				}
-			}()
-			for next.Add(1) <= int64(l.requests) {
-				if ctx.Err() != nil {
-					errs <- ctx.Err()
-					return
-				}
-				if c == nil {
-					var err error
-					d := &net.Dialer{Timeout: 5 * time.Second}
-					if l.tls {
-						c, err = tls.DialWithDialer(d, "tcp", l.addr, cfg)
-					} else {
-						c, err = d.Dial("tcp", l.addr)
-					}
-					if err != nil {
-						errs <- err
-						return
-					}
-					br = bufio.NewReaderSize(c, 64<<10)
-				}
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				conn := ""
-				if !l.keepAlive {
-					conn = "Connection: close\r\n"
-				}
-				if _, err := fmt.Fprintf(c, "GET /bytes?n=%d HTTP/1.1\r\nHost: localhost\r\n%s\r\n", l.size, conn); err != nil {
-					errs <- err
-					return
-				}
-				res, err := http.ReadResponse(br, nil)
-				if err != nil {
-					errs <- err
-					return
-				}
-				n, err := io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				if err != nil || res.StatusCode != 200 || n != int64(l.size) {
-					errs <- fmt.Errorf("status %d, %d bytes, %v", res.StatusCode, n, err)
-					return
-				}
-				if !l.keepAlive {
-					if l.tls {
-						// Read the server's close_notify and FIN before closing, as a
-						// browser does; this also reads a TLS 1.3 session ticket.
-						_, _ = io.Copy(io.Discard, br)
-					}
-					c.Close()
-					c = nil
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	_, err := loadgen.Run(context.Background(), loadgen.Options{
+		Addr: l.addr, TLS: l.tls, Path: fmt.Sprintf("/bytes?n=%d", l.size), BodyBytes: l.size,
+		KeepAlive: l.keepAlive, Resume: l.resume, Connections: *workers, Requests: l.requests,
+	})
+	if err != nil {
 		return 0, err
 	}
 	return time.Since(start), nil

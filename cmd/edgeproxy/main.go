@@ -40,6 +40,7 @@ func commands() []command {
 		{"doctor", "check this box's HTTPS set-up (ports, DNS, certificates, targets, ACME) and say what to fix", doctorCmd},
 		{"demo", "serve https on 127.0.0.1:8443 in front of three built-in backends", demoCmd},
 		{"healthcheck", "exit 0 if the running edge's /healthz answers 200 (Docker HEALTHCHECK)", healthcheckCmd},
+		{"bench", "measure where TLS should end: plain, edge, backend (passthrough), re-encrypt; CPU per request", benchCmd},
 		{"version", "print the version", versionCmd},
 	}
 }

@@ -1,0 +1,389 @@
+// Package placement is `edgeproxy bench`: where should TLS end? It runs the same load
+// against four placements of TLS termination and measures, from each process's own CPU
+// accounting (/proc/PID/stat), what every request costs at the edge and at the backend:
+//
+//   - plain: HTTP end to end (listen.http with http_mode: proxy), the baseline;
+//   - edge: the edge terminates TLS and proxies plain HTTP (an ALB with HTTP targets);
+//   - backend: the edge passes the TLS connection through by SNI and the backend
+//     terminates it (an NLB in front of nginx on the box);
+//   - reencrypt: the edge terminates and opens TLS to the backend (pool.tls).
+//
+// Workloads: keep-alive small responses, a new connection with a full handshake per
+// request, and keep-alive 64 KiB responses. The edge (edgeproxy run), the backend (a Go
+// net/http server) and the load generator (bench/loadgen) are separate processes — the
+// benchmark's own binary re-executed — each pinnable to a CPU. The edge's TLS cost metric
+// (edgeproxy_tls_cpu_seconds_total) is read alongside, to set against the measured
+// difference from plain.
+package placement
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"edgeproxy/bench/loadgen"
+)
+
+// Placements and workloads, in report order.
+var (
+	Placements = []string{"plain", "edge", "backend", "reencrypt"}
+	Workloads  = []string{"keepalive", "handshake", "bulk"}
+)
+
+// Body sizes of the workloads.
+const (
+	smallBytes = 64
+	bulkBytes  = 64 << 10
+)
+
+// Options configure a run. The zero value of each field has the meaning its comment gives.
+type Options struct {
+	// Binary is the edgeproxy binary, re-executed for every process; "" means this
+	// process's own executable.
+	Binary string
+	// Placements and Workloads to run; nil means all, in report order.
+	Placements, Workloads []string
+	// Duration is each measured window; zero means 5s. Warmup precedes it; zero means 1s
+	// (a negative value means none).
+	Duration, Warmup time.Duration
+	// Connections is the load's concurrency; zero means 8.
+	Connections int
+	// EdgeCPU, BackendCPU and LoadCPU pin those processes to a CPU; negative means
+	// unpinned. (Zero pins to CPU 0: callers start from -1.)
+	EdgeCPU, BackendCPU, LoadCPU int
+	// Progress, if not nil, receives a line as each measurement starts.
+	Progress io.Writer
+}
+
+// Result is one placement under one workload.
+type Result struct {
+	Placement string  `json:"placement"`
+	Workload  string  `json:"workload"`
+	Requests  int     `json:"requests"`
+	RPS       float64 `json:"requests_per_second"`
+	P50us     float64 `json:"p50_us"`
+	P99us     float64 `json:"p99_us"`
+	// EdgeCPUus and BackendCPUus are CPU microseconds per request of each process;
+	// LoadCPUus the load generator's.
+	EdgeCPUus    float64 `json:"edge_cpu_us_per_request"`
+	BackendCPUus float64 `json:"backend_cpu_us_per_request"`
+	LoadCPUus    float64 `json:"load_cpu_us_per_request"`
+	// TLSMetricUs is the edge's edgeproxy_tls_cpu_seconds_total increase per request
+	// (null for plain, which has no TLS at the edge).
+	TLSMetricUs *float64 `json:"edge_tls_metric_us_per_request"`
+	// EdgeOverPlainUs is EdgeCPUus minus plain's under the same workload (null when
+	// plain was not run): what TLS at this placement costs the edge, measured.
+	EdgeOverPlainUs *float64 `json:"edge_cpu_over_plain_us_per_request"`
+}
+
+// Report is a whole run.
+type Report struct {
+	Machine     string        `json:"machine"`
+	CPUs        int           `json:"cpus"`
+	Duration    time.Duration `json:"-"`
+	Seconds     float64       `json:"duration_seconds"`
+	Connections int           `json:"connections"`
+	Pinning     string        `json:"pinning"`
+	Results     []Result      `json:"results"`
+}
+
+func (o *Options) defaults() error {
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		o.Binary = exe
+	}
+	if o.Placements == nil {
+		o.Placements = Placements
+	}
+	if o.Workloads == nil {
+		o.Workloads = Workloads
+	}
+	for _, p := range o.Placements {
+		if !contains(Placements, p) {
+			return fmt.Errorf("placement: unknown placement %q (known: %s)", p, strings.Join(Placements, ", "))
+		}
+	}
+	for _, w := range o.Workloads {
+		if !contains(Workloads, w) {
+			return fmt.Errorf("placement: unknown workload %q (known: %s)", w, strings.Join(Workloads, ", "))
+		}
+	}
+	if o.Duration == 0 {
+		o.Duration = 5 * time.Second
+	}
+	switch {
+	case o.Warmup == 0:
+		o.Warmup = time.Second
+	case o.Warmup < 0:
+		o.Warmup = 0
+	}
+	if o.Connections == 0 {
+		o.Connections = 8
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Run measures every placement under every workload and returns the report. It starts
+// and stops every process itself, all on 127.0.0.1; each placement gets a fresh edge.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "edgeproxy-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	c, err := writeCerts(dir)
+	if err != nil {
+		return nil, err
+	}
+	backendPlain, backendTLS := freeAddr(), freeAddr()
+	backend, err := startProc("backend", o.BackendCPU, o.Binary, "bench", "-role", "backend",
+		"-plain", backendPlain, "-tls", backendTLS, "-cert", c.backendCert, "-key", c.backendKey)
+	if err != nil {
+		return nil, err
+	}
+	defer backend.stop()
+	for _, a := range []string{backendPlain, backendTLS} {
+		if err := waitTCP(a, backend); err != nil {
+			return nil, err
+		}
+	}
+	model, cpus := Machine()
+	rep := &Report{Machine: model, CPUs: cpus, Duration: o.Duration, Seconds: o.Duration.Seconds(),
+		Connections: o.Connections, Pinning: pinning(o)}
+	for _, p := range o.Placements {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		results, err := runPlacement(ctx, o, dir, c, p, backend, backendPlain, backendTLS)
+		if err != nil {
+			return nil, err
+		}
+		rep.Results = append(rep.Results, results...)
+	}
+	rep.derive()
+	return rep, nil
+}
+
+func pinning(o Options) string {
+	cpu := func(n int) string {
+		if n < 0 {
+			return "unpinned"
+		}
+		return "CPU " + strconv.Itoa(n)
+	}
+	return fmt.Sprintf("edge %s, backend %s, load %s", cpu(o.EdgeCPU), cpu(o.BackendCPU), cpu(o.LoadCPU))
+}
+
+// derive fills in each result's difference from plain under the same workload.
+func (r *Report) derive() {
+	plain := map[string]float64{}
+	for _, x := range r.Results {
+		if x.Placement == "plain" {
+			plain[x.Workload] = x.EdgeCPUus
+		}
+	}
+	for i := range r.Results {
+		x := &r.Results[i]
+		if p, ok := plain[x.Workload]; ok && x.Placement != "plain" {
+			d := x.EdgeCPUus - p
+			x.EdgeOverPlainUs = &d
+		}
+	}
+}
+
+// clientTarget is where the load goes in a placement: address, TLS and SNI.
+type clientTarget struct {
+	addr string
+	tls  bool
+	sni  string
+}
+
+// runPlacement starts an edge configured for placement p and runs every workload
+// against it.
+func runPlacement(ctx context.Context, o Options, dir string, c certFiles, p string, backend *proc, backendPlain, backendTLS string) ([]Result, error) {
+	https, httpAddr, metrics := freeAddr(), freeAddr(), freeAddr()
+	pool := fmt.Sprintf("  targets: [%q]\n", backendPlain)
+	passthrough := ""
+	target := clientTarget{addr: https, tls: true, sni: "edge.bench"}
+	switch p {
+	case "plain":
+		target = clientTarget{addr: httpAddr, sni: "edge.bench"}
+	case "backend":
+		passthrough = fmt.Sprintf("passthrough:\n  - {server_names: [backend.bench], targets: [%q]}\n", backendTLS)
+		target.sni = "backend.bench"
+	case "reencrypt":
+		pool = fmt.Sprintf("  targets: [%q]\n  tls: {ca: %q, server_name: backend.bench}\n", backendTLS, c.ca)
+	}
+	cfg := fmt.Sprintf(`# edgeproxy bench, placement %s
+listen:
+  https: %q
+  http: %q
+  http_mode: proxy
+  metrics: %q
+tls:
+  certificates: [{cert: %q, key: %q}]
+pool:
+%s  health_check: {interval: 5s, healthy_threshold: 1}
+  retries: 0
+%slog: {access: false}
+`, p, https, httpAddr, metrics, c.edgeCert, c.edgeKey, pool, passthrough)
+	file := filepath.Join(dir, "edge-"+p+".yaml")
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	edge, err := startProc("edge ("+p+")", o.EdgeCPU, o.Binary, "run", "-config", file)
+	if err != nil {
+		return nil, err
+	}
+	defer edge.stop()
+	if err := waitReady(ctx, target, edge); err != nil {
+		return nil, err
+	}
+	var out []Result
+	for _, w := range o.Workloads {
+		fmt.Fprintf(o.Progress, "bench: %s / %s (%v)\n", p, w, o.Duration)
+		r, err := measure(o, target, w, edge, backend, metrics)
+		if err != nil {
+			return nil, fmt.Errorf("placement %s, workload %s: %w\nedge output:\n%s", p, w, err, tail(edge.out.String(), 2000))
+		}
+		r.Placement, r.Workload = p, w
+		if p == "plain" {
+			r.TLSMetricUs = nil
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// measure runs the load process for one workload and turns what it read into per-request
+// figures.
+func measure(o Options, t clientTarget, workload string, edge, backend *proc, metrics string) (Result, error) {
+	size, keepAlive := smallBytes, true
+	switch workload {
+	case "handshake":
+		keepAlive = false
+	case "bulk":
+		size = bulkBytes
+	}
+	args := []string{"bench", "-role", "load", "-addr", t.addr, "-tls=" + strconv.FormatBool(t.tls), "-sni", t.sni,
+		"-bytes", strconv.Itoa(size), "-keepalive=" + strconv.FormatBool(keepAlive), "-c", strconv.Itoa(o.Connections),
+		"-warmup", o.Warmup.String(), "-duration", o.Duration.String(),
+		"-pids", fmt.Sprintf("%d,%d", edge.pid(), backend.pid()), "-metrics", metrics}
+	load, err := startProc("load generator", o.LoadCPU, o.Binary, args...)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := load.wait(o.Warmup + o.Duration + time.Minute); err != nil {
+		return Result{}, err
+	}
+	out := load.out.String()
+	var lr LoadResult
+	if err := json.Unmarshal([]byte(lastLine(out)), &lr); err != nil {
+		return Result{}, fmt.Errorf("load generator output %q: %w", tail(out, 500), err)
+	}
+	if lr.Requests == 0 {
+		return Result{}, errors.New("no request completed in the measured window")
+	}
+	n := float64(lr.Requests)
+	per := func(sec float64) float64 { return sec / n * 1e6 }
+	r := Result{
+		Requests: lr.Requests, RPS: n / lr.Seconds, P50us: lr.P50us, P99us: lr.P99us,
+		EdgeCPUus:    per(lr.CPU[strconv.Itoa(edge.pid())]),
+		BackendCPUus: per(lr.CPU[strconv.Itoa(backend.pid())]),
+		LoadCPUus:    per(lr.SelfCPU),
+	}
+	if lr.TLSMetric >= 0 {
+		m := per(lr.TLSMetric)
+		r.TLSMetricUs = &m
+	}
+	return r, nil
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// waitReady waits until a request through the placement succeeds (the edge serves and
+// its target is reachable), for at most 15s.
+func waitReady(ctx context.Context, t clientTarget, edge *proc) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := loadgen.Run(ctx, loadgen.Options{Addr: t.addr, TLS: t.tls, ServerName: t.sni,
+			Path: "/bytes?n=1", BodyBytes: 1, KeepAlive: true, Requests: 1, Timeout: 5 * time.Second})
+		if err == nil {
+			return nil
+		}
+		if edge.exited() || time.Now().After(deadline) {
+			return fmt.Errorf("placement: %s not ready: %v\n%s", edge.name, err, tail(edge.out.String(), 2000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitTCP(addr string, p *proc) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if p.exited() || time.Now().After(deadline) {
+			return fmt.Errorf("placement: %s not listening on %s: %v\n%s", p.name, addr, err, tail(p.out.String(), 2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freeAddr returns a 127.0.0.1 address with a port free a moment ago.
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// Machine describes this machine: lscpu's model name and the number of online CPUs.
+func Machine() (model string, cpus int) {
+	model = "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+			}
+			if strings.HasPrefix(line, "processor") {
+				cpus++
+			}
+		}
+	}
+	return model, cpus
+}
