@@ -166,6 +166,9 @@ func TestDjango_RoundRobinAndForwarding(t *testing.T) {
 			}
 		}
 	}
+	if !strings.Contains(m, `edgeproxy_certificate_expiry_timestamp_seconds{domain="app.test"}`) {
+		t.Error("/metrics lacks the static certificate's expiry")
+	}
 	if !strings.Contains(m, "process_cpu_seconds_total") || !strings.Contains(m, "go_goroutines") {
 		t.Error("/metrics lacks the process and Go collectors")
 	}

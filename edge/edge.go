@@ -144,6 +144,11 @@ func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
 			return nil, fmt.Errorf("edge: %s: %w", cf.Cert, err)
 		}
 		static = append(static, c)
+		// Static files expire too (certbot renews them outside edgeproxy): the same gauge
+		// as ACME's, so one alert covers both. Names come from the configured files.
+		for _, name := range c.Leaf.DNSNames {
+			e.metrics.CertificateExpiry(name, c.Leaf.NotAfter)
+		}
 	}
 	minVersion := uint16(tls.VersionTLS12)
 	if cfg.TLS.MinVersion == "1.3" {
