@@ -6,11 +6,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
 
 	"edgeproxy/bench/placement"
+	"edgeproxy/config"
 )
 
 // benchCmd is `edgeproxy bench`: the termination placement benchmark (package
@@ -23,6 +25,8 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 			return placement.Backend(args[2:], stderr)
 		case "load":
 			return placement.Load(args[2:], stdout, stderr)
+		case "edge-profile":
+			return edgeProfile(args[2:], stderr)
 		}
 		fmt.Fprintf(stderr, "edgeproxy bench: unknown role %q\n", args[1])
 		return 2
@@ -93,4 +97,33 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// edgeProfile is `edgeproxy run` under a CPU profile written to -cpuprofile when it stops
+// (SIGTERM): for bench/peers/run.sh, which profiles the edge under the keep-alive load.
+func edgeProfile(args []string, stderr io.Writer) int {
+	fs := newFlags("bench -role edge-profile", "bench -role edge-profile -config FILE -cpuprofile FILE", stderr)
+	file := fs.String("config", defaultConfig, "configuration `file`")
+	out := fs.String("cpuprofile", "cpu.pprof", "CPU profile `file`")
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	cfg, err := config.Load(*file)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	f, err := os.Create(*out)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	code := serve(cfg, newLogger(cfg.Log.Format, stderr), nil, nil)
+	pprof.StopCPUProfile()
+	return code
 }
