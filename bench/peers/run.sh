@@ -130,7 +130,7 @@ workload_args() {
 echo "== $ROUNDS rounds × workloads ($WORKLOADS) × peers, $DURATION each after $WARMUP, $CONNS connections; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 results="$dir/results.txt"
 : >"$results"
-peers=($PEERS)
+read -ra peers <<<"$PEERS"
 for r in $(seq "$ROUNDS"); do
   for w in $WORKLOADS; do
     # Interleave: each round starts the peers at a different place in the list.
@@ -180,7 +180,7 @@ if [ "$PROFILE" != 0 ] && [[ " $PEERS " == *" edgeproxy "* ]]; then
   GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$bin" bench -role edge-profile -config "$dir/edgeproxy.yaml" \
     -cpuprofile "$dir/cpu.pprof" 2>>"$dir/edgeproxy-profile.log" &
   prof=$!
-  pids+=($prof)
+  pids+=("$prof")
   sleep 1
   # shellcheck disable=SC2046
   taskset -c "$LOAD_CPU" "$bin" bench -role load -addr "127.0.0.1:${port[edgeproxy]}" -tls -x25519 \
