@@ -76,8 +76,8 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	fmt.Fprintf(&b, `<text x="%d" y="40" fill="#555">%s; %v per bar, %d connections; %s</text>`+"\n", left,
 		html.EscapeString(r.Machine), r.Duration, r.Connections, html.EscapeString(r.Pinning))
 	for i, name := range []string{"edge", "backend"} {
-		x := width - 190 + i*90
-		fmt.Fprintf(&b, `<rect x="%d" y="50" width="12" height="12" fill="%s"/><text x="%d" y="60">%s</text>`+"\n", x, colors[name], x+16, name)
+		x := width - 180 + i*80
+		fmt.Fprintf(&b, `<rect x="%d" y="12" width="12" height="12" fill="%s"/><text x="%d" y="22">%s</text>`+"\n", x, colors[name], x+16, name)
 	}
 	for pi, wl := range workloads {
 		x0 := left + pi*panelW
@@ -128,7 +128,7 @@ func workloadTitle(w string) string {
 	case "keepalive":
 		return "keep-alive, 64 B responses"
 	case "handshake":
-		return "new connection (full handshake) per request"
+		return "new connection, full handshake"
 	case "bulk":
 		return "keep-alive, 64 KiB responses"
 	}

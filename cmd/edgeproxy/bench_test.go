@@ -82,7 +82,7 @@ func TestBench_ShortRunShowsWhereTLSCosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"<svg ", "</svg>", "new connection (full handshake) per request", "backend"} {
+	for _, want := range []string{"<svg ", "</svg>", "new connection, full handshake", "backend"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("SVG lacks %q", want)
 		}
