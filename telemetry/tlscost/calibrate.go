@@ -45,12 +45,24 @@ type Costs struct {
 	// Write is the CPU cost of one write(2) of n bytes on a TCP socket. Its PerCall part is
 	// what a write that TLS adds costs (one per extra record, one per close_notify).
 	Write Linear
+	// HandshakeFactor is the process CPU one second of a handshake's thread-clock CPU
+	// stands for (measureHandshakeFactor): what the handshake causes around its
+	// segments. Values below 1 mean 1.
+	HandshakeFactor float64
+	// HandshakeGCShare is the part of HandshakeFactor's extra CPU that the runtime
+	// reported as garbage collection while it was measured (informational).
+	HandshakeGCShare float64
 	// HandshakeAllocBytes is what the server side of one handshake allocates, for the
 	// share of the garbage collector's CPU that TLS causes; zero charges none.
 	HandshakeAllocBytes int64
 }
 
 var (
+	// benchMu guards benches: the record benches of Calibrate, re-measured by
+	// Accountant.recalibrate while edgeproxy runs.
+	benchMu sync.Mutex
+	benches = map[string]*recordBench{}
+
 	calibrateOnce  sync.Once
 	calibrated     *Costs
 	calibrationErr error
@@ -72,16 +84,33 @@ func calibrate() (*Costs, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var err error
+	cert, err := calibrationCert()
+	if err != nil {
+		return c, fmt.Errorf("tlscost: calibration certificate: %w", err)
+	}
+	benchMu.Lock()
+	defer benchMu.Unlock()
 	for _, name := range aeadNames {
-		aead, err := newAEAD(name)
-		if err != nil {
-			return c, fmt.Errorf("tlscost: calibrating %s: %w", name, err)
+		rb, err := newRecordBench(cert, name)
+		if err == nil {
+			c.Seal[name], c.Open[name], err = rb.measure(7, 512)
 		}
-		c.Seal[name], c.Open[name] = measureAEAD(aead)
+		if err != nil {
+			// The AEAD alone, which is most of a large record's cost.
+			aead, aerr := newAEAD(name)
+			if aerr != nil {
+				return c, fmt.Errorf("tlscost: calibrating %s: %w", name, aerr)
+			}
+			c.Seal[name], c.Open[name] = measureAEAD(aead)
+			return c, fmt.Errorf("tlscost: calibrating the %s record layer: %w; charging its AEAD only, as measured at start-up", name, err)
+		}
+		benches[name] = rb
 	}
 	if c.HandshakeAllocBytes, err = measureHandshakeAllocs(); err != nil {
 		return c, fmt.Errorf("tlscost: measuring handshake allocations: %w; no GC CPU is charged to TLS", err)
+	}
+	if c.HandshakeFactor, c.HandshakeGCShare, err = measureHandshakeFactor(cert); err != nil {
+		return c, fmt.Errorf("tlscost: measuring what a handshake costs around its thread: %w; charging the thread's CPU only", err)
 	}
 	w, err := measureWrite()
 	if err != nil {

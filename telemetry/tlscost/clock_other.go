@@ -7,3 +7,5 @@ package tlscost
 func threadCPU() int64 { return 0 }
 
 func threadClockWorks() bool { return false }
+
+func processCPU() int64 { return 0 }

@@ -28,7 +28,7 @@ type conn struct {
 	inRecs      []rec // records whose header was read during the handshake
 
 	// Set when the handshake succeeded, before the conn is handed on.
-	seal, open   Linear
+	aead         int // aeadIndex of the negotiated AEAD
 	overhead     int // record body bytes beyond the plaintext
 	boostPayload int // plaintext of the first record under dynamic record sizing
 	tls13        bool
@@ -40,6 +40,8 @@ type conn struct {
 	prevFull     bool  // the previous record was full, i.e. maybe cut from a larger write
 	pending      int   // plaintext of the application write the previous record belonged to
 	readsAtWrite uint64
+	lastWrite    time.Duration // since epoch, when the previous write(2) returned
+	gap          time.Duration // from the previous write's return to this write
 
 	// Input: crypto/tls's input lock.
 	in scanner
@@ -95,8 +97,12 @@ func (c *conn) Write(p []byte) (int, error) {
 	}
 	var n int
 	var err error
+	if c.prevFull {
+		c.gap = time.Since(epoch) - c.lastWrite
+	}
 	if c.a.writeSeq.Add(1)%writeSampleEvery == 0 {
 		n, err = c.a.sampleWrite(c.Conn, p)
+		c.a.maybeRecalibrate()
 	} else {
 		n, err = c.Conn.Write(p)
 	}
@@ -108,8 +114,12 @@ func (c *conn) Write(p []byte) (int, error) {
 		})
 		c.sent += int64(n)
 	}
+	c.lastWrite = time.Since(epoch)
 	return n, err
 }
+
+// epoch is the origin of the monotonic write times of conn.
+var epoch = time.Now()
 
 // SetDeadline, SetReadDeadline and SetWriteDeadline pass through: net/http sets and clears
 // its own deadlines on the *tls.Conn, which calls these.
@@ -119,7 +129,8 @@ var _ net.Conn = (*conn)(nil)
 // it: a client may send its first request in the same segment as its Finished message.
 func (c *conn) finishHandshake(cs *tls.ConnectionState) {
 	aead := aeadOf(cs.CipherSuite)
-	c.seal, c.open = c.a.costs.Seal[aead], c.a.costs.Open[aead]
+	c.aead = aeadIndex(aead)
+	c.a.aeadUsed[c.aead].Store(true)
 	c.overhead = recordOverhead(cs.Version, aead)
 	c.boostPayload = tcpMSSEstimate - recordHeaderLen - c.overhead
 	c.tls13 = cs.Version >= tls.VersionTLS13
@@ -146,8 +157,8 @@ func (c *conn) finishHandshake(cs *tls.ConnectionState) {
 
 // chargeIn costs one record read after the handshake (or found after the client's Finished).
 func (c *conn) chargeIn(_ byte, body int) {
-	cpu := c.open.At(max(0, body-c.overhead))
 	a := c.a
+	cpu := a.rec.Load().open[c.aead].At(max(0, body-c.overhead))
 	a.recordBytesIn.Add(float64(recordHeaderLen + body))
 	a.recordCPUIn.Add(cpu)
 	a.cpuTotal.Add(cpu)
@@ -177,7 +188,7 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 			c.packets++
 		}
 		reads := c.reads.Load()
-		if first && c.prevFull && reads == c.readsAtWrite && c.pending+plain <= c.a.maxAppWrite {
+		if first && c.prevFull && reads == c.readsAtWrite && c.pending+plain <= c.a.maxAppWrite && c.sameWrite(plain) {
 			extra = true
 			c.pending += plain
 		} else {
@@ -186,8 +197,8 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 		c.readsAtWrite = reads
 		c.prevFull = plain >= limit
 	}
-	cpu := c.seal.At(plain)
 	a := c.a
+	cpu := a.rec.Load().seal[c.aead].At(plain)
 	if extra {
 		cpu += a.writeCost()
 		a.extraWrites.Inc()
@@ -195,6 +206,21 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 	a.recordBytesOut.Add(float64(recordHeaderLen + body))
 	a.recordCPUOut.Add(cpu)
 	a.cpuTotal.Add(cpu)
+}
+
+// sameWrite tells, for a record that follows a full one and could belong to the same
+// application write, whether it does, by the time since the previous record's write(2)
+// returned. Within one tls.Conn.Write, crypto/tls only seals the next record in between;
+// between two writes of the application there is at least the system call that read what
+// it forwards (on the fast path: a 16 KiB write of a response, then the read of the next
+// piece from the target). So the record is the same write's when the gap is below twice
+// its calibrated sealing cost plus half a calibrated system call. (Sizes alone cannot
+// tell: a full record and a short one are a write of 16 KiB and a bit, or a 16 KiB piece
+// and the last short piece of a body.) A preempted writer reads as two writes, an
+// extra write missed.
+func (c *conn) sameWrite(plain int) bool {
+	limit := 2*c.a.rec.Load().seal[c.aead].At(plain) + c.a.costs.Write.PerCall/2
+	return c.gap.Seconds() < limit
 }
 
 // handshake runs tc's handshake under measurement within the deadline and reports it. It
@@ -231,7 +257,8 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) bool {
 	a.handshakes.WithLabelValues(result, version, resumed, key).Inc()
 	a.handshakeCPU.WithLabelValues(result, version, resumed, key).Observe(sec)
 	a.handshakeWall.Observe(wall.Seconds())
-	a.cpuTotal.Add(sec)
+	a.hsNanos.Add(c.cpu)
+	a.cpuTotal.Add(sec * max(1, a.costs.HandshakeFactor))
 	return err == nil
 }
 

@@ -66,6 +66,16 @@ func aeadOf(suite uint16) string {
 	return AES128GCM
 }
 
+// aeadIndex is the position of an AEAD name in aeadNames, for the cost arrays.
+func aeadIndex(name string) int {
+	for i, n := range aeadNames {
+		if n == name {
+			return i
+		}
+	}
+	return 0
+}
+
 // recordOverhead is the number of body bytes of a protected record beyond its plaintext:
 // the AEAD tag (16), TLS 1.2 GCM's explicit nonce (8), TLS 1.3's inner content type (1).
 func recordOverhead(version uint16, aead string) int {

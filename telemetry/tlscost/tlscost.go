@@ -7,12 +7,19 @@
 // returns, unlocked before the next — and the segments are added up, so a silent client
 // holds a parked goroutine, never an OS thread. Every handshake has a deadline.
 //
+// A handshake is charged its thread-clock segments times HandshakeFactor: the process CPU
+// a handshake costs per second of those segments, measured at start-up against a client
+// in a child process (hscal.go): the handshake's read system calls, its wake-ups and the
+// listener's hand-off happen outside the segments.
+//
 // Records are costed: a record's CPU cannot be timed from below crypto/tls (encryption
-// happens inside tls.Conn.Write, which net/http calls directly), so each record seen on the
-// wire is charged what its AEAD costs on this machine (Calibrate, at start-up) plus, when
-// TLS made a write that plain HTTP would not have made, the cost of a write(2), measured
-// on a sample of the real writes. The garbage collector's work for the handshakes'
-// allocations is charged as its share of the collector's CPU (gc.go).
+// happens inside tls.Conn.Write, which the proxy calls directly), so each record seen on
+// the wire is charged what the record layer (tls.Conn.Write / Read: AEAD, copies,
+// framing, locking) costs per record and per byte on this machine — measured at
+// start-up and re-measured while traffic flows (recordcal.go) — plus, when TLS made a
+// write that plain HTTP would not have made, the cost of a write(2), measured on a sample
+// of the real writes. The garbage collector's work for the handshakes' allocations is
+// charged as its share of the collector's CPU (gc.go).
 //
 // net/http still receives a real *tls.Conn from Accept (it type-asserts one for ALPN, h2
 // and Request.TLS); the measuring happens in a net.Conn wrapper underneath it.
@@ -44,9 +51,13 @@ type Options struct {
 	// edgeproxy passes limits.read_header_timeout, the bound net/http itself would apply.
 	// Zero means 10s.
 	HandshakeTimeout time.Duration
-	// MaxAppWrite is the largest single write the layers above TLS make (the proxy's
-	// 32 KiB copy buffer): a run of full records longer than this is counted as more
-	// than one write of the application. Zero means 32 KiB.
+	// MaxAppWrite is the largest single write the layers above TLS make: a run of full
+	// records longer than this is counted as more than one write of the application.
+	// Zero means DefaultMaxAppWrite, which fits edgeproxy's HTTP/1.1 fast path (a response
+	// goes out as read from the target, at most 16 KiB at a time, the first piece with the
+	// response head) and HTTP/2 (DATA frames of at most 16 KiB plus a frame header).
+	// HTTP/1.1 served by net/http (proxy.fast_path: false) writes through the proxy's
+	// 32 KiB copy buffer: 32 KiB there.
 	MaxAppWrite int
 	// Costs are the record and write costs to charge; nil means Calibrate().
 	Costs *Costs
@@ -54,6 +65,9 @@ type Options struct {
 	// means none.
 	Logger *slog.Logger
 }
+
+// DefaultMaxAppWrite is the application write bound when Options.MaxAppWrite is zero.
+const DefaultMaxAppWrite = 17 << 10
 
 // DefaultHandshakeTimeout is the handshake bound when Options.HandshakeTimeout is zero.
 const DefaultHandshakeTimeout = 10 * time.Second
@@ -84,6 +98,22 @@ type Accountant struct {
 	writeSeq   atomic.Uint64 // writes after handshakes, to pick the sampled ones
 	writeFixed atomic.Uint64 // float64 bits: the fixed CPU of one write(2), seconds
 	writeN     atomic.Int64  // samples so far
+	hsNanos    atomic.Int64  // thread-clock CPU of all handshakes so far (calibration)
+
+	// Record costs as charged now: Costs.Seal/Open at first, then, when they came from
+	// Calibrate, re-measured at most every recalibrateEvery while TLS traffic flows.
+	rec          atomic.Pointer[recordCosts]
+	live         bool           // re-measure (costs from Calibrate)
+	aeadUsed     [3]atomic.Bool // by aeadIndex: negotiated at least once
+	recalRunning atomic.Bool    // a recalibrate goroutine is running
+	lastRecal    atomic.Int64   // time.Since(epoch) of the last start
+	perByte      *prometheus.GaugeVec
+	perRecord    *prometheus.GaugeVec
+}
+
+// recordCosts are the per-record costs of each AEAD, by aeadIndex.
+type recordCosts struct {
+	seal, open [3]Linear
 }
 
 // HandshakeCPUBuckets are the edgeproxy_tls_handshake_cpu_seconds buckets: 10µs·2^k up to
@@ -93,6 +123,37 @@ var HandshakeCPUBuckets = prometheus.ExponentialBuckets(10e-6, 2, 13)
 // New returns an Accountant with its metrics registered on opts.Registerer. It calibrates
 // the record costs unless opts.Costs is set; a calibration problem is logged, not fatal.
 func New(opts Options) (*Accountant, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if !threadClockWorks() {
+		log.Warn("tlscost: no per-thread CPU clock here: TLS CPU metrics read zero")
+	}
+	live := opts.Costs == nil
+	if live {
+		c, err := Calibrate()
+		if err != nil {
+			log.Warn(err.Error())
+		}
+		opts.Costs = c
+		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor,
+			"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte*1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall*1e9,
+			"write_syscall_us", c.Write.PerCall*1e6)
+	}
+	reg := opts.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	a, err := newAccountant(opts, reg)
+	if a != nil {
+		a.live = live
+	}
+	return a, err
+}
+
+// newAccountant is New with opts.Costs set (Calibrate uses it, for its own handshakes).
+func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error) {
 	a := &Accountant{
 		timeout:     opts.HandshakeTimeout,
 		maxAppWrite: opts.MaxAppWrite,
@@ -103,24 +164,10 @@ func New(opts Options) (*Accountant, error) {
 		a.timeout = DefaultHandshakeTimeout
 	}
 	if a.maxAppWrite <= 0 {
-		a.maxAppWrite = 32 << 10
+		a.maxAppWrite = DefaultMaxAppWrite
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
-	}
-	if !threadClockWorks() {
-		a.log.Warn("tlscost: no per-thread CPU clock here: TLS CPU metrics read zero")
-	}
-	if a.costs == nil {
-		c, err := Calibrate()
-		if err != nil {
-			a.log.Warn(err.Error())
-		}
-		a.costs = c
-	}
-	reg := opts.Registerer
-	if reg == nil {
-		reg = prometheus.NewRegistry()
 	}
 
 	a.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -165,22 +212,19 @@ func New(opts Options) (*Accountant, error) {
 	a.recordCPUIn, a.recordCPUOut = recordCPU.WithLabelValues("in"), recordCPU.WithLabelValues("out")
 	a.hsBytesIn, a.hsBytesOut = a.handshakeBytes.WithLabelValues("in"), a.handshakeBytes.WithLabelValues("out")
 
-	perByte := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	a.perByte = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_record_cpu_seconds_per_byte",
-		Help: "Calibrated AEAD CPU cost per plaintext byte on this machine, by aead and direction (out: seal, in: open).",
+		Help: "CPU cost per plaintext byte of the TLS record layer (tls.Conn.Write: seal, copy, framing; tls.Conn.Read: open, copy out) as measured on this machine at start-up and re-measured while TLS traffic flows, by aead and direction (out: write, in: read).",
 	}, []string{"aead", "direction"})
-	perRecord := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	a.perRecord = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_record_cpu_seconds_per_record",
-		Help: "Calibrated fixed AEAD CPU cost of one record on this machine, by aead and direction.",
+		Help: "Fixed CPU cost of one TLS record in the record layer, measured as edgeproxy_tls_record_cpu_seconds_per_byte, by aead and direction.",
 	}, []string{"aead", "direction"})
-	for name, l := range a.costs.Seal {
-		perByte.WithLabelValues(name, "out").Set(l.PerByte)
-		perRecord.WithLabelValues(name, "out").Set(l.PerCall)
+	rc := &recordCosts{}
+	for i, name := range aeadNames {
+		rc.seal[i], rc.open[i] = a.costs.Seal[name], a.costs.Open[name]
 	}
-	for name, l := range a.costs.Open {
-		perByte.WithLabelValues(name, "in").Set(l.PerByte)
-		perRecord.WithLabelValues(name, "in").Set(l.PerCall)
-	}
+	a.setRecordCosts(rc)
 	a.writeFixed.Store(math.Float64bits(a.costs.Write.PerCall))
 	writeCost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_extra_write_cpu_seconds",
@@ -188,7 +232,7 @@ func New(opts Options) (*Accountant, error) {
 	}, a.writeCost)
 
 	for _, c := range []prometheus.Collector{a.handshakes, a.handshakeCPU, a.handshakeWall, a.handshakeBytes,
-		recordBytes, recordCPU, a.extraWrites, newGCShare(a), perByte, perRecord, writeCost} {
+		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, writeCost} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -223,6 +267,73 @@ func (a *Accountant) sampleWrite(w net.Conn, p []byte) (int, error) {
 			return n, err
 		}
 	}
+}
+
+// setRecordCosts makes rc the record costs charged from now on, and shows them.
+func (a *Accountant) setRecordCosts(rc *recordCosts) {
+	a.rec.Store(rc)
+	for i, name := range aeadNames {
+		a.perByte.WithLabelValues(name, "out").Set(rc.seal[i].PerByte)
+		a.perRecord.WithLabelValues(name, "out").Set(rc.seal[i].PerCall)
+		a.perByte.WithLabelValues(name, "in").Set(rc.open[i].PerByte)
+		a.perRecord.WithLabelValues(name, "in").Set(rc.open[i].PerCall)
+	}
+}
+
+// recalibrateEvery is the shortest time between two re-measurements of the record costs.
+// A record's cost is not a constant of the machine: on a virtual machine whose vCPUs
+// share physical cores, or under memory-bandwidth contention, the same seal costs up to
+// half again as much while the other CPUs are busy as on the idle machine at start-up.
+// So the record layer is re-measured, on the benches of Calibrate, while TLS traffic
+// flows: a fraction of a millisecond per AEAD in use, once a second at most.
+const recalibrateEvery = time.Second
+
+// maybeRecalibrate starts a re-measurement of the record costs if one is due. It is
+// called on the sampled writes of the data path; the measurement runs in a goroutine of
+// its own, which ends with it.
+func (a *Accountant) maybeRecalibrate() {
+	if !a.live {
+		return
+	}
+	now := time.Since(epoch)
+	if now-time.Duration(a.lastRecal.Load()) < recalibrateEvery || !a.recalRunning.CompareAndSwap(false, true) {
+		return
+	}
+	a.lastRecal.Store(int64(now))
+	go a.recalibrate()
+}
+
+// recalibrate measures the record layer of the AEADs in use and moves the charged costs a
+// quarter of the way towards what it measured (a mean over the last few seconds).
+func (a *Accountant) recalibrate() {
+	defer a.recalRunning.Store(false)
+	if !benchMu.TryLock() {
+		return // another Accountant's recalibration: the machine is the same
+	}
+	defer benchMu.Unlock()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	old := a.rec.Load()
+	next := *old
+	for i, name := range aeadNames {
+		rb := benches[name]
+		if rb == nil || !a.aeadUsed[i].Load() {
+			continue
+		}
+		seal, open, err := rb.measure(3, 64)
+		if err != nil {
+			a.log.Warn("tlscost: re-measuring the record layer", "aead", name, "err", err)
+			delete(benches, name)
+			continue
+		}
+		next.seal[i] = towards(old.seal[i], seal)
+		next.open[i] = towards(old.open[i], open)
+	}
+	a.setRecordCosts(&next)
+}
+
+func towards(old, now Linear) Linear {
+	return Linear{PerCall: old.PerCall + (now.PerCall-old.PerCall)/4, PerByte: old.PerByte + (now.PerByte-old.PerByte)/4}
 }
 
 // writeCost is the current fixed CPU cost of one write(2), seconds.

@@ -654,32 +654,43 @@ func TestChargeOut_ExtraWrites(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		sent   int64 // bytes already sent: past the dynamic sizing threshold or not
-		writes []int // record bodies; -1 is a read from the client in between
+		writes []int // record bodies; -1 is a read from the client in between, -2 a pause (another write of the application)
 		want   float64
+		// maxAppWrite is Options.MaxAppWrite: 32 KiB for net/http's data path, 0 for
+		// the fast path's default.
+		maxAppWrite int
 	}{
 		// net/http's 4 KiB bufio flush, then the proxy's 32 KiB chunks cut into records.
-		{"64KiB-response", 1 << 20, []int{4096 + 17, full, 28672 - 16384 + 17, full, full}, 2},
-		{"two-32KiB-writes", 1 << 20, []int{full, full, full, full}, 2},  // (+1 if writes were larger)
-		{"small-responses", 1 << 20, []int{200, -1, 300, -1, 17 + 2}, 1}, // the last is close_notify
-		{"full-then-read", 1 << 20, []int{full, -1, 100}, 0},
+		{"64KiB-response", 1 << 20, []int{4096 + 17, full, 28672 - 16384 + 17, full, full}, 2, 32 << 10},
+		{"two-32KiB-writes", 1 << 20, []int{full, full, full, full}, 2, 32 << 10}, // (+1 if writes were larger)
+		// The fast path: the head with the first 16 KiB read (two records), then
+		// 16 KiB writes of one record each, and the rest.
+		{"fast-path-64KiB", 1 << 20, []int{full, 300 + 17, full, full, full, -2, 1000 + 17}, 1, 0},
+		{"small-responses", 1 << 20, []int{200, -1, 300, -1, 17 + 2}, 1, 0}, // the last is close_notify
+		{"full-then-read", 1 << 20, []int{full, -1, 100}, 0, 0},
 		// A fresh connection: records grow by 1186 bytes of plaintext each.
-		{"dynamic-sizing", 3000, []int{1186 + 17, 2372 + 17, 500 + 17}, 2},
-		{"dynamic-sizing-small", 3000, []int{900 + 17, -1, 1000 + 17}, 0},
+		{"dynamic-sizing", 3000, []int{1186 + 17, 2372 + 17, 500 + 17}, 2, 0},
+		{"dynamic-sizing-small", 3000, []int{900 + 17, -1, 1000 + 17}, 0, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
-			a, err := New(Options{Registerer: reg, Costs: testCosts})
+			a, err := New(Options{Registerer: reg, Costs: testCosts, MaxAppWrite: tt.maxAppWrite})
 			if err != nil {
 				t.Fatal(err)
 			}
 			c := &conn{a: a, sent: tt.sent}
 			c.finishHandshake(&tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256})
 			for _, body := range tt.writes {
+				if body == -2 {
+					c.gap = time.Millisecond
+					continue
+				}
 				if body < 0 {
 					c.reads.Add(1)
 					continue
 				}
 				c.chargeOut(typeApplicationData, body, true)
+				c.gap = 0
 				c.sent += int64(recordHeaderLen + body)
 			}
 			f := &fixture{reg: reg}
@@ -726,8 +737,47 @@ func TestCalibrate(t *testing.T) {
 	if c.Write.PerCall <= 0 {
 		t.Errorf("write: %+v; want a per-call cost", c.Write)
 	}
-	t.Logf("costs: seal %+v open %+v write %+v handshake allocs %d B", c.Seal, c.Open, c.Write, c.HandshakeAllocBytes)
+	t.Logf("costs: seal %+v open %+v write %+v handshake allocs %d B, factor %.3f (GC %.2f)", c.Seal, c.Open, c.Write, c.HandshakeAllocBytes, c.HandshakeFactor, c.HandshakeGCShare)
 	if c.HandshakeAllocBytes <= 0 {
 		t.Errorf("handshake allocations: got %d; want > 0", c.HandshakeAllocBytes)
+	}
+	if c.HandshakeFactor < 1 {
+		t.Errorf("handshake factor: got %v; want >= 1", c.HandshakeFactor)
+	}
+}
+
+// The record costs follow the machine: a live Accountant re-measures them while TLS
+// traffic flows; one given its Costs keeps them.
+func TestAccountant_Recalibrate(t *testing.T) {
+	if !threadClockWorks() {
+		t.Skip("no thread CPU clock")
+	}
+	a, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := *a.rec.Load()
+	a.aeadUsed[aeadIndex(AES128GCM)].Store(true)
+	a.maybeRecalibrate()
+	for a.recalRunning.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	after := *a.rec.Load()
+	i := aeadIndex(AES128GCM)
+	if after.seal[i] == before.seal[i] || after.seal[i].PerByte <= 0 {
+		t.Errorf("aes128gcm seal after re-measuring: got %+v (was %+v); want a new positive cost", after.seal[i], before.seal[i])
+	}
+	if j := aeadIndex(ChaCha20Poly1305); after.seal[j] != before.seal[j] {
+		t.Errorf("chacha20poly1305 (unused) seal: got %+v; want %+v unchanged", after.seal[j], before.seal[j])
+	}
+
+	fixed, err := New(Options{Costs: testCosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixed.aeadUsed[i].Store(true)
+	fixed.maybeRecalibrate()
+	if fixed.recalRunning.Load() || fixed.rec.Load().seal[i] != testCosts.Seal[AES128GCM] {
+		t.Errorf("given costs: re-measured; want them kept")
 	}
 }
