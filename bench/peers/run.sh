@@ -9,6 +9,7 @@
 #   bench/peers/run.sh                       # ~6 min on a 2-core machine
 #   ROUNDS=5 DURATION=10s bench/peers/run.sh
 #   PEERS="nginx edgeproxy" WORKLOADS=keepalive bench/peers/run.sh
+#   BIN=/path/to/edgeproxy bench/peers/run.sh  # measure that binary, not this tree's build
 #
 # Needs: nginx, haproxy (apt-get install -y nginx haproxy), caddy (go install
 # github.com/caddyserver/caddy/v2/cmd/caddy@v2.11.9), openssl, taskset, python3, go.
@@ -42,8 +43,11 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== build edgeproxy, certificate, configs in $dir"
-bin="$dir/edgeproxy"
-go build -o "$bin" ./cmd/edgeproxy
+bin="${BIN:-}" # BIN=path uses a built edgeproxy (e.g. of a clean checkout) instead of this tree's
+if [ -z "$bin" ]; then
+  bin="$dir/edgeproxy"
+  go build -o "$bin" ./cmd/edgeproxy
+fi
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -keyout "$dir/key.pem" -out "$dir/cert.pem" -subj /CN=localhost \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
