@@ -49,6 +49,9 @@ type Costs struct {
 	// stands for (measureHandshakeFactor): what the handshake causes around its
 	// segments. Values below 1 mean 1.
 	HandshakeFactor float64
+	// DataFactor is the process CPU one second of record-layer CPU stands for on kept-alive
+	// connections carrying data (measureHandshakeFactor, hscal.go). Values below 1 mean 1.
+	DataFactor float64
 	// HandshakeGCShare is the part of HandshakeFactor's extra CPU that the runtime
 	// reported as garbage collection while it was measured (informational).
 	HandshakeGCShare float64
@@ -109,14 +112,14 @@ func calibrate() (*Costs, error) {
 	if c.HandshakeAllocBytes, err = measureHandshakeAllocs(); err != nil {
 		return c, fmt.Errorf("tlscost: measuring handshake allocations: %w; no GC CPU is charged to TLS", err)
 	}
-	if c.HandshakeFactor, c.HandshakeGCShare, err = measureHandshakeFactor(cert); err != nil {
-		return c, fmt.Errorf("tlscost: measuring what a handshake costs around its thread: %w; charging the thread's CPU only", err)
-	}
 	w, err := measureWrite()
 	if err != nil {
 		return c, fmt.Errorf("tlscost: calibrating write(2) on loopback: %w; extra writes read as free", err)
 	}
 	c.Write = w
+	if c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor, err = measureHandshakeFactor(cert, c); err != nil {
+		return c, fmt.Errorf("tlscost: measuring what handshakes and records cost around what is clocked: %w; charging what is clocked only", err)
+	}
 	return c, nil
 }
 

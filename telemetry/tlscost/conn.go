@@ -158,7 +158,7 @@ func (c *conn) finishHandshake(cs *tls.ConnectionState) {
 // chargeIn costs one record read after the handshake (or found after the client's Finished).
 func (c *conn) chargeIn(_ byte, body int) {
 	a := c.a
-	cpu := a.rec.Load().open[c.aead].At(max(0, body-c.overhead))
+	cpu := a.rec.Load().open[c.aead].At(max(0, body-c.overhead)) * a.dataFactor
 	a.recordBytesIn.Add(float64(recordHeaderLen + body))
 	a.recordCPUIn.Add(cpu)
 	a.cpuTotal.Add(cpu)
@@ -198,7 +198,7 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 		c.prevFull = plain >= limit
 	}
 	a := c.a
-	cpu := a.rec.Load().seal[c.aead].At(plain)
+	cpu := a.rec.Load().seal[c.aead].At(plain) * a.dataFactor
 	if extra {
 		cpu += a.writeCost()
 		a.extraWrites.Inc()

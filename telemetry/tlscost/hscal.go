@@ -31,24 +31,31 @@ const (
 	handshakeFactorRounds  = 7
 	handshakeFactorConns   = 24
 	handshakeFactorWorkers = 2
+
+	// dataFactorRounds alternate TLS and plain batches of dataFactorExchanges bulk
+	// exchanges per worker.
+	dataFactorRounds    = 12
+	dataFactorExchanges = 60
 )
 
 // measureHandshakeFactor returns process CPU per second of thread-clock handshake CPU, and
 // the share of the extra CPU that was the collector's background work (left out of the
 // factor, see below).
-func measureHandshakeFactor(cert tls.Certificate) (factor, gcShare float64, err error) {
-	a, err := newAccountant(Options{HandshakeTimeout: 5 * time.Second, Costs: &Costs{}}, prometheus.NewRegistry())
+func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare, dataFactor float64, err error) {
+	factor, gcShare, dataFactor = 1, 0, 1
+	reg := prometheus.NewRegistry()
+	a, err := newAccountant(Options{HandshakeTimeout: 5 * time.Second, Costs: &Costs{Seal: costs.Seal, Open: costs.Open, Write: costs.Write}}, reg)
 	if err != nil {
-		return 0, 0, err
+		return
 	}
 	tlsRaw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, 0, err
+		return factor, gcShare, dataFactor, err
 	}
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		_ = tlsRaw.Close()
-		return 0, 0, err
+		return factor, gcShare, dataFactor, err
 	}
 	tl := a.Listener(tlsRaw, &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true})
 	var wg sync.WaitGroup
@@ -62,7 +69,7 @@ func measureHandshakeFactor(cert tls.Certificate) (factor, gcShare float64, err 
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				echoOne(c)
+				serveCalibration(c)
 			}()
 		}
 	}
@@ -99,7 +106,7 @@ func measureHandshakeFactor(cert tls.Certificate) (factor, gcShare float64, err 
 	// Warm up: connections, the listener's goroutines, crypto tables.
 	for _, useTLS := range []bool{true, false} {
 		if err := batch(useTLS); err != nil {
-			return 0, 0, err
+			return factor, gcShare, dataFactor, err
 		}
 	}
 	var extra, extraGC, seg float64
@@ -108,7 +115,7 @@ func measureHandshakeFactor(cert tls.Certificate) (factor, gcShare float64, err 
 		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
 			g0, p0 := gcNow(), processCPU()
 			if err := batch(useTLS); err != nil {
-				return 0, 0, err
+				return factor, gcShare, dataFactor, err
 			}
 			d, g := float64(processCPU()-p0), (gcNow()-g0)*1e9
 			if !useTLS {
@@ -119,19 +126,104 @@ func measureHandshakeFactor(cert tls.Certificate) (factor, gcShare float64, err 
 		seg += float64(a.hsNanos.Load() + clientNanos.Load() - seg0)
 	}
 	if seg <= 0 || extra <= 0 {
-		return 0, 0, errors.New("no handshake CPU measured")
+		return factor, gcShare, dataFactor, errors.New("no handshake CPU measured")
 	}
 	// Never below 1: the segments are part of the process's CPU.
-	return max(1, (extra-max(0, extraGC))/seg), max(0, extraGC) / extra, nil
+	factor, gcShare = max(1, (extra-max(0, extraGC))/seg), max(0, extraGC)/extra
+	if child == nil {
+		return factor, gcShare, dataFactor, nil // no bulk exchanges without a client of their own
+	}
+
+	// Data: the same comparison for keep-alive connections carrying bulk exchanges, against
+	// what the record costs charged for them. DataFactor is the process CPU TLS adds to
+	// moving data per second of record-layer CPU charged: the copies and wake-ups around
+	// the record layer, and the contention of a client on the same machine.
+	charged := func() float64 {
+		mfs, _ := reg.Gather()
+		sum := 0.0
+		for _, mf := range mfs {
+			if mf.GetName() == "edgeproxy_tls_record_cpu_seconds_total" {
+				for _, m := range mf.GetMetric() {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return sum * 1e9
+	}
+	for _, useTLS := range []bool{true, false} { // opens the connections
+		if err := child.bulk(useTLS); err != nil {
+			return factor, gcShare, dataFactor, err
+		}
+	}
+	// The records are charged the record layer's cost as it is while such exchanges run —
+	// as Accountant.recalibrate re-measures it in production while traffic flows — not
+	// the idle machine's of a moment ago: with a client busy on another CPU the same
+	// seal costs more. So the factor is what the process spends beyond the record layer
+	// at its current cost.
+	if err := a.contendedRecordCosts(child); err != nil {
+		return factor, gcShare, dataFactor, err
+	}
+	// The median of the rounds' ratios: a round where something else in the process or
+	// on the machine got in the way of one batch is an outlier, not a share of the answer.
+	var ratios []float64
+	for r := range dataFactorRounds {
+		c0 := charged()
+		dExtra := 0.0
+		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
+			p0 := processCPU()
+			if err := child.bulk(useTLS); err != nil {
+				return factor, gcShare, dataFactor, err
+			}
+			d := float64(processCPU() - p0)
+			if !useTLS {
+				d = -d
+			}
+			dExtra += d
+		}
+		dCharged := charged() - c0
+		if dCharged <= 0 {
+			return factor, gcShare, dataFactor, errors.New("no record CPU charged")
+		}
+		ratios = append(ratios, dExtra/dCharged)
+	}
+	return factor, gcShare, max(1, median(ratios)), nil
 }
 
-// echoOne is the calibration server's exchange: one byte in, one byte out, close.
-func echoOne(c net.Conn) {
+// Calibration exchanges. A connection's first byte says which: 'x' is one byte in, one
+// byte out, close (after a handshake, or not); 'b' starts a bulk connection, kept alive:
+// requests of bulkRequest bytes, each answered with bulkResponse bytes written in
+// bulkPiece writes, as edgeproxy's fast path forwards a response as read from the target.
+const (
+	bulkRequest  = 128
+	bulkResponse = 64 << 10
+	bulkPiece    = 16 << 10
+)
+
+// serveCalibration is the calibration server's side of a connection.
+func serveCalibration(c net.Conn) {
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	var b [1]byte
-	if _, err := io.ReadFull(c, b[:]); err == nil {
-		_, _ = c.Write(b[:])
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	var b [bulkRequest]byte
+	if _, err := io.ReadFull(c, b[:1]); err != nil {
+		return
+	}
+	if b[0] != 'b' {
+		_, _ = c.Write(b[:1])
+		return
+	}
+	if _, err := io.ReadFull(c, b[1:]); err != nil {
+		return
+	}
+	resp := make([]byte, bulkPiece)
+	for {
+		for range bulkResponse / bulkPiece {
+			if _, err := c.Write(resp); err != nil {
+				return
+			}
+		}
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return
+		}
 	}
 }
 
@@ -173,4 +265,49 @@ func clientOne(a *Accountant, addr string, useTLS bool, cfg *tls.Config, nanos *
 	}
 	_, err = io.ReadFull(c, b[:])
 	return err
+}
+
+// contendedRecordCosts re-measures the record layer of the AEADs a's connections
+// negotiated while the child runs an (unmeasured) batch of bulk exchanges, and makes
+// those a's record costs. The caller holds benchMu and is locked to its thread.
+func (a *Accountant) contendedRecordCosts(child *calibrationClient) error {
+	done := make(chan error, 1)
+	go func() { done <- child.bulk(true) }()
+	var seals, opens [3][]Linear
+	for running := true; running; {
+		select {
+		case err := <-done:
+			if err != nil {
+				return err
+			}
+			running = false
+		default:
+		}
+		for i, name := range aeadNames {
+			if rb := benches[name]; rb != nil && a.aeadUsed[i].Load() {
+				seal, open, err := rb.measure(3, 64)
+				if err != nil {
+					return err
+				}
+				seals[i], opens[i] = append(seals[i], seal), append(opens[i], open)
+			}
+		}
+	}
+	rc := *a.rec.Load()
+	for i := range aeadNames {
+		if len(seals[i]) > 0 {
+			rc.seal[i], rc.open[i] = medianLinear(seals[i]), medianLinear(opens[i])
+		}
+	}
+	a.setRecordCosts(&rc)
+	return nil
+}
+
+// medianLinear is the median of each part of ls.
+func medianLinear(ls []Linear) Linear {
+	calls, bytes := make([]float64, len(ls)), make([]float64, len(ls))
+	for i, l := range ls {
+		calls[i], bytes[i] = l.PerCall, l.PerByte
+	}
+	return Linear{PerCall: median(calls), PerByte: median(bytes)}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -36,13 +37,44 @@ func runCalibrationClient(addrs string, in io.Reader, out io.Writer) int {
 	}
 	cfg := &tls.Config{InsecureSkipVerify: true}
 	sc := bufio.NewScanner(in)
-	for sc.Scan() {
-		err := runBatch(func() error {
-			if sc.Text() == "tls" {
-				return clientOne(nil, tlsAddr, true, cfg, nil)
+	bulk := map[bool][]net.Conn{} // by TLS: one kept-alive connection per worker
+	defer func() {
+		for _, cs := range bulk {
+			for _, c := range cs {
+				_ = c.Close()
 			}
-			return clientOne(nil, plainAddr, false, cfg, nil)
-		})
+		}
+	}()
+	for sc.Scan() {
+		var err error
+		switch cmd := sc.Text(); cmd {
+		case "tls", "plain":
+			err = runBatch(func() error {
+				if cmd == "tls" {
+					return clientOne(nil, tlsAddr, true, cfg, nil)
+				}
+				return clientOne(nil, plainAddr, false, cfg, nil)
+			})
+		case "bulk-tls", "bulk-plain":
+			useTLS := cmd == "bulk-tls"
+			addr := plainAddr
+			if useTLS {
+				addr = tlsAddr
+			}
+			if bulk[useTLS] == nil {
+				for range handshakeFactorWorkers {
+					c, err := dialBulk(addr, useTLS, cfg)
+					if err != nil {
+						fmt.Fprintf(out, "error %v\n", err)
+						return 1
+					}
+					bulk[useTLS] = append(bulk[useTLS], c)
+				}
+			}
+			err = runBulk(bulk[useTLS])
+		default:
+			err = fmt.Errorf("unknown command %q", cmd)
+		}
 		if err != nil {
 			fmt.Fprintf(out, "error %v\n", err)
 			continue
@@ -70,6 +102,53 @@ func runBatch(one func() error) error {
 	}
 	var first error
 	for range handshakeFactorWorkers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func dialBulk(addr string, useTLS bool, cfg *tls.Config) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	if useTLS {
+		tc := tls.Client(c, cfg)
+		if err := tc.Handshake(); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		c = tc
+	}
+	return c, nil
+}
+
+// runBulk makes dataFactorExchanges exchanges on each of conns, concurrently.
+func runBulk(conns []net.Conn) error {
+	errs := make(chan error, len(conns))
+	for _, c := range conns {
+		go func() {
+			req := make([]byte, bulkRequest)
+			req[0] = 'b'
+			resp := make([]byte, bulkResponse)
+			for range dataFactorExchanges {
+				if _, err := c.Write(req); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := io.ReadFull(c, resp); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	var first error
+	for range conns {
 		if err := <-errs; err != nil && first == nil {
 			first = err
 		}
@@ -111,10 +190,22 @@ func startCalibrationClient(tlsAddr, plainAddr string) (*calibrationClient, erro
 }
 
 func (c *calibrationClient) batch(useTLS bool) error {
-	cmd := "plain\n"
 	if useTLS {
-		cmd = "tls\n"
+		return c.do("tls")
 	}
+	return c.do("plain")
+}
+
+func (c *calibrationClient) bulk(useTLS bool) error {
+	if useTLS {
+		return c.do("bulk-tls")
+	}
+	return c.do("bulk-plain")
+}
+
+// do sends one command and waits for its answer.
+func (c *calibrationClient) do(cmd string) error {
+	cmd += "\n"
 	if _, err := io.WriteString(c.in, cmd); err != nil {
 		return err
 	}

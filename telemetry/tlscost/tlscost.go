@@ -107,6 +107,7 @@ type Accountant struct {
 	aeadUsed     [3]atomic.Bool // by aeadIndex: negotiated at least once
 	recalRunning atomic.Bool    // a recalibrate goroutine is running
 	lastRecal    atomic.Int64   // time.Since(epoch) of the last start
+	dataFactor   float64        // Costs.DataFactor, at least 1
 	perByte      *prometheus.GaugeVec
 	perRecord    *prometheus.GaugeVec
 }
@@ -137,7 +138,7 @@ func New(opts Options) (*Accountant, error) {
 			log.Warn(err.Error())
 		}
 		opts.Costs = c
-		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor,
+		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
 			"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte*1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall*1e9,
 			"write_syscall_us", c.Write.PerCall*1e6)
 	}
@@ -220,6 +221,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		Name: "edgeproxy_tls_record_cpu_seconds_per_record",
 		Help: "Fixed CPU cost of one TLS record in the record layer, measured as edgeproxy_tls_record_cpu_seconds_per_byte, by aead and direction.",
 	}, []string{"aead", "direction"})
+	a.dataFactor = max(1, a.costs.DataFactor)
 	rc := &recordCosts{}
 	for i, name := range aeadNames {
 		rc.seal[i], rc.open[i] = a.costs.Seal[name], a.costs.Open[name]

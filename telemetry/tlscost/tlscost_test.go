@@ -737,7 +737,7 @@ func TestCalibrate(t *testing.T) {
 	if c.Write.PerCall <= 0 {
 		t.Errorf("write: %+v; want a per-call cost", c.Write)
 	}
-	t.Logf("costs: seal %+v open %+v write %+v handshake allocs %d B, factor %.3f (GC %.2f)", c.Seal, c.Open, c.Write, c.HandshakeAllocBytes, c.HandshakeFactor, c.HandshakeGCShare)
+	t.Logf("costs: seal %+v open %+v write %+v handshake allocs %d B, factor %.3f (GC %.2f) data factor %.3f", c.Seal, c.Open, c.Write, c.HandshakeAllocBytes, c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor)
 	if c.HandshakeAllocBytes <= 0 {
 		t.Errorf("handshake allocations: got %d; want > 0", c.HandshakeAllocBytes)
 	}
