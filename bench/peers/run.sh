@@ -144,7 +144,7 @@ for r in $(seq "$ROUNDS"); do
       out=$(taskset -c "$LOAD_CPU" "$bin" bench -role load -addr "127.0.0.1:${port[$p]}" -tls -x25519 \
         $(workload_args "$w") -c "$CONNS" -warmup "$WARMUP" -duration "$DURATION" -pids "${measure[$p]}")
       echo "$p $w $r $out" >>"$results"
-      echo "   round $r $w $p: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); n=d["requests"]; print("%.0f req/s, %.1f µs CPU/req" % (n/d["seconds"], sum(d["cpu"].values())/n*1e6))')"
+      echo "   round $r $w $p: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); n=d["requests"]; print("%.0f req/s, %.1f µs CPU/req, p50 %.0f µs, p99 %.0f µs" % (n/d["seconds"], sum(d["cpu"].values())/n*1e6, d["p50_us"], d["p99_us"]))')"
     done
   done
 done
