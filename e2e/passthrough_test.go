@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -100,5 +102,69 @@ passthrough:
 			t.Fatalf("metrics lack %q", missing)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Re-encryption on the fast path (issue 6): HTTP/1.1 requests proxied by edgeproxy's own
+// data path reach a TLS target through proxy.Upstream's tls.Client, verified against
+// pool.tls.ca, and new upstream connections resume their TLS sessions. The target closes
+// every connection after its response, so each request needs a new one.
+func TestReencrypt_FastPathResumesUpstreamSessions(t *testing.T) {
+	ca, certFile, keyFile := caSignedCert(t, t.TempDir(), "backend.test")
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resumed, total atomic.Int64
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("User-Agent") == "edgeproxy-HealthChecker/1.0" {
+			return
+		}
+		total.Add(1)
+		if r.TLS.DidResume {
+			resumed.Add(1)
+		}
+		w.Header().Set("Connection", "close")
+		fmt.Fprintf(w, "resumed=%v", r.TLS.DidResume)
+	}))
+	backend.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	backend.StartTLS()
+	t.Cleanup(backend.Close)
+	target := backend.Listener.Addr().String()
+	cert, key, roots := testCert(t, t.TempDir(), "app.test")
+	e := startEdge(t, fmt.Sprintf(`listen:
+  https: "{{HTTPS}}"
+  metrics: "{{METRICS}}"
+tls:
+  certificates: [{cert: %q, key: %q}]
+pool:
+  targets: [%q]
+  tls: {ca: %q, server_name: backend.test}
+  health_check: {interval: 5s}
+log: {access: true}
+`, cert, key, target, ca))
+	e.waitState(t, target, "healthy", 5*time.Second)
+	c := httpsClient(roots, e.HTTPS)
+	for i := range 5 {
+		resp, err := c.Get("https://app.test/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: got %d %q; want 200", i, resp.StatusCode, body)
+		}
+	}
+	if got := total.Load(); got != 5 {
+		t.Fatalf("target saw %d requests; want 5", got)
+	}
+	// The first connection's handshake may be full (unless a health check left a ticket);
+	// every later one resumes.
+	if got := resumed.Load(); got < 4 {
+		t.Errorf("%d of 5 upstream connections resumed their TLS session; want at least 4", got)
+	}
+	if !e.WaitForOutput("engine=fast", 5*time.Second) {
+		t.Errorf("no access line with engine=fast: the requests did not take the fast path\n%s", e.Output())
 	}
 }
