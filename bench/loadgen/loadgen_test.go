@@ -101,4 +101,3 @@ func TestRun_WrongBodyFails(t *testing.T) {
 		t.Errorf("got %v; want an error about the 5-byte body", err)
 	}
 }
-
