@@ -168,3 +168,42 @@ log: {access: true}
 		t.Errorf("no access line with engine=fast: the requests did not take the fast path\n%s", e.Output())
 	}
 }
+
+// A reload changes which names pass through, on the running listener.
+func TestPassthrough_Reload(t *testing.T) {
+	backend, _, _ := tlsBackend(t, "127.0.0.2", "backend.test")
+	target := backend.Listener.Addr().String()
+	cert, key, _ := testCert(t, t.TempDir(), "app.test")
+	config := func(name string) string {
+		return fmt.Sprintf(`listen:
+  https: "{{HTTPS}}"
+  metrics: "{{METRICS}}"
+tls:
+  certificates: [{cert: %q, key: %q}]
+pool:
+  targets: [%q]
+passthrough:
+  - {server_names: [%s], targets: [%q]}
+`, cert, key, target, name, target)
+	}
+	certFor := func(e *edgeProc, sni string) string {
+		t.Helper()
+		c, err := tls.Dial("tcp", e.HTTPS, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatalf("handshake with SNI %s: %v", sni, err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].DNSNames[0]
+	}
+	e := startEdge(t, config("one.test"))
+	if got := certFor(e, "one.test"); got != "backend.test" {
+		t.Errorf("one.test before the reload: certificate for %s; want the backend's", got)
+	}
+	e.rewriteConfig(t, config("two.test"))
+	e.reload(t, "reload done")
+	for sni, want := range map[string]string{"one.test": "app.test", "two.test": "backend.test"} {
+		if got := certFor(e, sni); got != want {
+			t.Errorf("%s after the reload: certificate for %s; want %s's", sni, got, want)
+		}
+	}
+}
