@@ -245,21 +245,33 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	if prior := pr.In.Header.Values("X-Forwarded-For"); trusted && len(prior) > 0 {
 		xff = strings.Join(prior, ", ") + ", " + xff
 	}
+	// One allocation for both values, instead of one per Header.Set (the keys are
+	// already canonical).
+	vals := make([]string, 2)
+	vals[0], vals[1] = xff, pr.In.Host
 	if clientIP.IsValid() {
-		pr.Out.Header.Set("X-Forwarded-For", xff)
+		pr.Out.Header["X-Forwarded-For"] = vals[0:1:1]
 	}
 	if pr.In.Host != "" {
-		pr.Out.Header.Set("X-Forwarded-Host", pr.In.Host)
+		pr.Out.Header["X-Forwarded-Host"] = vals[1:2:2]
 	}
 	removeUnderscoreForwarding(pr.Out.Header)
-	proto := "http"
+	proto := protoHTTP
 	if requestTLS(pr.In) != nil {
-		proto = "https"
-	} else if p := pr.In.Header.Get("X-Forwarded-Proto"); trusted && (p == "https" || p == "http") {
-		proto = p // a TLS-terminating load balancer in front says what the client used
+		proto = protoHTTPS
+	} else if p := pr.In.Header.Get("X-Forwarded-Proto"); trusted && p == "https" {
+		proto = protoHTTPS // a TLS-terminating load balancer in front says what the client used
 	}
-	pr.Out.Header.Set("X-Forwarded-Proto", proto)
+	pr.Out.Header["X-Forwarded-Proto"] = proto
 }
+
+// protoHTTP and protoHTTPS are shared X-Forwarded-Proto values, so that setting the field
+// allocates nothing. Nothing modifies a request's header values in place (an append to
+// these makes a copy: their capacity is 1).
+var (
+	protoHTTP  = []string{"http"}
+	protoHTTPS = []string{"https"}
+)
 
 // removeUnderscoreForwarding drops fields such as X_Forwarded_For: WSGI servers (gunicorn)
 // map "_" and "-" to the same environ key, so such a field could stand in for a
