@@ -142,6 +142,7 @@ type edge struct {
 	cmd                *exec.Cmd
 	https, http, admin string
 	stderr             *strings.Builder
+	errw               *syncWriter // guards stderr while the process runs
 }
 
 type edgeOptions struct {
@@ -186,7 +187,8 @@ log: {format: text}
 		return nil, err
 	}
 	e.cmd = exec.Command(*bin, "run", "-config", path)
-	e.cmd.Stderr = &syncWriter{w: e.stderr}
+	e.errw = &syncWriter{w: e.stderr}
+	e.cmd.Stderr = e.errw
 	if err := e.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -341,6 +343,7 @@ func accuracy(dir, backend string) error {
 		return err
 	}
 	defer e.stop()
+	printCalibration(e)
 	fmt.Println("| scenario | extra process CPU per request (TLS − plain) | edgeproxy_tls_cpu_seconds_total per request | ratio (median) | ratio spread (min..max) |")
 	fmt.Println("|---|---|---|---|---|")
 	for _, sc := range scenarios() {
@@ -355,6 +358,11 @@ func accuracy(dir, backend string) error {
 			// A run is chunks: TLS and plain alternate every requests/chunks requests, so
 			// that both see the same background load on this shared machine.
 			var cpuTLS, cpuPlain, metricTLS float64
+			parts := []string{"edgeproxy_tls_handshake_cpu_seconds_sum", "edgeproxy_tls_record_cpu_seconds_total", "edgeproxy_tls_gc_cpu_seconds_total", "edgeproxy_tls_extra_writes_total"}
+			part0 := make([]float64, len(parts))
+			for k, p := range parts {
+				part0[k] = e.metric(p)
+			}
 			for j := range *chunks {
 				order := []bool{true, false}
 				if (i+j)%2 == 1 {
@@ -380,11 +388,29 @@ func accuracy(dir, backend string) error {
 			extra, measured, ratio = append(extra, x), append(measured, m), append(ratio, m/x)
 			fmt.Fprintf(os.Stderr, "  %s run %d: TLS %.3fs plain %.3fs CPU; extra %.1fµs/req, metric %.1fµs/req, ratio %.3f\n",
 				sc.name, i+1, cpuTLS, cpuPlain, x*1e6, m*1e6, m/x)
+			// What the metric is made of, per request (handshakes on their thread, records,
+			// GC share in µs; extra writes as a count).
+			fmt.Fprintf(os.Stderr, "    per request: handshake thread CPU %.1fµs, records %.1fµs, GC %.1fµs, extra writes %.2f\n",
+				(e.metric(parts[0])-part0[0])/reqs*1e6, (e.metric(parts[1])-part0[1])/reqs*1e6,
+				(e.metric(parts[2])-part0[2])/reqs*1e6, (e.metric(parts[3])-part0[3])/reqs)
 		}
 		fmt.Printf("| %s | %.1f µs | %.1f µs | %.2f | %.2f..%.2f |\n", sc.name, median(extra)*1e6, median(measured)*1e6,
 			median(ratio), slices.Min(ratio), slices.Max(ratio))
 	}
 	return nil
+}
+
+// printCalibration prints what the edge measured at start-up (its "tlscost: calibrated"
+// log line): the handshake and data factors and the record costs.
+func printCalibration(e *edge) {
+	e.errw.mu.Lock()
+	logs := e.stderr.String()
+	e.errw.mu.Unlock()
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "tlscost: calibrated") {
+			fmt.Printf("edge start-up: %s\n\n", line[strings.Index(line, "handshake_factor"):])
+		}
+	}
 }
 
 func (e *edge) addr(tls bool) string {
