@@ -45,6 +45,10 @@ type Costs struct {
 	// Write is the CPU cost of one write(2) of n bytes on a TCP socket. Its PerCall part is
 	// what a write that TLS adds costs (one per extra record, one per close_notify).
 	Write Linear
+	// MinSyscall is the least a write(2) on a socket costs here (the fastest of several
+	// rounds of small writes): half of it is the shortest gap that two writes of the
+	// application can have between them (conn.sameWrite).
+	MinSyscall float64
 	// HandshakeFactor is the process CPU one second of a handshake's thread-clock CPU
 	// stands for (measureHandshakeFactor): what the handshake causes around its
 	// segments. Values below 1 mean 1.
@@ -112,11 +116,11 @@ func calibrate() (*Costs, error) {
 	if c.HandshakeAllocBytes, err = measureHandshakeAllocs(); err != nil {
 		return c, fmt.Errorf("tlscost: measuring handshake allocations: %w; no GC CPU is charged to TLS", err)
 	}
-	w, err := measureWrite()
+	w, minSys, err := measureWrite()
 	if err != nil {
 		return c, fmt.Errorf("tlscost: calibrating write(2) on loopback: %w; extra writes read as free", err)
 	}
-	c.Write = w
+	c.Write, c.MinSyscall = w, minSys
 	if c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor, err = measureHandshakeFactor(cert, c); err != nil {
 		return c, fmt.Errorf("tlscost: measuring what handshakes and records cost around what is clocked: %w; charging what is clocked only", err)
 	}
@@ -195,10 +199,13 @@ func fit(n1 int, c1 float64, n2 int, c2 float64) Linear {
 // TCP processing, as it does in the accuracy benchmark. Each point is the median of rounds:
 // unlike pure computation, a write's cost varies with what the receiver is doing, and the
 // median is the typical cost rather than the luckiest.
-func measureWrite() (Linear, error) {
+//
+// It also returns the fastest round's cost of a small write: the least a system call on a
+// socket costs here, undisturbed (interference only adds), for telling writes apart.
+func measureWrite() (Linear, float64, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return Linear{}, err
+		return Linear{}, 0, err
 	}
 	defer ln.Close()
 	drained := make(chan struct{})
@@ -213,7 +220,7 @@ func measureWrite() (Linear, error) {
 	}()
 	w, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
 	if err != nil {
-		return Linear{}, err
+		return Linear{}, 0, err
 	}
 	defer func() {
 		_ = w.Close()
@@ -221,6 +228,7 @@ func measureWrite() (Linear, error) {
 	}()
 	_ = w.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, fullRecord+64)
+	var fastestSmall float64
 	point := func(n int) (float64, error) {
 		var rounds []float64
 		for range 9 {
@@ -233,18 +241,21 @@ func measureWrite() (Linear, error) {
 			rounds = append(rounds, float64(threadCPU()-t0)/1e9/40)
 		}
 		slices.Sort(rounds)
+		if n == smallRecord {
+			fastestSmall = rounds[0]
+		}
 		return rounds[len(rounds)/2], nil
 	}
 	if _, err := point(smallRecord); err != nil { // warm up the connection
-		return Linear{}, err
+		return Linear{}, 0, err
 	}
 	small, err := point(smallRecord)
 	if err != nil {
-		return Linear{}, err
+		return Linear{}, 0, err
 	}
 	full, err := point(fullRecord)
 	if err != nil {
-		return Linear{}, err
+		return Linear{}, 0, err
 	}
-	return fit(smallRecord, small, fullRecord, full), nil
+	return fit(smallRecord, small, fullRecord, full), fastestSmall, nil
 }

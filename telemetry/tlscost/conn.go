@@ -214,12 +214,13 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 // between two writes of the application there is at least the system call that read what
 // it forwards (on the fast path: a 16 KiB write of a response, then the read of the next
 // piece from the target). So the record is the same write's when the gap is below twice
-// its calibrated sealing cost plus half a calibrated system call. (Sizes alone cannot
+// its calibrated sealing cost plus half the least a system call costs here (the fastest,
+// not the typical: a start-up on a busy machine must not widen the window). (Sizes alone cannot
 // tell: a full record and a short one are a write of 16 KiB and a bit, or a 16 KiB piece
 // and the last short piece of a body.) A preempted writer reads as two writes, an
 // extra write missed.
 func (c *conn) sameWrite(plain int) bool {
-	limit := 2*c.a.rec.Load().seal[c.aead].At(plain) + c.a.costs.Write.PerCall/2
+	limit := 2*c.a.rec.Load().seal[c.aead].At(plain) + c.a.costs.MinSyscall/2
 	return c.gap.Seconds() < limit
 }
 
