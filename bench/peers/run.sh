@@ -181,14 +181,15 @@ if [ "$PROFILE" != 0 ] && [[ " $PEERS " == *" edgeproxy "* ]]; then
   echo "== CPU profile of edgeproxy (fast path on) under the keep-alive workload, $PROFILE"
   kill "$(echo "${measure[edgeproxy]}" | cut -d+ -f1)"
   sleep 1
+  # Profiling starts 3s in: after the TLS cost calibration at start-up and the warm-up.
   GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$bin" bench -role edge-profile -config "$dir/edgeproxy.yaml" \
-    -cpuprofile "$dir/cpu.pprof" 2>>"$dir/edgeproxy-profile.log" &
+    -cpuprofile "$dir/cpu.pprof" -profile-delay 3s 2>>"$dir/edgeproxy-profile.log" &
   prof=$!
   pids+=("$prof")
   sleep 1
   # shellcheck disable=SC2046
   taskset -c "$LOAD_CPU" "$bin" bench -role load -addr "127.0.0.1:${port[edgeproxy]}" -tls -x25519 \
-    $(workload_args keepalive) -c "$CONNS" -warmup "$WARMUP" -duration "$PROFILE" -pids "$prof" >/dev/null
+    $(workload_args keepalive) -c "$CONNS" -warmup 2s -duration "$PROFILE" -pids "$prof" >/dev/null
   kill -TERM "$prof"
   wait "$prof" || true
   go tool pprof -top -nodecount=40 "$bin" "$dir/cpu.pprof" 2>/dev/null | head -50

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -105,6 +106,7 @@ func edgeProfile(args []string, stderr io.Writer) int {
 	fs := newFlags("bench -role edge-profile", "bench -role edge-profile -config FILE -cpuprofile FILE", stderr)
 	file := fs.String("config", defaultConfig, "configuration `file`")
 	out := fs.String("cpuprofile", "cpu.pprof", "CPU profile `file`")
+	delay := fs.Duration("profile-delay", 0, "start profiling this long after start-up (past the TLS cost calibration and the load's warm-up)")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -119,11 +121,32 @@ func edgeProfile(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer f.Close()
-	if err := pprof.StartCPUProfile(f); err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+	var mu sync.Mutex // guards profiling and stopped
+	profiling, stopped := false, false
+	start := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, err)
+			return
+		}
+		profiling = true
+	}
+	if *delay > 0 {
+		t := time.AfterFunc(*delay, start)
+		defer t.Stop()
+	} else {
+		start()
 	}
 	code := serve(cfg, newLogger(cfg.Log.Format, stderr), nil, nil)
-	pprof.StopCPUProfile()
+	mu.Lock()
+	stopped = true
+	if profiling {
+		pprof.StopCPUProfile()
+	}
+	mu.Unlock()
 	return code
 }
