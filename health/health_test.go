@@ -154,9 +154,10 @@ func TestChecker_HostHeaderAndAllowedHostsHint(t *testing.T) {
 
 	c, obs, logs := newChecker(t, Options{Path: "/admin/login/"})
 	start(t, c, addr)
-	waitFor(t, "unhealthy", 2*time.Second, func() bool { return stateOf(c, addr) == Unhealthy })
 	want := "target " + addr + " unhealthy: status 400 not in 200-399"
-	if !strings.Contains(logs.String(), want) || !strings.Contains(logs.String(), "ALLOWED_HOSTS") {
+	// The transition is logged just after the state changes: wait for the line itself.
+	waitFor(t, "the unhealthy transition logged", 2*time.Second, func() bool { return strings.Contains(logs.String(), want) })
+	if stateOf(c, addr) != Unhealthy || !strings.Contains(logs.String(), "ALLOWED_HOSTS") {
 		t.Errorf("log lacks %q and the ALLOWED_HOSTS hint:\n%s", want, logs)
 	}
 	if r := obs.reasons(); r[0] != ReasonResponseCodeMismatch {

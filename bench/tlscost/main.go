@@ -192,12 +192,14 @@ log: {format: text}
 	if err := e.cmd.Start(); err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		res, err := http.Get("http://" + e.http + "/bytes?n=1")
 		if err == nil {
 			res.Body.Close()
-			if res.StatusCode == 200 {
+			// The edge serves at once and calibrates in the background: measure only
+			// once it charges the calibrated costs.
+			if res.StatusCode == 200 && (!o.tlsCost || e.logged("tlscost: calibrated")) {
 				return e, nil
 			}
 		}
@@ -398,6 +400,13 @@ func accuracy(dir, backend string) error {
 			median(ratio), slices.Min(ratio), slices.Max(ratio))
 	}
 	return nil
+}
+
+// logged reports whether the edge has logged a line containing s.
+func (e *edge) logged(s string) bool {
+	e.errw.mu.Lock()
+	defer e.errw.mu.Unlock()
+	return strings.Contains(e.stderr.String(), s)
 }
 
 // printCalibration prints what the edge measured at start-up (its "tlscost: calibrated"

@@ -114,7 +114,7 @@ func TestDemo_ServesWithNoSetup(t *testing.T) {
 	if !p.WaitForOutput("curl -k https://"+https+"/", 10*time.Second) {
 		t.Fatalf("no curl line:\n%s", p.Output())
 	}
-	if !strings.Contains(p.Output(), "http://"+metrics+"/metrics") {
+	if !p.WaitForOutput("http://"+metrics+"/metrics", 5*time.Second) {
 		t.Errorf("no metrics URL:\n%s", p.Output())
 	}
 	deadline := time.Now().Add(5 * time.Second)

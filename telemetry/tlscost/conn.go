@@ -158,7 +158,7 @@ func (c *conn) finishHandshake(cs *tls.ConnectionState) {
 // chargeIn costs one record read after the handshake (or found after the client's Finished).
 func (c *conn) chargeIn(_ byte, body int) {
 	a := c.a
-	cpu := a.rec.Load().open[c.aead].At(max(0, body-c.overhead)) * a.dataFactor
+	cpu := a.rec.Load().open[c.aead].At(max(0, body-c.overhead)) * a.dataFactorValue()
 	a.recordBytesIn.Add(float64(recordHeaderLen + body))
 	a.recordCPUIn.Add(cpu)
 	a.cpuTotal.Add(cpu)
@@ -198,7 +198,7 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 		c.prevFull = plain >= limit
 	}
 	a := c.a
-	cpu := a.rec.Load().seal[c.aead].At(plain) * a.dataFactor
+	cpu := a.rec.Load().seal[c.aead].At(plain) * a.dataFactorValue()
 	if extra {
 		cpu += a.writeCost()
 		a.extraWrites.Inc()
@@ -220,7 +220,7 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 // and the last short piece of a body.) A preempted writer reads as two writes, an
 // extra write missed.
 func (c *conn) sameWrite(plain int) bool {
-	limit := 2*c.a.rec.Load().seal[c.aead].At(plain) + c.a.costs.MinSyscall/2
+	limit := 2*c.a.rec.Load().seal[c.aead].At(plain) + c.a.costs.Load().MinSyscall/2
 	return c.gap.Seconds() < limit
 }
 
@@ -259,7 +259,7 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) bool {
 	a.handshakeCPU.WithLabelValues(result, version, resumed, key).Observe(sec)
 	a.handshakeWall.Observe(wall.Seconds())
 	a.hsNanos.Add(c.cpu)
-	a.cpuTotal.Add(sec * max(1, a.costs.HandshakeFactor))
+	a.cpuTotal.Add(sec * max(1, a.costs.Load().HandshakeFactor))
 	return err == nil
 }
 

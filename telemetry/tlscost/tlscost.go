@@ -77,7 +77,7 @@ const DefaultHandshakeTimeout = 10 * time.Second
 type Accountant struct {
 	timeout     time.Duration
 	maxAppWrite int
-	costs       *Costs
+	costs       atomic.Pointer[Costs] // replaced once by the background calibration
 	log         *slog.Logger
 
 	handshakes     *prometheus.CounterVec
@@ -103,13 +103,14 @@ type Accountant struct {
 	// Record costs as charged now: Costs.Seal/Open at first, then, when they came from
 	// Calibrate, re-measured at most every recalibrateEvery while TLS traffic flows.
 	rec          atomic.Pointer[recordCosts]
-	live         bool           // re-measure (costs from Calibrate)
+	live         atomic.Bool    // re-measure (costs from Calibrate, once it has run)
 	aeadUsed     [3]atomic.Bool // by aeadIndex: negotiated at least once
 	recalRunning atomic.Bool    // a recalibrate goroutine is running
 	lastRecal    atomic.Int64   // time.Since(epoch) of the last start
-	dataFactor   float64        // Costs.DataFactor, at least 1
+	dataFactor   atomic.Uint64  // float64 bits: Costs.DataFactor, at least 1
 	perByte      *prometheus.GaugeVec
 	perRecord    *prometheus.GaugeVec
+	calibrated   chan struct{} // closed when the background calibration is applied; nil: none ran
 }
 
 // recordCosts are the per-record costs of each AEAD, by aeadIndex.
@@ -133,32 +134,65 @@ func New(opts Options) (*Accountant, error) {
 	}
 	live := opts.Costs == nil
 	if live {
-		c, err := Calibrate()
-		if err != nil {
-			log.Warn(err.Error())
-		}
-		opts.Costs = c
-		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
-			"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte*1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall*1e9,
-			"write_syscall_us", c.Write.PerCall*1e6)
+		// Calibration takes about a second of CPU (tens of seconds on a loaded machine):
+		// it must not hold up start-up. Until it is done, handshakes are charged their
+		// thread CPU alone and records nothing; Calibrated says when it is.
+		opts.Costs = &Costs{Seal: map[string]Linear{}, Open: map[string]Linear{}}
 	}
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
 	a, err := newAccountant(opts, reg)
-	if a != nil {
-		a.live = live
+	if err != nil || !live {
+		return a, err
 	}
-	return a, err
+	a.calibrated = make(chan struct{})
+	go func() {
+		defer close(a.calibrated)
+		c, err := Calibrate()
+		if err != nil {
+			log.Warn(err.Error())
+		}
+		a.applyCosts(c)
+		a.live.Store(true)
+		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
+			"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte*1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall*1e9,
+			"write_syscall_us", c.Write.PerCall*1e6)
+	}()
+	return a, nil
 }
+
+// Calibrated is closed once the start-up calibration has been applied (at once when the
+// costs were given in Options). A nil Accountant is never calibrated.
+func (a *Accountant) Calibrated() <-chan struct{} {
+	if a.calibrated == nil {
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
+	return a.calibrated
+}
+
+// applyCosts makes c the costs charged from now on.
+func (a *Accountant) applyCosts(c *Costs) {
+	a.costs.Store(c)
+	a.dataFactor.Store(math.Float64bits(max(1, c.DataFactor)))
+	rc := &recordCosts{}
+	for i, name := range aeadNames {
+		rc.seal[i], rc.open[i] = c.Seal[name], c.Open[name]
+	}
+	a.setRecordCosts(rc)
+	a.writeFixed.Store(math.Float64bits(c.Write.PerCall))
+}
+
+func (a *Accountant) dataFactorValue() float64 { return math.Float64frombits(a.dataFactor.Load()) }
 
 // newAccountant is New with opts.Costs set (Calibrate uses it, for its own handshakes).
 func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error) {
 	a := &Accountant{
 		timeout:     opts.HandshakeTimeout,
 		maxAppWrite: opts.MaxAppWrite,
-		costs:       opts.Costs,
 		log:         opts.Logger,
 	}
 	if a.timeout <= 0 {
@@ -221,13 +255,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		Name: "edgeproxy_tls_record_cpu_seconds_per_record",
 		Help: "Fixed CPU cost of one TLS record in the record layer, measured as edgeproxy_tls_record_cpu_seconds_per_byte, by aead and direction.",
 	}, []string{"aead", "direction"})
-	a.dataFactor = max(1, a.costs.DataFactor)
-	rc := &recordCosts{}
-	for i, name := range aeadNames {
-		rc.seal[i], rc.open[i] = a.costs.Seal[name], a.costs.Open[name]
-	}
-	a.setRecordCosts(rc)
-	a.writeFixed.Store(math.Float64bits(a.costs.Write.PerCall))
+	a.applyCosts(opts.Costs)
 	writeCost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_extra_write_cpu_seconds",
 		Help: "CPU cost of one write(2) on the TLS connections (the fixed part, measured on a sample of real writes), charged for each extra write.",
@@ -259,7 +287,7 @@ func (a *Accountant) sampleWrite(w net.Conn, p []byte) (int, error) {
 	if err != nil || n == 0 || d <= 0 {
 		return n, err
 	}
-	x := max(0, d-a.costs.Write.PerByte*float64(n))
+	x := max(0, d-a.costs.Load().Write.PerByte*float64(n))
 	k := a.writeN.Add(1)
 	for {
 		old := a.writeFixed.Load()
@@ -294,7 +322,7 @@ const recalibrateEvery = time.Second
 // called on the sampled writes of the data path; the measurement runs in a goroutine of
 // its own, which ends with it.
 func (a *Accountant) maybeRecalibrate() {
-	if !a.live {
+	if !a.live.Load() {
 		return
 	}
 	now := time.Since(epoch)
@@ -343,7 +371,7 @@ func (a *Accountant) writeCost() float64 { return math.Float64frombits(a.writeFi
 
 // tlsAllocBytes is what the handshakes so far have allocated, as calibrated.
 func (a *Accountant) tlsAllocBytes() float64 {
-	return float64(a.okHandshakes.Load()) * float64(a.costs.HandshakeAllocBytes)
+	return float64(a.okHandshakes.Load()) * float64(a.costs.Load().HandshakeAllocBytes)
 }
 
 // versionLabel is the version label value of a negotiated version (0: none).

@@ -756,6 +756,7 @@ func TestAccountant_Recalibrate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-a.Calibrated() // in the background, so as not to hold up start-up
 	before := *a.rec.Load()
 	a.aeadUsed[aeadIndex(AES128GCM)].Store(true)
 	a.maybeRecalibrate()
@@ -779,5 +780,28 @@ func TestAccountant_Recalibrate(t *testing.T) {
 	fixed.maybeRecalibrate()
 	if fixed.recalRunning.Load() || fixed.rec.Load().seal[i] != testCosts.Seal[AES128GCM] {
 		t.Errorf("given costs: re-measured; want them kept")
+	}
+}
+
+// Calibration runs in the background: New returns before it is done, and the costs it
+// measured are charged once Calibrated is closed.
+func TestNew_CalibratesInTheBackground(t *testing.T) {
+	if !threadClockWorks() {
+		t.Skip("no thread CPU clock")
+	}
+	start := time.Now()
+	a, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned := time.Since(start)
+	select {
+	case <-a.Calibrated():
+	case <-time.After(2 * time.Minute):
+		t.Fatal("calibration did not finish")
+	}
+	t.Logf("New returned after %v; calibration done after %v", returned, time.Since(start))
+	if c := a.costs.Load(); c.Seal[AES128GCM].PerByte <= 0 {
+		t.Errorf("after calibration: aes128gcm seal %+v; want a measured cost", c.Seal[AES128GCM])
 	}
 }
