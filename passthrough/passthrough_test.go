@@ -195,6 +195,11 @@ func TestRouter_NoTargetReachable(t *testing.T) {
 	if _, _, err := get(t, addr, "pass.test"); err == nil {
 		t.Fatal("got a response; want the connection closed")
 	}
+	// The client may see the close before the router records it: wait a little.
+	deadline := time.Now().Add(2 * time.Second)
+	for obs.all() != "failed "+dead && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if got := obs.all(); got != "failed "+dead {
 		t.Errorf("observer got %q; want %q", got, "failed "+dead)
 	}
