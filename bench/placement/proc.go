@@ -5,14 +5,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // proc is a child process of the benchmark.
@@ -30,7 +27,7 @@ type proc struct {
 func startProc(name string, cpu int, bin string, args ...string) (*proc, error) {
 	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the benchmark
+	p.cmd.SysProcAttr = sysProcAttr()
 	err := withAffinity(cpu, p.cmd.Start)
 	if err != nil {
 		return nil, fmt.Errorf("placement: starting %s: %w", name, err)
@@ -40,29 +37,6 @@ func startProc(name string, cpu int, bin string, args ...string) (*proc, error) 
 		close(p.done)
 	}()
 	return p, nil
-}
-
-// withAffinity runs start on an OS thread pinned to cpu (when cpu >= 0), then restores
-// the thread's mask.
-func withAffinity(cpu int, start func() error) error {
-	if cpu < 0 {
-		return start()
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var old, set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		return err
-	}
-	set.Set(cpu)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("pinning to CPU %d: %w", cpu, err)
-	}
-	err := start()
-	if rerr := unix.SchedSetaffinity(0, &old); rerr != nil && err == nil {
-		err = rerr
-	}
-	return err
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
