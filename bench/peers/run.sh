@@ -113,6 +113,11 @@ start_peer() {
     tail -20 "$dir/$p.log" "$dir/nginx-error.log" 2>/dev/null >&2 || true
     exit 1
   fi
+  # edgeproxy calibrates its TLS cost accounting in the background after start-up (with a
+  # client process of its own): wait for it, so that it is not measured as the proxy's.
+  if [[ "$p" == edgeproxy* ]]; then
+    for _ in $(seq 600); do grep -q "tlscost: calibrated" "$dir/$p.log" && break; sleep 0.1; done
+  fi
   # Every process of the peer: nginx's master and worker.
   local all=$main child
   for child in $(pgrep -P "$main" || true); do all="$all+$child"; done
@@ -181,15 +186,20 @@ if [ "$PROFILE" != 0 ] && [[ " $PEERS " == *" edgeproxy "* ]]; then
   echo "== CPU profile of edgeproxy (fast path on) under the keep-alive workload, $PROFILE"
   kill "$(echo "${measure[edgeproxy]}" | cut -d+ -f1)"
   sleep 1
-  # Profiling starts 3s in: after the TLS cost calibration at start-up and the warm-up.
+  # Profiling starts at SIGUSR1, sent when the warm-up is over: after the TLS cost
+  # calibration (waited for) and the warm-up, only the measured window is profiled.
   GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$bin" bench -role edge-profile -config "$dir/edgeproxy.yaml" \
-    -cpuprofile "$dir/cpu.pprof" -profile-delay 3s 2>>"$dir/edgeproxy-profile.log" &
+    -cpuprofile "$dir/cpu.pprof" -profile-on-usr1 2>>"$dir/edgeproxy-profile.log" &
   prof=$!
   pids+=("$prof")
-  sleep 1
+  for _ in $(seq 600); do grep -q "tlscost: calibrated" "$dir/edgeproxy-profile.log" && break; sleep 0.1; done
   # shellcheck disable=SC2046
   taskset -c "$LOAD_CPU" "$bin" bench -role load -addr "127.0.0.1:${port[edgeproxy]}" -tls -x25519 \
-    $(workload_args keepalive) -c "$CONNS" -warmup 2s -duration "$PROFILE" -pids "$prof" >/dev/null
+    $(workload_args keepalive) -c "$CONNS" -warmup 2s -duration "$PROFILE" -pids "$prof" >/dev/null &
+  load=$!
+  sleep 2
+  kill -USR1 "$prof"
+  wait "$load"
   kill -TERM "$prof"
   wait "$prof" || true
   go tool pprof -top -nodecount=40 "$bin" "$dir/cpu.pprof" 2>/dev/null | head -50

@@ -106,7 +106,8 @@ func edgeProfile(args []string, stderr io.Writer) int {
 	fs := newFlags("bench -role edge-profile", "bench -role edge-profile -config FILE -cpuprofile FILE", stderr)
 	file := fs.String("config", defaultConfig, "configuration `file`")
 	out := fs.String("cpuprofile", "cpu.pprof", "CPU profile `file`")
-	delay := fs.Duration("profile-delay", 0, "start profiling this long after start-up (past the TLS cost calibration and the load's warm-up)")
+	delay := fs.Duration("profile-delay", 0, "start profiling this long after start-up (0: at once; see also -profile-on-usr1)")
+	onUSR1 := fs.Bool("profile-on-usr1", false, "start profiling at the first SIGUSR1 (when the caller's measured window opens)")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -135,10 +136,19 @@ func edgeProfile(args []string, stderr io.Writer) int {
 		}
 		profiling = true
 	}
-	if *delay > 0 {
+	switch {
+	case *onUSR1:
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		defer signal.Stop(usr1)
+		go func() {
+			<-usr1
+			start()
+		}()
+	case *delay > 0:
 		t := time.AfterFunc(*delay, start)
 		defer t.Stop()
-	} else {
+	default:
 		start()
 	}
 	code := serve(cfg, newLogger(cfg.Log.Format, stderr), nil, nil)
