@@ -291,8 +291,11 @@ func (h *Handler) serveFast(c *fastConn) (keepAlive bool) {
 	}
 	if h.opts.MaxBodyBytes > 0 && req.Framing == h1.FramingLength && req.ContentLength > h.opts.MaxBodyBytes {
 		res.status = http.StatusRequestEntityTooLarge
-		c.writeError(h, res.status, true)
-		return false // the body was not read: the connection cannot go on
+		// Read (and drop) a body of moderate size first, as net/http does: a client still
+		// sending it would otherwise see its connection reset instead of the 413.
+		drained := c.discardBody(maxDiscardBytes)
+		c.writeError(h, res.status, !drained)
+		return drained && keepAlive
 	}
 	if pick.FailOpen && h.opts.Observer != nil {
 		h.opts.Observer.FailOpen()
@@ -738,6 +741,34 @@ func (c *fastConn) writeError(h *Handler, code int, closeAfter bool) bool {
 	c.out = appendErrorResponse(c.out[:0], code, h.hstsFor(c.tls != nil), closeAfter)
 	_, err := c.conn.Write(c.out)
 	return err == nil
+}
+
+// maxDiscardBytes is the most of an unwanted request body the fast path reads and drops
+// to answer on a connection that stays usable; net/http's limit too.
+const maxDiscardBytes = 256 << 10
+
+// discardBody reads and drops the request's Content-Length body if it is at most limit
+// bytes and arrives within the idle timeout, and reports whether it did.
+func (c *fastConn) discardBody(limit int64) bool {
+	n := c.req.ContentLength
+	if c.req.Framing != h1.FramingLength || n > limit {
+		return false
+	}
+	if c.bodyDrainable() {
+		return true
+	}
+	left := n - int64(c.w-c.r-c.headLen)
+	c.r, c.w, c.bodyConsumed = 0, 0, 0
+	c.conn.SetReadDeadline(time.Now().Add(c.srv.opts.IdleTimeout))
+	defer c.conn.SetReadDeadline(time.Time{})
+	for left > 0 {
+		k, err := c.conn.Read(c.buf[:min(int64(len(c.buf)), left)]) // never past the body
+		left -= int64(k)
+		if err != nil && left > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // bodyDrainable reports whether the request's body is wholly in the buffer, so that the

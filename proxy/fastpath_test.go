@@ -351,3 +351,23 @@ func TestFastPath_RetryRules(t *testing.T) {
 		})
 	}
 }
+
+// A body over max_body_bytes is read and dropped (when moderate), answered 413, and the
+// connection goes on, as with net/http: a client still sending it sees the 413, not a reset.
+func TestFastPath_TooLargeBodyKeepsConnection(t *testing.T) {
+	b := startRawBackend(t)
+	s := startServer(t, true, Options{Picker: pickerForAddr(b.ln.Addr().String()), MaxBodyBytes: 4}, false)
+	c, br := dialRaw(t, s.addr)
+	fmt.Fprint(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n")
+	fmt.Fprint(c, strings.Repeat("x", 20000))
+	if resp, _ := readResp(t, br); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("got %d; want 413", resp.StatusCode)
+	}
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if resp, body := readResp(t, br); resp.StatusCode != 200 || body != "hello" {
+		t.Errorf("next request on the connection: %d %q; want 200 hello", resp.StatusCode, body)
+	}
+	if reqs := b.requests(); len(reqs) != 1 {
+		t.Errorf("target saw %d requests; want only the GET", len(reqs))
+	}
+}
