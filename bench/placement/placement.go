@@ -25,6 +25,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,6 +57,11 @@ type Options struct {
 	Duration, Warmup time.Duration
 	// Connections is the load's concurrency; zero means 8.
 	Connections int
+	// Rounds is how many times every placement and workload is measured; each figure is
+	// the median of its rounds. Rounds are interleaved (every placement runs its edge the
+	// whole time, and each round starts at another placement), so that all see the same
+	// background load. Zero means 1.
+	Rounds int
 	// EdgeCPU, BackendCPU and LoadCPU pin those processes to a CPU; negative means
 	// unpinned. (Zero pins to CPU 0: callers start from -1.)
 	EdgeCPU, BackendCPU, LoadCPU int
@@ -91,6 +97,7 @@ type Report struct {
 	Duration    time.Duration `json:"-"`
 	Seconds     float64       `json:"duration_seconds"`
 	Connections int           `json:"connections"`
+	Rounds      int           `json:"rounds"`
 	Pinning     string        `json:"pinning"`
 	Results     []Result      `json:"results"`
 }
@@ -130,6 +137,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Connections == 0 {
 		o.Connections = 8
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 1
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
@@ -175,19 +185,85 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	model, cpus := Machine()
 	rep := &Report{Machine: model, CPUs: cpus, Duration: o.Duration, Seconds: o.Duration.Seconds(),
-		Connections: o.Connections, Pinning: pinning(o)}
-	for _, p := range o.Placements {
-		if err := ctx.Err(); err != nil {
-			return nil, err
+		Connections: o.Connections, Rounds: o.Rounds, Pinning: pinning(o)}
+	edges := map[string]*edgeRun{}
+	defer func() {
+		for _, e := range edges {
+			e.proc.stop()
 		}
-		results, err := runPlacement(ctx, o, dir, c, p, backend, backendPlain, backendTLS)
+	}()
+	for _, p := range o.Placements {
+		e, err := startEdge(ctx, o, dir, c, p, backendPlain, backendTLS)
 		if err != nil {
 			return nil, err
 		}
-		rep.Results = append(rep.Results, results...)
+		edges[p] = e
+	}
+	type key struct{ p, w string }
+	runs := map[key][]Result{}
+	for round := range o.Rounds {
+		for _, w := range o.Workloads {
+			for i := range o.Placements {
+				p := o.Placements[(i+round)%len(o.Placements)]
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				e := edges[p]
+				fmt.Fprintf(o.Progress, "bench: round %d/%d: %s / %s (%v)\n", round+1, o.Rounds, p, w, o.Duration)
+				r, err := measure(o, e.target, w, e.proc, backend, e.metrics)
+				if err != nil {
+					return nil, fmt.Errorf("placement %s, workload %s: %w\nedge output:\n%s", p, w, err, tail(e.proc.out.String(), 2000))
+				}
+				runs[key{p, w}] = append(runs[key{p, w}], r)
+			}
+		}
+	}
+	for _, p := range o.Placements {
+		for _, w := range o.Workloads {
+			r := medianResult(runs[key{p, w}])
+			r.Placement, r.Workload = p, w
+			if p == "plain" {
+				r.TLSMetricUs = nil
+			}
+			rep.Results = append(rep.Results, r)
+		}
 	}
 	rep.derive()
 	return rep, nil
+}
+
+// medianResult is the median of each figure over rounds.
+func medianResult(rs []Result) Result {
+	med := func(f func(Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		if n := len(v); n%2 == 0 {
+			return (v[n/2-1] + v[n/2]) / 2
+		}
+		return v[len(v)/2]
+	}
+	out := Result{
+		Requests:     int(med(func(r Result) float64 { return float64(r.Requests) })),
+		RPS:          med(func(r Result) float64 { return r.RPS }),
+		P50us:        med(func(r Result) float64 { return r.P50us }),
+		P99us:        med(func(r Result) float64 { return r.P99us }),
+		EdgeCPUus:    med(func(r Result) float64 { return r.EdgeCPUus }),
+		BackendCPUus: med(func(r Result) float64 { return r.BackendCPUus }),
+		LoadCPUus:    med(func(r Result) float64 { return r.LoadCPUus }),
+	}
+	if rs[0].TLSMetricUs != nil {
+		m := med(func(r Result) float64 {
+			if r.TLSMetricUs == nil {
+				return 0
+			}
+			return *r.TLSMetricUs
+		})
+		out.TLSMetricUs = &m
+	}
+	return out
 }
 
 func pinning(o Options) string {
@@ -224,9 +300,16 @@ type clientTarget struct {
 	sni  string
 }
 
-// runPlacement starts an edge configured for placement p and runs every workload
-// against it.
-func runPlacement(ctx context.Context, o Options, dir string, c certFiles, p string, backend *proc, backendPlain, backendTLS string) ([]Result, error) {
+// edgeRun is the edge of one placement: its process, where the load goes, its metrics.
+type edgeRun struct {
+	proc    *proc
+	target  clientTarget
+	metrics string
+}
+
+// startEdge starts an edge configured for placement p and waits until it serves through
+// to the backend and its TLS cost calibration is done.
+func startEdge(ctx context.Context, o Options, dir string, c certFiles, p string, backendPlain, backendTLS string) (*edgeRun, error) {
 	https, httpAddr, metrics := freeAddr(), freeAddr(), freeAddr()
 	pool := fmt.Sprintf("  targets: [%q]\n", backendPlain)
 	passthrough := ""
@@ -261,8 +344,8 @@ pool:
 	if err != nil {
 		return nil, err
 	}
-	defer edge.stop()
 	if err := waitReady(ctx, target, edge); err != nil {
+		edge.stop()
 		return nil, err
 	}
 	// The TLS cost accounting calibrates itself in the background after start-up (with a
@@ -271,20 +354,7 @@ pool:
 	if !waitOutput(edge, "tlscost: calibrated", time.Minute) {
 		fmt.Fprintf(o.Progress, "bench: %s: no \"tlscost: calibrated\" within a minute; measuring anyway\n", edge.name)
 	}
-	var out []Result
-	for _, w := range o.Workloads {
-		fmt.Fprintf(o.Progress, "bench: %s / %s (%v)\n", p, w, o.Duration)
-		r, err := measure(o, target, w, edge, backend, metrics)
-		if err != nil {
-			return nil, fmt.Errorf("placement %s, workload %s: %w\nedge output:\n%s", p, w, err, tail(edge.out.String(), 2000))
-		}
-		r.Placement, r.Workload = p, w
-		if p == "plain" {
-			r.TLSMetricUs = nil
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return &edgeRun{proc: edge, target: target, metrics: metrics}, nil
 }
 
 // measure runs the load process for one workload and turns what it read into per-request

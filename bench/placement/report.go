@@ -13,8 +13,8 @@ import (
 // WriteTable prints the report as an aligned table with a header saying how it was
 // measured.
 func (r *Report) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "edgeproxy bench: %s, %d CPUs; %v per measurement, %d connections; %s\n\n",
-		r.Machine, r.CPUs, r.Duration, r.Connections, r.Pinning)
+	fmt.Fprintf(w, "edgeproxy bench: %s, %d CPUs; %v per measurement, %s, %d connections; %s\n\n",
+		r.Machine, r.CPUs, r.Duration, roundsText(r.Rounds), r.Connections, r.Pinning)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "placement\tworkload\treq/s\tp50 µs\tp99 µs\tedge CPU µs/req\tbackend CPU µs/req\tload CPU µs/req\tedge TLS metric µs/req\tedge − plain µs/req\t")
 	for _, x := range r.Results {
@@ -30,6 +30,13 @@ edge TLS metric: the edge's own edgeproxy_tls_cpu_seconds_total increase per req
 against "edge − plain", the edge's measured extra CPU over plain HTTP under the same load.
 `)
 	return err
+}
+
+func roundsText(n int) string {
+	if n <= 1 {
+		return "one round"
+	}
+	return fmt.Sprintf("median of %d interleaved rounds", n)
 }
 
 func optional(v *float64) string {
@@ -73,8 +80,8 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="%d" y="22" font-size="16" font-weight="bold">Where should TLS end? CPU µs per request, edge and backend</text>`+"\n", left)
-	fmt.Fprintf(&b, `<text x="%d" y="40" fill="#555">%s; %v per bar, %d connections; %s</text>`+"\n", left,
-		html.EscapeString(r.Machine), r.Duration, r.Connections, html.EscapeString(r.Pinning))
+	fmt.Fprintf(&b, `<text x="%d" y="40" fill="#555">%s; %v per measurement, %s, %d connections; %s</text>`+"\n", left,
+		html.EscapeString(r.Machine), r.Duration, roundsText(r.Rounds), r.Connections, html.EscapeString(r.Pinning))
 	for i, name := range []string{"edge", "backend"} {
 		x := width - 180 + i*80
 		fmt.Fprintf(&b, `<rect x="%d" y="12" width="12" height="12" fill="%s"/><text x="%d" y="22">%s</text>`+"\n", x, colors[name], x+16, name)

@@ -32,12 +32,13 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "edgeproxy bench: unknown role %q\n", args[1])
 		return 2
 	}
-	fs := newFlags("bench", "bench [-placements plain,edge,backend,reencrypt] [-workloads keepalive,handshake,bulk] [-duration 5s] [-concurrency N] [-json] [-svg FILE] [-edge-cpu N] [-backend-cpu N] [-load-cpu N]", stderr)
+	fs := newFlags("bench", "bench [-placements plain,edge,backend,reencrypt] [-workloads keepalive,handshake,bulk] [-duration 5s] [-concurrency N] [-rounds N] [-json] [-svg FILE] [-edge-cpu N] [-backend-cpu N] [-load-cpu N]", stderr)
 	placements := fs.String("placements", strings.Join(placement.Placements, ","), "where TLS ends: `list` of plain (HTTP end to end), edge (TLS→HTTP), backend (passthrough; the backend terminates), reencrypt (TLS→TLS)")
 	workloads := fs.String("workloads", strings.Join(placement.Workloads, ","), "`list` of keepalive (64 B responses), handshake (a new connection, full handshake, per request), bulk (keep-alive, 64 KiB responses)")
 	duration := fs.Duration("duration", 5*time.Second, "measured window of each placement and workload (after a warm-up of -warmup)")
 	warmup := fs.Duration("warmup", time.Second, "warm-up before each window, not measured")
 	concurrency := fs.Int("concurrency", 8, "client connections")
+	rounds := fs.Int("rounds", 1, "measure every cell this many times, interleaved, and report the medians (a busy machine: 3 or 5)")
 	asJSON := fs.Bool("json", false, "print JSON instead of the table")
 	svg := fs.String("svg", "", "also write a bar chart of CPU per request to `file` (SVG)")
 	edgeCPU := fs.Int("edge-cpu", -1, "pin the edge process to this `cpu` (-1: unpinned)")
@@ -46,8 +47,8 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
-	if *duration <= 0 || *concurrency < 1 || *warmup < 0 {
-		fmt.Fprintln(stderr, "edgeproxy bench: -duration must be positive, -concurrency at least 1, -warmup not negative")
+	if *duration <= 0 || *concurrency < 1 || *warmup < 0 || *rounds < 1 {
+		fmt.Fprintln(stderr, "edgeproxy bench: -duration must be positive, -concurrency and -rounds at least 1, -warmup not negative")
 		return 2
 	}
 	if *warmup == 0 {
@@ -57,7 +58,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	rep, err := placement.Run(ctx, placement.Options{
 		Placements: splitList(*placements), Workloads: splitList(*workloads),
-		Duration: *duration, Warmup: *warmup, Connections: *concurrency,
+		Duration: *duration, Warmup: *warmup, Connections: *concurrency, Rounds: *rounds,
 		EdgeCPU: *edgeCPU, BackendCPU: *backendCPU, LoadCPU: *loadCPU,
 		Progress: stderr,
 	})
