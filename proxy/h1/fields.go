@@ -274,6 +274,27 @@ type bodyFields struct {
 	keepAlive bool
 }
 
+// field records f if it is one of the fields that frame a message or decide its
+// persistence (Connection, Content-Length, Transfer-Encoding), the same for requests and
+// responses; the tokens of Connection go to conn.
+func (b *bodyFields) field(f *Field, conn *[][]byte) fault {
+	switch len(f.Name) {
+	case 10:
+		if equalFold(f.Name, "connection") {
+			return b.connection(f.Value, conn)
+		}
+	case 14:
+		if equalFold(f.Name, "content-length") {
+			return b.contentLength(f.Value)
+		}
+	case 17:
+		if equalFold(f.Name, "transfer-encoding") {
+			return b.transferEncoding(f.Value)
+		}
+	}
+	return faultNone
+}
+
 func (b *bodyFields) contentLength(v []byte) fault {
 	if b.cl != nil {
 		// RFC 9110 §8.6 lets a recipient accept repeated identical values; like

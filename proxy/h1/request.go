@@ -248,18 +248,8 @@ func (r *Request) interpret() fault {
 			} else if equalFold(f.Name, "trailer") {
 				r.Trailer = true
 			}
-		case 10:
-			if equalFold(f.Name, "connection") {
-				bad = b.connection(f.Value, &r.Connection)
-			}
-		case 14:
-			if equalFold(f.Name, "content-length") {
-				bad = b.contentLength(f.Value)
-			}
-		case 17:
-			if equalFold(f.Name, "transfer-encoding") {
-				bad = b.transferEncoding(f.Value)
-			}
+		default:
+			bad = b.field(f, &r.Connection)
 		}
 		if bad != faultNone {
 			return bad

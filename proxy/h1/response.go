@@ -102,22 +102,7 @@ func (r *Response) interpret(method []byte) fault {
 	var b bodyFields
 	for i := range r.Header {
 		f := &r.Header[i]
-		var bad fault
-		switch len(f.Name) {
-		case 10:
-			if equalFold(f.Name, "connection") {
-				bad = b.connection(f.Value, &r.Connection)
-			}
-		case 14:
-			if equalFold(f.Name, "content-length") {
-				bad = b.contentLength(f.Value)
-			}
-		case 17:
-			if equalFold(f.Name, "transfer-encoding") {
-				bad = b.transferEncoding(f.Value)
-			}
-		}
-		if bad != faultNone {
+		if bad := b.field(f, &r.Connection); bad != faultNone {
 			return bad
 		}
 	}
