@@ -102,7 +102,6 @@ func (c *conn) Write(p []byte) (int, error) {
 	}
 	if c.a.writeSeq.Add(1)%writeSampleEvery == 0 {
 		n, err = c.a.sampleWrite(c.Conn, p)
-		c.a.maybeRecalibrate()
 	} else {
 		n, err = c.Conn.Write(p)
 	}
@@ -130,7 +129,6 @@ var _ net.Conn = (*conn)(nil)
 func (c *conn) finishHandshake(cs *tls.ConnectionState) {
 	aead := aeadOf(cs.CipherSuite)
 	c.aead = aeadIndex(aead)
-	c.a.aeadUsed[c.aead].Store(true)
 	c.overhead = recordOverhead(cs.Version, aead)
 	c.boostPayload = tcpMSSEstimate - recordHeaderLen - c.overhead
 	c.tls13 = cs.Version >= tls.VersionTLS13
@@ -158,7 +156,7 @@ func (c *conn) finishHandshake(cs *tls.ConnectionState) {
 // chargeIn costs one record read after the handshake (or found after the client's Finished).
 func (c *conn) chargeIn(_ byte, body int) {
 	a := c.a
-	cpu := a.rec.Load().open[c.aead].At(max(0, body-c.overhead)) * a.dataFactorValue()
+	cpu := a.rec.Load().open[c.aead].At(max(0, body-c.overhead))
 	a.recordBytesIn.Add(float64(recordHeaderLen + body))
 	a.recordCPUIn.Add(cpu)
 	a.cpuTotal.Add(cpu)
@@ -198,7 +196,7 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 		c.prevFull = plain >= limit
 	}
 	a := c.a
-	cpu := a.rec.Load().seal[c.aead].At(plain) * a.dataFactorValue()
+	cpu := a.rec.Load().seal[c.aead].At(plain)
 	if extra {
 		cpu += a.writeCost()
 		a.extraWrites.Inc()
@@ -220,7 +218,8 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 // and the last short piece of a body.) A preempted writer reads as two writes, an
 // extra write missed.
 func (c *conn) sameWrite(plain int) bool {
-	limit := 2*c.a.rec.Load().seal[c.aead].At(plain) + c.a.costs.Load().MinSyscall/2
+	costs := c.a.costs.Load()
+	limit := 2*costs.Seal[aeadNames[c.aead]].At(plain) + costs.MinSyscall/2
 	return c.gap.Seconds() < limit
 }
 

@@ -1,10 +1,12 @@
 package tlscost
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,8 +35,10 @@ const (
 	handshakeFactorWorkers = 2
 
 	// dataFactorRounds alternate TLS and plain batches of dataFactorExchanges bulk
-	// exchanges per worker.
-	dataFactorRounds    = 12
+	// exchanges per worker. What TLS adds to a batch is the difference of two process
+	// CPU readings that each move by ±10% from batch to batch (scheduling, wake-ups): it
+	// takes some forty rounds, half a second, for the sum to settle within ±10%.
+	dataFactorRounds    = 48
 	dataFactorExchanges = 60
 )
 
@@ -136,8 +140,14 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 
 	// Data: the same comparison for keep-alive connections carrying bulk exchanges, against
 	// what the record costs charged for them. DataFactor is the process CPU TLS adds to
-	// moving data per second of record-layer CPU charged: the copies and wake-ups around
-	// the record layer, and the contention of a client on the same machine.
+	// moving data per second of record-layer CPU (at the cost Calibrate measured): the
+	// copies and wake-ups around the record layer, and the contention of a client on the
+	// same machine. Records are then charged the record layer's cost times DataFactor,
+	// the two measured together, so that their product is what the exchanges measured.
+	// (The record layer was once re-measured under contention and while traffic flowed,
+	// and the factor applied to that: those short measurements read ±20–40% apart from
+	// run to run on a KVM guest, where the extra CPU of the exchanges moved by ±8%, and
+	// the charge carried their noise.)
 	charged := func() float64 {
 		mfs, _ := reg.Gather()
 		sum := 0.0
@@ -155,17 +165,10 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 			return factor, gcShare, dataFactor, err
 		}
 	}
-	// The records are charged the record layer's cost as it is while such exchanges run —
-	// as Accountant.recalibrate re-measures it in production while traffic flows — not
-	// the idle machine's of a moment ago: with a client busy on another CPU the same
-	// seal costs more. So the factor is what the process spends beyond the record layer
-	// at its current cost.
-	if err := a.contendedRecordCosts(child); err != nil {
-		return factor, gcShare, dataFactor, err
-	}
-	// The median of the rounds' ratios: a round where something else in the process or
-	// on the machine got in the way of one batch is an outlier, not a share of the answer.
-	var ratios []float64
+	// The ratio of the sums over the rounds, less the rounds with the highest and lowest
+	// ratios: a round where something else in the process or on the machine got in the
+	// way of one batch is an outlier, not a share of the answer.
+	var rounds []dataRound
 	for r := range dataFactorRounds {
 		c0 := charged()
 		dExtra := 0.0
@@ -184,9 +187,29 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 		if dCharged <= 0 {
 			return factor, gcShare, dataFactor, errors.New("no record CPU charged")
 		}
-		ratios = append(ratios, dExtra/dCharged)
+		rounds = append(rounds, dataRound{extra: dExtra, charged: dCharged})
 	}
-	return factor, gcShare, max(1, median(ratios)), nil
+	if r := trimmedRatio(rounds); r > 0 {
+		return factor, gcShare, r, nil
+	}
+	return factor, gcShare, dataFactor, errors.New("TLS added no CPU to the bulk exchanges")
+}
+
+// dataRound is what TLS added to the process CPU in one round of bulk exchanges, and the
+// record-layer CPU charged for them.
+type dataRound struct{ extra, charged float64 }
+
+// trimmedRatio is the sum of extra over the sum of charged of the rounds, leaving out the
+// eighth with the highest extra/charged and the eighth with the lowest.
+func trimmedRatio(rounds []dataRound) float64 {
+	s := slices.Clone(rounds)
+	slices.SortFunc(s, func(a, b dataRound) int { return cmp.Compare(a.extra/a.charged, b.extra/b.charged) })
+	cut := len(s) / 8
+	var extra, charged float64
+	for _, r := range s[cut : len(s)-cut] {
+		extra, charged = extra+r.extra, charged+r.charged
+	}
+	return extra / charged
 }
 
 // Calibration exchanges. A connection's first byte says which: 'x' is one byte in, one
@@ -265,49 +288,4 @@ func clientOne(a *Accountant, addr string, useTLS bool, cfg *tls.Config, nanos *
 	}
 	_, err = io.ReadFull(c, b[:])
 	return err
-}
-
-// contendedRecordCosts re-measures the record layer of the AEADs a's connections
-// negotiated while the child runs an (unmeasured) batch of bulk exchanges, and makes
-// those a's record costs. The caller holds benchMu and is locked to its thread.
-func (a *Accountant) contendedRecordCosts(child *calibrationClient) error {
-	done := make(chan error, 1)
-	go func() { done <- child.bulk(true) }()
-	var seals, opens [3][]Linear
-	for running := true; running; {
-		select {
-		case err := <-done:
-			if err != nil {
-				return err
-			}
-			running = false
-		default:
-		}
-		for i, name := range aeadNames {
-			if rb := benches[name]; rb != nil && a.aeadUsed[i].Load() {
-				seal, open, err := rb.measure(3, 64)
-				if err != nil {
-					return err
-				}
-				seals[i], opens[i] = append(seals[i], seal), append(opens[i], open)
-			}
-		}
-	}
-	rc := *a.rec.Load()
-	for i := range aeadNames {
-		if len(seals[i]) > 0 {
-			rc.seal[i], rc.open[i] = medianLinear(seals[i]), medianLinear(opens[i])
-		}
-	}
-	a.setRecordCosts(&rc)
-	return nil
-}
-
-// medianLinear is the median of each part of ls.
-func medianLinear(ls []Linear) Linear {
-	calls, bytes := make([]float64, len(ls)), make([]float64, len(ls))
-	for i, l := range ls {
-		calls[i], bytes[i] = l.PerCall, l.PerByte
-	}
-	return Linear{PerCall: median(calls), PerByte: median(bytes)}
 }

@@ -61,7 +61,7 @@ var recordSuites = map[string]uint16{
 }
 
 // recordBench is a server tls.Conn over a memConn, with a client to seal records for it
-// to read, kept from calibration to calibration. One goroutine uses it at a time.
+// to read. One goroutine uses it at a time.
 type recordBench struct {
 	srv, cli *tls.Conn
 	sc, cc   *memConn

@@ -15,11 +15,13 @@
 // Records are costed: a record's CPU cannot be timed from below crypto/tls (encryption
 // happens inside tls.Conn.Write, which the proxy calls directly), so each record seen on
 // the wire is charged what the record layer (tls.Conn.Write / Read: AEAD, copies,
-// framing, locking) costs per record and per byte on this machine — measured at
-// start-up and re-measured while traffic flows (recordcal.go) — plus, when TLS made a
-// write that plain HTTP would not have made, the cost of a write(2), measured on a sample
-// of the real writes. The garbage collector's work for the handshakes' allocations is
-// charged as its share of the collector's CPU (gc.go).
+// framing, locking) costs per record and per byte on this machine, measured at start-up
+// (recordcal.go), times DataFactor: the process CPU TLS adds to moving data per second of
+// record-layer CPU, measured at start-up against a client in a child process (hscal.go).
+// When TLS made a write that plain HTTP would not have made, the record is also charged
+// the cost of a write(2), measured on a sample of the real writes. The garbage
+// collector's work for the handshakes' allocations is charged as its share of the
+// collector's CPU (gc.go).
 //
 // net/http still receives a real *tls.Conn from Accept (it type-asserts one for ALPN, h2
 // and Request.TLS); the measuring happens in a net.Conn wrapper underneath it.
@@ -77,7 +79,7 @@ const DefaultHandshakeTimeout = 10 * time.Second
 type Accountant struct {
 	timeout     time.Duration
 	maxAppWrite int
-	costs       atomic.Pointer[Costs] // replaced once by the background calibration
+	costs       atomic.Pointer[Costs] // replaced once, by the background calibration
 	log         *slog.Logger
 
 	handshakes     *prometheus.CounterVec
@@ -100,20 +102,14 @@ type Accountant struct {
 	writeN     atomic.Int64  // samples so far
 	hsNanos    atomic.Int64  // thread-clock CPU of all handshakes so far (calibration)
 
-	// Record costs as charged now: Costs.Seal/Open at first, then, when they came from
-	// Calibrate, re-measured at most every recalibrateEvery while TLS traffic flows.
-	rec          atomic.Pointer[recordCosts]
-	live         atomic.Bool    // re-measure (costs from Calibrate, once it has run)
-	aeadUsed     [3]atomic.Bool // by aeadIndex: negotiated at least once
-	recalRunning atomic.Bool    // a recalibrate goroutine is running
-	lastRecal    atomic.Int64   // time.Since(epoch) of the last start
-	dataFactor   atomic.Uint64  // float64 bits: Costs.DataFactor, at least 1
-	perByte      *prometheus.GaugeVec
-	perRecord    *prometheus.GaugeVec
-	calibrated   chan struct{} // closed when the background calibration is applied; nil: none ran
+	// Record costs as charged: Costs.Seal/Open times Costs.DataFactor, by aeadIndex.
+	rec        atomic.Pointer[recordCosts]
+	perByte    *prometheus.GaugeVec
+	perRecord  *prometheus.GaugeVec
+	calibrated chan struct{} // closed when the background calibration is applied; nil: none ran
 }
 
-// recordCosts are the per-record costs of each AEAD, by aeadIndex.
+// recordCosts are the per-record costs charged for each AEAD, by aeadIndex.
 type recordCosts struct {
 	seal, open [3]Linear
 }
@@ -155,10 +151,10 @@ func New(opts Options) (*Accountant, error) {
 			log.Warn(err.Error())
 		}
 		a.applyCosts(c)
-		a.live.Store(true)
 		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
 			"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte*1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall*1e9,
-			"write_syscall_us", c.Write.PerCall*1e6)
+			"aes128gcm_charged_ns_per_byte", a.rec.Load().seal[aeadIndex(AES128GCM)].PerByte*1e9,
+			"write_syscall_us", c.Write.PerCall*1e6, "min_syscall_us", c.MinSyscall*1e6)
 	}()
 	return a, nil
 }
@@ -174,19 +170,24 @@ func (a *Accountant) Calibrated() <-chan struct{} {
 	return a.calibrated
 }
 
-// applyCosts makes c the costs charged from now on.
+// applyCosts makes c the costs charged from now on, and shows the record costs.
 func (a *Accountant) applyCosts(c *Costs) {
 	a.costs.Store(c)
-	a.dataFactor.Store(math.Float64bits(max(1, c.DataFactor)))
+	f := c.DataFactor
+	if f <= 0 {
+		f = 1 // not measured: the record layer alone
+	}
 	rc := &recordCosts{}
 	for i, name := range aeadNames {
-		rc.seal[i], rc.open[i] = c.Seal[name], c.Open[name]
+		rc.seal[i], rc.open[i] = c.Seal[name].times(f), c.Open[name].times(f)
+		a.perByte.WithLabelValues(name, "out").Set(rc.seal[i].PerByte)
+		a.perRecord.WithLabelValues(name, "out").Set(rc.seal[i].PerCall)
+		a.perByte.WithLabelValues(name, "in").Set(rc.open[i].PerByte)
+		a.perRecord.WithLabelValues(name, "in").Set(rc.open[i].PerCall)
 	}
-	a.setRecordCosts(rc)
+	a.rec.Store(rc)
 	a.writeFixed.Store(math.Float64bits(c.Write.PerCall))
 }
-
-func (a *Accountant) dataFactorValue() float64 { return math.Float64frombits(a.dataFactor.Load()) }
 
 // newAccountant is New with opts.Costs set (Calibrate uses it, for its own handshakes).
 func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error) {
@@ -229,7 +230,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 	}, []string{"direction"})
 	recordCPU := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeproxy_tls_record_cpu_seconds_total",
-		Help: "CPU time charged to TLS records after the handshake: the calibrated AEAD cost of each record plus the calibrated cost of each write(2) TLS added, by direction.",
+		Help: "CPU time charged to TLS records after the handshake: the calibrated cost of each record (edgeproxy_tls_record_cpu_seconds_per_byte and _per_record) plus the measured cost of each write(2) TLS added, by direction.",
 	}, []string{"direction"})
 	a.extraWrites = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "edgeproxy_tls_extra_writes_total",
@@ -249,11 +250,11 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 
 	a.perByte = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_record_cpu_seconds_per_byte",
-		Help: "CPU cost per plaintext byte of the TLS record layer (tls.Conn.Write: seal, copy, framing; tls.Conn.Read: open, copy out) as measured on this machine at start-up and re-measured while TLS traffic flows, by aead and direction (out: write, in: read).",
+		Help: "CPU charged per plaintext byte of a TLS record, by aead and direction (out: write, in: read): the record layer's cost (tls.Conn.Write: seal, copy, framing; tls.Conn.Read: open, copy out) measured on this machine at start-up, times what TLS adds to moving data around it, measured at start-up against a client process (the data factor logged at start-up).",
 	}, []string{"aead", "direction"})
 	a.perRecord = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_record_cpu_seconds_per_record",
-		Help: "Fixed CPU cost of one TLS record in the record layer, measured as edgeproxy_tls_record_cpu_seconds_per_byte, by aead and direction.",
+		Help: "Fixed CPU charged per TLS record, measured as edgeproxy_tls_record_cpu_seconds_per_byte, by aead and direction.",
 	}, []string{"aead", "direction"})
 	a.applyCosts(opts.Costs)
 	writeCost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -297,73 +298,6 @@ func (a *Accountant) sampleWrite(w net.Conn, p []byte) (int, error) {
 			return n, err
 		}
 	}
-}
-
-// setRecordCosts makes rc the record costs charged from now on, and shows them.
-func (a *Accountant) setRecordCosts(rc *recordCosts) {
-	a.rec.Store(rc)
-	for i, name := range aeadNames {
-		a.perByte.WithLabelValues(name, "out").Set(rc.seal[i].PerByte)
-		a.perRecord.WithLabelValues(name, "out").Set(rc.seal[i].PerCall)
-		a.perByte.WithLabelValues(name, "in").Set(rc.open[i].PerByte)
-		a.perRecord.WithLabelValues(name, "in").Set(rc.open[i].PerCall)
-	}
-}
-
-// recalibrateEvery is the shortest time between two re-measurements of the record costs.
-// A record's cost is not a constant of the machine: on a virtual machine whose vCPUs
-// share physical cores, or under memory-bandwidth contention, the same seal costs up to
-// half again as much while the other CPUs are busy as on the idle machine at start-up.
-// So the record layer is re-measured, on the benches of Calibrate, while TLS traffic
-// flows: a fraction of a millisecond per AEAD in use, once a second at most.
-const recalibrateEvery = time.Second
-
-// maybeRecalibrate starts a re-measurement of the record costs if one is due. It is
-// called on the sampled writes of the data path; the measurement runs in a goroutine of
-// its own, which ends with it.
-func (a *Accountant) maybeRecalibrate() {
-	if !a.live.Load() {
-		return
-	}
-	now := time.Since(epoch)
-	if now-time.Duration(a.lastRecal.Load()) < recalibrateEvery || !a.recalRunning.CompareAndSwap(false, true) {
-		return
-	}
-	a.lastRecal.Store(int64(now))
-	go a.recalibrate()
-}
-
-// recalibrate measures the record layer of the AEADs in use and moves the charged costs a
-// quarter of the way towards what it measured (a mean over the last few seconds).
-func (a *Accountant) recalibrate() {
-	defer a.recalRunning.Store(false)
-	if !benchMu.TryLock() {
-		return // another Accountant's recalibration: the machine is the same
-	}
-	defer benchMu.Unlock()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	old := a.rec.Load()
-	next := *old
-	for i, name := range aeadNames {
-		rb := benches[name]
-		if rb == nil || !a.aeadUsed[i].Load() {
-			continue
-		}
-		seal, open, err := rb.measure(3, 64)
-		if err != nil {
-			a.log.Warn("tlscost: re-measuring the record layer", "aead", name, "err", err)
-			delete(benches, name)
-			continue
-		}
-		next.seal[i] = towards(old.seal[i], seal)
-		next.open[i] = towards(old.open[i], open)
-	}
-	a.setRecordCosts(&next)
-}
-
-func towards(old, now Linear) Linear {
-	return Linear{PerCall: old.PerCall + (now.PerCall-old.PerCall)/4, PerByte: old.PerByte + (now.PerByte-old.PerByte)/4}
 }
 
 // writeCost is the current fixed CPU cost of one write(2), seconds.

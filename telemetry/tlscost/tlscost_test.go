@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
@@ -746,40 +747,37 @@ func TestCalibrate(t *testing.T) {
 	}
 }
 
-// The record costs follow the machine: a live Accountant re-measures them while TLS
-// traffic flows; one given its Costs keeps them.
-func TestAccountant_Recalibrate(t *testing.T) {
-	if !threadClockWorks() {
-		t.Skip("no thread CPU clock")
-	}
-	a, err := New(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-a.Calibrated() // in the background, so as not to hold up start-up
-	before := *a.rec.Load()
-	a.aeadUsed[aeadIndex(AES128GCM)].Store(true)
-	a.maybeRecalibrate()
-	for a.recalRunning.Load() {
-		time.Sleep(time.Millisecond)
-	}
-	after := *a.rec.Load()
-	i := aeadIndex(AES128GCM)
-	if after.seal[i] == before.seal[i] || after.seal[i].PerByte <= 0 {
-		t.Errorf("aes128gcm seal after re-measuring: got %+v (was %+v); want a new positive cost", after.seal[i], before.seal[i])
-	}
-	if j := aeadIndex(ChaCha20Poly1305); after.seal[j] != before.seal[j] {
-		t.Errorf("chacha20poly1305 (unused) seal: got %+v; want %+v unchanged", after.seal[j], before.seal[j])
-	}
+// A record is charged the record layer's cost times the data factor, and the gauges show
+// what is charged: here a TLS 1.3 client sends a request line and a close_notify, two
+// records, each charged 2 × (1 µs + 1 ns per plaintext byte).
+func TestAccountant_ChargesRecordLayerTimesDataFactor(t *testing.T) {
+	costs := *testCosts
+	costs.DataFactor = 2
+	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MinVersion: tls.VersionTLS13, SessionTicketsDisabled: true}
+	f := newFixture(t, Options{Costs: &costs}, cfg)
+	wg := serveEcho(t, f.ln)
+	exchange(t, f.addr(), clientConfig(), 10)
+	_ = f.ln.Close()
+	wg.Wait()
+	f.ln.wait()
 
-	fixed, err := New(Options{Costs: testCosts})
-	if err != nil {
-		t.Fatal(err)
+	const request = "10\n"
+	const overhead = recordHeaderLen + 16 + 1 // TLS 1.3: header, tag, content type
+	if got, want := f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "in"}), float64(2*overhead+len(request)+2); got != want {
+		t.Fatalf("record bytes in: got %v; want %v (the request line and a close_notify)", got, want)
 	}
-	fixed.aeadUsed[i].Store(true)
-	fixed.maybeRecalibrate()
-	if fixed.recalRunning.Load() || fixed.rec.Load().seal[i] != testCosts.Seal[AES128GCM] {
-		t.Errorf("given costs: re-measured; want them kept")
+	want := 2 * (2*1e-6 + 1e-9*float64(len(request)+2))
+	if got := f.value(t, "edgeproxy_tls_record_cpu_seconds_total", map[string]string{"direction": "in"}); math.Abs(got-want) > 1e-15 {
+		t.Errorf("record CPU in: got %v; want %v", got, want)
+	}
+	for _, dir := range []string{"in", "out"} {
+		lbl := map[string]string{"aead": AES128GCM, "direction": dir}
+		if got := f.value(t, "edgeproxy_tls_record_cpu_seconds_per_byte", lbl); got != 2e-9 {
+			t.Errorf("per byte %s: got %v; want 2e-9", dir, got)
+		}
+		if got := f.value(t, "edgeproxy_tls_record_cpu_seconds_per_record", lbl); got != 2e-6 {
+			t.Errorf("per record %s: got %v; want 2e-6", dir, got)
+		}
 	}
 }
 
@@ -803,5 +801,19 @@ func TestNew_CalibratesInTheBackground(t *testing.T) {
 	t.Logf("New returned after %v; calibration done after %v", returned, time.Since(start))
 	if c := a.costs.Load(); c.Seal[AES128GCM].PerByte <= 0 {
 		t.Errorf("after calibration: aes128gcm seal %+v; want a measured cost", c.Seal[AES128GCM])
+	}
+}
+
+// The data factor is a ratio of sums, not swayed by the rounds that something else got in
+// the way of: the eighth of the rounds with the highest ratio and the eighth with the
+// lowest are left out.
+func TestTrimmedRatio_IgnoresOutlyingRounds(t *testing.T) {
+	var rounds []dataRound
+	for range 14 {
+		rounds = append(rounds, dataRound{extra: 3, charged: 2})
+	}
+	rounds = append(rounds, dataRound{extra: 40, charged: 2}, dataRound{extra: -5, charged: 2})
+	if got := trimmedRatio(rounds); got != 1.5 {
+		t.Errorf("trimmedRatio: got %v; want 1.5", got)
 	}
 }
