@@ -313,7 +313,13 @@ func (e *Edge) bind() error {
 		e.tickets.Attach(srv.TLSConfig)
 		if cfg.TLS.TLSCost {
 			// The handshake deadline is the one net/http would apply: read_header_timeout.
-			a, err := tlscost.New(tlscost.Options{Registerer: e.metrics.Registry(), HandshakeTimeout: l.ReadHeaderTimeout, Logger: e.log})
+			opts := tlscost.Options{Registerer: e.metrics.Registry(), HandshakeTimeout: l.ReadHeaderTimeout, Logger: e.log}
+			if !cfg.Proxy.FastPath {
+				// net/http serves HTTP/1.1 and writes responses through the proxy's 32 KiB
+				// copy buffer: a write may be cut into two full records.
+				opts.MaxAppWrite = 32 << 10
+			}
+			a, err := tlscost.New(opts)
 			if err != nil {
 				return err
 			}
