@@ -430,7 +430,7 @@ func (e *edge) addr(tls bool) string {
 }
 
 // overhead: two edgeproxy processes, tls_cost on and off, loaded in turn with the same TLS
-// requests; CPU per request of each, median of interleaved runs.
+// requests, alternating -chunks times per run; CPU per request of each, median of runs.
 func overhead(dir, backend string) error {
 	on, err := startEdge(dir, backend, edgeOptions{tlsCost: true})
 	if err != nil {
@@ -455,17 +455,21 @@ func overhead(dir, backend string) error {
 		}
 		var perOn, perOff, over []float64
 		for i := range *runs {
-			order := []*edge{on, off}
-			if i%2 == 1 {
-				order = []*edge{off, on}
-			}
+			// As in accuracy: on and off alternate every requests/chunks requests, so that
+			// both see the same background load.
 			got := map[*edge]float64{}
-			for _, e := range order {
-				c0 := e.cpu()
-				if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests}).run(); err != nil {
-					return err
+			for j := range *chunks {
+				order := []*edge{on, off}
+				if (i+j)%2 == 1 {
+					order = []*edge{off, on}
 				}
-				got[e] = (e.cpu() - c0) / float64(sc.requests)
+				for _, e := range order {
+					c0 := e.cpu()
+					if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / *chunks}).run(); err != nil {
+						return err
+					}
+					got[e] += (e.cpu() - c0) / float64(sc.requests / *chunks * *chunks)
+				}
 			}
 			perOn, perOff = append(perOn, got[on]), append(perOff, got[off])
 			over = append(over, got[on]/got[off]-1)
