@@ -379,6 +379,7 @@ func (e *Edge) dataServer(srv *http.Server) server {
 	return proxy.NewServer(proxy.ServerOptions{
 		Handler: e.handler.Load, HTTP: srv, FastPath: e.cfg.Proxy.FastPath,
 		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
+		Handshake: e.tlsCost.Handshake, // a nil Accountant's is (*tls.Conn).Handshake
 	})
 }
 

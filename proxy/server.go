@@ -29,6 +29,10 @@ type ServerOptions struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
 	MaxHeaderBytes    int
+	// Handshake runs the TLS handshake of each *tls.Conn accepted, in the goroutine that
+	// serves it; nil means (*tls.Conn).Handshake. The edge passes the TLS cost
+	// accountant's, which measures what the handshake costs (tlscost.Accountant.Handshake).
+	Handshake func(*tls.Conn) error
 }
 
 // Server serves client connections: HTTP/1.1 on the fast path, everything else through
@@ -71,6 +75,14 @@ func NewServer(opts ServerOptions) *Server {
 		return ctx
 	}
 	return s
+}
+
+// handshake runs tc's handshake with opts.Handshake, or crypto/tls's own.
+func (s *Server) handshake(tc *tls.Conn) error {
+	if s.opts.Handshake != nil {
+		return s.opts.Handshake(tc)
+	}
+	return tc.Handshake()
 }
 
 type tlsStateKey struct{}
@@ -123,7 +135,7 @@ func (s *Server) serveConn(c net.Conn) {
 	var state *tls.ConnectionState
 	if tc, ok := c.(*tls.Conn); ok {
 		tc.SetDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
-		err := tc.Handshake() // done already behind the TLS cost listener: then a no-op
+		err := s.handshake(tc)
 		tc.SetDeadline(time.Time{})
 		if err != nil {
 			tc.Close()

@@ -12,14 +12,17 @@ import (
 // handshake goroutine's thread CPU into segments around blocking reads; afterwards it charges
 // each record it sees to the metrics.
 //
-// Its fields are touched by one goroutine at a time: the handshake fields by the handshake
-// goroutine; then, after the *tls.Conn has been handed to net/http through a channel, the
-// out fields under crypto/tls's output lock and the in fields under its input lock.
+// Its fields are touched by one goroutine at a time: the handshake fields by the goroutine
+// that runs Accountant.Handshake; after it, the out fields under crypto/tls's output lock
+// and the in fields under its input lock.
 type conn struct {
 	net.Conn
 	a *Accountant
 
 	// Handshake phase.
+	accepted    time.Time
+	started     bool // the handshake has begun
+	unmeasured  bool // it began without Accountant.Handshake: nothing is measured
 	inHandshake bool
 	segStart    int64 // thread CPU clock (ns) when the current segment began
 	cpu         int64 // ns, the segments so far
@@ -57,7 +60,7 @@ type rec struct {
 // endSegment closes the current CPU segment and frees the thread; startSegment locks the
 // goroutine to its thread again and opens a new segment. Both run only in the handshake.
 func (c *conn) endSegment() {
-	c.cpu += threadCPU() - c.segStart
+	c.cpu += max(0, threadCPU()-c.segStart) // never negative on one thread; a counter must not fall
 	runtime.UnlockOSThread()
 }
 
@@ -67,6 +70,12 @@ func (c *conn) startSegment() {
 }
 
 func (c *conn) Read(p []byte) (int, error) {
+	if !c.started {
+		c.started, c.unmeasured = true, true
+	}
+	if c.unmeasured {
+		return c.Conn.Read(p)
+	}
 	if c.inHandshake {
 		// Never hold the thread across a read that may block: a client that sends
 		// nothing would pin one OS thread each.
@@ -89,6 +98,12 @@ func (c *conn) Read(p []byte) (int, error) {
 // KiB that the socket buffer takes without blocking, and their system call is part of what
 // the handshake costs.
 func (c *conn) Write(p []byte) (int, error) {
+	if !c.started {
+		c.started, c.unmeasured = true, true
+	}
+	if c.unmeasured {
+		return c.Conn.Write(p)
+	}
 	if c.inHandshake {
 		n, err := c.Conn.Write(p)
 		c.sent += int64(n)
@@ -223,10 +238,13 @@ func (c *conn) sameWrite(plain int) bool {
 	return c.gap.Seconds() < limit
 }
 
-// handshake runs tc's handshake under measurement within the deadline and reports it. It
-// returns whether the handshake succeeded.
-func (a *Accountant) handshake(c *conn, tc *tls.Conn) bool {
-	start := time.Now()
+// handshake runs tc's handshake under measurement within the deadline, reports it and
+// returns its error.
+func (a *Accountant) handshake(c *conn, tc *tls.Conn) error {
+	start := c.accepted
+	if start.IsZero() {
+		start = time.Now()
+	}
 	_ = c.Conn.SetDeadline(start.Add(a.timeout))
 	c.inHandshake = true
 	c.startSegment()
@@ -259,7 +277,7 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) bool {
 	a.handshakeWall.Observe(wall.Seconds())
 	a.hsNanos.Add(c.cpu)
 	a.cpuTotal.Add(sec * max(1, a.costs.Load().HandshakeFactor))
-	return err == nil
+	return err
 }
 
 // getCertificate wraps a tls.Config's certificate choice: it pauses the handshake's CPU

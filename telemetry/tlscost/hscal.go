@@ -16,8 +16,8 @@ import (
 
 // A handshake costs the process more than its thread clock shows. Around the measured
 // segments there are the read system calls of the handshake (the thread is released
-// around them), the extra park and netpoll wake-up of each round trip, and the goroutine
-// and channel hand-off of the listener. None of it can be clocked per handshake, but all
+// around them) and the extra park and netpoll wake-up of each round trip. None of it can
+// be clocked per handshake, but all
 // of it shows in the process's CPU clock. measureHandshakeFactor runs handshakes through
 // a Listener on loopback against a client in a child process (hschild.go), alternating
 // with batches of plain TCP connections carrying the same one-byte exchange, and divides
@@ -73,6 +73,12 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				if tc, ok := c.(*tls.Conn); ok {
+					if err := a.Handshake(tc); err != nil {
+						_ = tc.Close()
+						return
+					}
+				}
 				serveCalibration(c)
 			}()
 		}
@@ -107,7 +113,7 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 	// on the live heap, which is small here and larger under load.
 	gc := newGCShare(a)
 	gcNow := func() float64 { sec, _ := gc.read(); return sec }
-	// Warm up: connections, the listener's goroutines, crypto tables.
+	// Warm up: connections, goroutine stacks, crypto tables.
 	for _, useTLS := range []bool{true, false} {
 		if err := batch(useTLS); err != nil {
 			return factor, gcShare, dataFactor, err
@@ -268,7 +274,7 @@ func clientOne(a *Accountant, addr string, useTLS bool, cfg *tls.Config, nanos *
 		}
 		c = tc
 	} else if useTLS {
-		mc := &conn{Conn: raw, a: a, inHandshake: true}
+		mc := &conn{Conn: raw, a: a, started: true, inHandshake: true}
 		tc := tls.Client(mc, cfg)
 		mc.startSegment()
 		err := tc.Handshake()

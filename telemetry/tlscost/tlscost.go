@@ -1,16 +1,17 @@
 // Package tlscost measures what TLS termination costs this process in CPU, per handshake and
 // per byte, and exports it as Prometheus metrics (the edgeproxy_tls_* rows of DESIGN.md).
 //
-// Handshakes are measured: Listener runs each handshake itself, in a goroutine of its own,
-// and reads the CPU clock of the thread that runs it (CLOCK_THREAD_CPUTIME_ID). The
+// Handshakes are measured: Accountant.Handshake runs the handshake of a connection from
+// Listener in the goroutine that serves it and reads the CPU clock of the thread that
+// runs it (CLOCK_THREAD_CPUTIME_ID). The
 // goroutine is locked to its thread only between blocking reads — locked when a read
 // returns, unlocked before the next — and the segments are added up, so a silent client
 // holds a parked goroutine, never an OS thread. Every handshake has a deadline.
 //
 // A handshake is charged its thread-clock segments times HandshakeFactor: the process CPU
 // a handshake costs per second of those segments, measured at start-up against a client
-// in a child process (hscal.go): the handshake's read system calls, its wake-ups and the
-// listener's hand-off happen outside the segments.
+// in a child process (hscal.go): the handshake's read system calls and its wake-ups
+// happen outside the segments.
 //
 // Records are costed: a record's CPU cannot be timed from below crypto/tls (encryption
 // happens inside tls.Conn.Write, which the proxy calls directly), so each record seen on
@@ -23,8 +24,8 @@
 // collector's work for the handshakes' allocations is charged as its share of the
 // collector's CPU (gc.go).
 //
-// net/http still receives a real *tls.Conn from Accept (it type-asserts one for ALPN, h2
-// and Request.TLS); the measuring happens in a net.Conn wrapper underneath it.
+// Servers still receive a real *tls.Conn from Accept (net/http type-asserts one for ALPN,
+// h2 and Request.TLS); the measuring happens in a net.Conn wrapper underneath it.
 package tlscost
 
 import (

@@ -108,6 +108,8 @@ type fixture struct {
 	raw *countingListener
 	ln  *listener
 	cfg *tls.Config
+
+	accepted atomic.Int64 // connections accepted by serve
 }
 
 func newFixture(t *testing.T, opts Options, cfg *tls.Config) *fixture {
@@ -130,11 +132,36 @@ func newFixture(t *testing.T, opts Options, cfg *tls.Config) *fixture {
 	}
 	cl := &countingListener{Listener: raw}
 	f := &fixture{a: a, reg: reg, raw: cl, cfg: cfg, ln: a.Listener(cl, cfg).(*listener)}
-	t.Cleanup(func() {
-		_ = f.ln.Close()
-		f.ln.wait()
-	})
+	t.Cleanup(func() { _ = f.ln.Close() })
 	return f
+}
+
+// serve accepts on f.ln until it is closed and, in a goroutine per connection as
+// proxy.Server does, runs the connection's handshake with Accountant.Handshake, then
+// handle. The connection is closed after. The WaitGroup is done when all have returned.
+func (f *fixture) serve(handle func(net.Conn)) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := f.ln.Accept()
+			if err != nil {
+				return
+			}
+			f.accepted.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				if err := f.a.Handshake(c.(*tls.Conn)); err != nil {
+					return
+				}
+				handle(c)
+			}()
+		}
+	}()
+	return &wg
 }
 
 func (f *fixture) addr() string { return f.ln.Addr().String() }
@@ -185,40 +212,25 @@ func clientConfig() *tls.Config {
 	return &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}
 }
 
-// serveEcho answers each connection: read a decimal length line, write that many bytes,
+// serveEcho serves f (see serve): read a decimal length line, write that many bytes,
 // then read until EOF, then close.
-func serveEcho(t *testing.T, ln net.Listener) *sync.WaitGroup {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+func serveEcho(f *fixture) *sync.WaitGroup {
+	return f.serve(func(c net.Conn) {
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(line))
+		buf := make([]byte, n)
+		// Written in pieces the way a proxy copies: 32 KiB at a time.
+		for off := 0; off < n; off += 32 << 10 {
+			if _, err := c.Write(buf[off:min(n, off+32<<10)]); err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				n, _ := strconv.Atoi(strings.TrimSpace(line))
-				buf := make([]byte, n)
-				// Written in pieces the way a proxy copies: 32 KiB at a time.
-				for off := 0; off < n; off += 32 << 10 {
-					if _, err := c.Write(buf[off:min(n, off+32<<10)]); err != nil {
-						return
-					}
-				}
-				_, _ = io.Copy(io.Discard, br)
-			}()
 		}
-	}()
-	return &wg
+		_, _ = io.Copy(io.Discard, br)
+	})
 }
 
 // Bytes counted in the metrics are the bytes the server really read and wrote, split
@@ -237,7 +249,7 @@ func TestListener_BytesMatchWire(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: tt.version, SessionTicketsDisabled: true}
 			f := newFixture(t, Options{}, cfg)
-			wg := serveEcho(t, f.ln)
+			wg := serveEcho(f)
 
 			raw, err := net.Dial("tcp", f.addr())
 			if err != nil {
@@ -259,7 +271,6 @@ func TestListener_BytesMatchWire(t *testing.T) {
 			_ = tc.Close() // close_notify, then FIN: the server reads to EOF
 			_ = f.ln.Close()
 			wg.Wait()
-			f.ln.wait()
 
 			in := f.value(t, "edgeproxy_tls_handshake_bytes_total", map[string]string{"direction": "in"}) +
 				f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "in"})
@@ -296,15 +307,7 @@ func TestListener_BytesMatchWire(t *testing.T) {
 // A client that is not speaking TLS, and one that hangs up, are failed handshakes.
 func TestListener_FailedHandshakeCounted(t *testing.T) {
 	f := newFixture(t, Options{}, nil)
-	go func() {
-		for {
-			c, err := f.ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
+	f.serve(func(net.Conn) {})
 	c, err := net.Dial("tcp", f.addr())
 	if err != nil {
 		t.Fatal(err)
@@ -358,15 +361,7 @@ func TestListener_StalledHandshakesDoNotPinThreads(t *testing.T) {
 	const n = 2000
 	raiseFileLimit(t, 2*n+200)
 	f := newFixture(t, Options{HandshakeTimeout: time.Minute}, nil)
-	go func() {
-		for {
-			c, err := f.ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
+	f.serve(func(net.Conn) {})
 	before := threads(t)
 	var clients []net.Conn
 	t.Cleanup(func() {
@@ -385,15 +380,9 @@ func TestListener_StalledHandshakesDoNotPinThreads(t *testing.T) {
 		clients = append(clients, c)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		f.ln.pendingMu.Lock()
-		p := len(f.ln.pending)
-		f.ln.pendingMu.Unlock()
-		if p == n {
-			break
-		}
+	for f.accepted.Load() < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d handshakes started", p, n)
+			t.Fatalf("%d of %d handshakes started", f.accepted.Load(), n)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -403,10 +392,15 @@ func TestListener_StalledHandshakesDoNotPinThreads(t *testing.T) {
 	if after > before+32 {
 		t.Errorf("threads: got %d with %d stalled handshakes; want at most %d", after, n, before+32)
 	}
-	_ = f.ln.Close()
-	f.ln.wait()
+	for _, c := range clients {
+		_ = c.Close()
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error"}) < n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error"}); got != n {
-		t.Errorf("failed handshakes after Close: got %v; want %d", got, n)
+		t.Errorf("failed handshakes after the clients hung up: got %v; want %d", got, n)
 	}
 }
 
@@ -435,15 +429,7 @@ func raiseFileLimit(t *testing.T, want uint64) {
 // A client that never finishes its handshake is cut off at the deadline and counted.
 func TestListener_HandshakeDeadline(t *testing.T) {
 	f := newFixture(t, Options{HandshakeTimeout: 200 * time.Millisecond}, nil)
-	go func() {
-		for {
-			c, err := f.ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
+	f.serve(func(net.Conn) {})
 	var conns []net.Conn
 	for range 20 {
 		c, err := net.Dial("tcp", f.addr())
@@ -468,6 +454,27 @@ func TestListener_HandshakeDeadline(t *testing.T) {
 	}
 }
 
+// handshaking runs each connection's handshake with Accountant.Handshake in Accept, one at
+// a time (enough for a test), for a server that would run it itself: net/http.
+type handshaking struct {
+	net.Listener
+	a *Accountant
+}
+
+func (h handshaking) Accept() (net.Conn, error) {
+	for {
+		c, err := h.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if err := h.a.Handshake(c.(*tls.Conn)); err != nil {
+			_ = c.Close()
+			continue
+		}
+		return c, nil
+	}
+}
+
 // net/http must still see a *tls.Conn: Request.TLS is set and h2 is negotiated by ALPN.
 func TestListener_HTTPServer(t *testing.T) {
 	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "rsa")}, NextProtos: []string{"h2", "http/1.1"}}
@@ -478,7 +485,7 @@ func TestListener_HTTPServer(t *testing.T) {
 		}
 		fmt.Fprintf(w, "%d", r.ProtoMajor)
 	}), TLSConfig: cfg}
-	go func() { _ = srv.Serve(f.ln) }()
+	go func() { _ = srv.Serve(handshaking{f.ln, f.a}) }()
 	t.Cleanup(func() { _ = srv.Close() })
 
 	for _, tt := range []struct {
@@ -518,7 +525,7 @@ func TestListener_Resumption(t *testing.T) {
 			var tickets SessionTickets
 			tickets.Attach(cfg)
 			f := newFixture(t, Options{}, cfg)
-			wg := serveEcho(t, f.ln)
+			wg := serveEcho(f)
 			ccfg := clientConfig()
 			ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 			for range 2 {
@@ -561,7 +568,7 @@ func TestSessionTickets_RotateAndShare(t *testing.T) {
 	cfg1 := &tls.Config{Certificates: []tls.Certificate{cert}}
 	tickets.Attach(cfg1)
 	f1 := newFixture(t, Options{}, cfg1)
-	serveEcho(t, f1.ln)
+	serveEcho(f1)
 	ccfg := clientConfig()
 	ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 	exchange(t, f1.addr(), ccfg, 1)
@@ -572,7 +579,7 @@ func TestSessionTickets_RotateAndShare(t *testing.T) {
 	tickets.Attach(cfg2)
 	tickets.Detach(cfg1)
 	f2 := newFixture(t, Options{}, cfg2)
-	serveEcho(t, f2.ln)
+	serveEcho(f2)
 	if !exchange(t, f2.addr(), ccfg, 1) {
 		t.Errorf("after one rotation and a reload: not resumed; want resumed")
 	}
@@ -608,12 +615,12 @@ func TestSessionTickets_Run(t *testing.T) {
 	<-done
 }
 
-// Closing the listener ends every goroutine it started, and threads locked for handshakes
-// are all unlocked.
+// The listener starts no goroutine, and a connection's serving goroutine ends with its
+// handshake, failed or not: none is left behind.
 func TestListener_NoGoroutineLeak(t *testing.T) {
 	before := runtime.NumGoroutine()
 	f := newFixture(t, Options{}, nil)
-	wg := serveEcho(t, f.ln)
+	wg := serveEcho(f)
 	ccfg := clientConfig()
 	for range 20 {
 		exchange(t, f.addr(), ccfg, 1000)
@@ -622,11 +629,10 @@ func TestListener_NoGoroutineLeak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stalled.Close()
 	time.Sleep(50 * time.Millisecond)
 	_ = f.ln.Close()
+	_ = stalled.Close()
 	wg.Wait()
-	f.ln.wait()
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -755,11 +761,10 @@ func TestAccountant_ChargesRecordLayerTimesDataFactor(t *testing.T) {
 	costs.DataFactor = 2
 	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MinVersion: tls.VersionTLS13, SessionTicketsDisabled: true}
 	f := newFixture(t, Options{Costs: &costs}, cfg)
-	wg := serveEcho(t, f.ln)
+	wg := serveEcho(f)
 	exchange(t, f.addr(), clientConfig(), 10)
 	_ = f.ln.Close()
 	wg.Wait()
-	f.ln.wait()
 
 	const request = "10\n"
 	const overhead = recordHeaderLen + 16 + 1 // TLS 1.3: header, tag, content type
@@ -815,5 +820,33 @@ func TestTrimmedRatio_IgnoresOutlyingRounds(t *testing.T) {
 	rounds = append(rounds, dataRound{extra: 40, charged: 2}, dataRound{extra: -5, charged: 2})
 	if got := trimmedRatio(rounds); got != 1.5 {
 		t.Errorf("trimmedRatio: got %v; want 1.5", got)
+	}
+}
+
+// A connection whose handshake crypto/tls starts by itself, without Accountant.Handshake
+// (net/http serving the listener directly), is served as usual and measured not at all:
+// no handshake counted, no record charged.
+func TestListener_HandshakeNotThroughAccountantIsUnmeasured(t *testing.T) {
+	f := newFixture(t, Options{}, nil)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "ok")
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(f.ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	tr := &http.Transport{TLSClientConfig: clientConfig()}
+	defer tr.CloseIdleConnections()
+	res, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + f.addr() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if string(body) != "ok" {
+		t.Errorf("body: got %q; want ok", body)
+	}
+	for _, m := range []string{"edgeproxy_tls_handshakes_total", "edgeproxy_tls_record_bytes_total", "edgeproxy_tls_cpu_seconds_total"} {
+		if got := f.value(t, m, nil); got != 0 {
+			t.Errorf("%s: got %v; want 0", m, got)
+		}
 	}
 }
