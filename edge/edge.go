@@ -312,8 +312,8 @@ func (e *Edge) bind() error {
 		srv.TLSConfig.GetCertificate = e.getCertificate // follows reloads
 		e.tickets.Attach(srv.TLSConfig)
 		if cfg.TLS.TLSCost {
-			// The handshake deadline is the one net/http would apply: read_header_timeout.
-			opts := tlscost.Options{Registerer: e.metrics.Registry(), HandshakeTimeout: l.ReadHeaderTimeout, Logger: e.log}
+			// The handshake deadline is proxy.Server's: read_header_timeout, as net/http's.
+			opts := tlscost.Options{Registerer: e.metrics.Registry(), Logger: e.log}
 			if !cfg.Proxy.FastPath {
 				// net/http serves HTTP/1.1 and writes responses through the proxy's 32 KiB
 				// copy buffer: a write may be cut into two full records.

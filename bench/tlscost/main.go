@@ -429,56 +429,66 @@ func (e *edge) addr(tls bool) string {
 	return e.http
 }
 
-// overhead: two edgeproxy processes, tls_cost on and off, loaded in turn with the same TLS
-// requests, alternating -chunks times per run; CPU per request of each, median of runs.
+// overhead: per run, two fresh edgeproxy processes, tls_cost on and off, loaded in turn
+// with the same TLS requests, alternating -chunks times; CPU per request of each, median
+// of the runs. Fresh processes per run, because what differs most between two runs of the
+// same code is the pair of processes (how their heaps and threads came out of start-up):
+// on one pair the difference read +1.7%, on the next +7.3%, each with a spread of ±2%.
 func overhead(dir, backend string) error {
-	on, err := startEdge(dir, backend, edgeOptions{tlsCost: true})
-	if err != nil {
-		return err
-	}
-	defer on.stop()
-	off, err := startEdge(dir, backend, edgeOptions{tlsCost: false})
-	if err != nil {
-		return err
-	}
-	defer off.stop()
 	fmt.Println("| scenario (TLS) | CPU per request, tls_cost on | CPU per request, tls_cost off | overhead (median of per-run ratios) | spread |")
 	fmt.Println("|---|---|---|---|---|")
 	for _, sc := range scenarios() {
 		if !sc.gated {
 			continue
 		}
-		for _, e := range []*edge{on, off} {
-			if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / 10}).run(); err != nil {
-				return err
-			}
-		}
 		var perOn, perOff, over []float64
 		for i := range *runs {
-			// As in accuracy: on and off alternate every requests/chunks requests, so that
-			// both see the same background load.
-			got := map[*edge]float64{}
-			for j := range *chunks {
-				order := []*edge{on, off}
-				if (i+j)%2 == 1 {
-					order = []*edge{off, on}
-				}
-				for _, e := range order {
-					c0 := e.cpu()
-					if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / *chunks}).run(); err != nil {
-						return err
-					}
-					got[e] += (e.cpu() - c0) / float64(sc.requests / *chunks * *chunks)
-				}
+			got, err := overheadRun(dir, backend, sc, i)
+			if err != nil {
+				return err
 			}
-			perOn, perOff = append(perOn, got[on]), append(perOff, got[off])
-			over = append(over, got[on]/got[off]-1)
-			fmt.Fprintf(os.Stderr, "  %s run %d: on %.1fµs off %.1fµs per request (%+.1f%%)\n", sc.name, i+1, got[on]*1e6, got[off]*1e6, (got[on]/got[off]-1)*100)
+			perOn, perOff = append(perOn, got[0]), append(perOff, got[1])
+			over = append(over, got[0]/got[1]-1)
+			fmt.Fprintf(os.Stderr, "  %s run %d: on %.1fµs off %.1fµs per request (%+.1f%%)\n", sc.name, i+1, got[0]*1e6, got[1]*1e6, (got[0]/got[1]-1)*100)
 		}
 		fmt.Printf("| %s | %.1f µs | %.1f µs | %+.1f%% | %+.1f%%..%+.1f%% |\n", sc.name, median(perOn)*1e6, median(perOff)*1e6,
 			median(over)*100, slices.Min(over)*100, slices.Max(over)*100)
 	}
 	return nil
+}
+
+// overheadRun starts an edge with tls_cost on and one with it off, warms both up, and
+// returns their CPU per request under sc's load, alternating -chunks times.
+func overheadRun(dir, backend string, sc scenario, run int) ([2]float64, error) {
+	var got [2]float64
+	var edges [2]*edge
+	for k, on := range []bool{true, false} {
+		e, err := startEdge(dir, backend, edgeOptions{tlsCost: on})
+		if err != nil {
+			return got, err
+		}
+		defer e.stop()
+		edges[k] = e
+		if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / 10}).run(); err != nil {
+			return got, err
+		}
+	}
+	per := sc.requests / *chunks
+	for j := range *chunks {
+		order := []int{0, 1}
+		if (run+j)%2 == 1 {
+			order = []int{1, 0}
+		}
+		for _, k := range order {
+			e := edges[k]
+			c0 := e.cpu()
+			if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: per}).run(); err != nil {
+				return got, err
+			}
+			got[k] += (e.cpu() - c0) / float64(per**chunks)
+		}
+	}
+	return got, nil
 }
 
 // handshakes: CPU per handshake from edgeproxy's own histogram, for an ECDSA P-256 and an

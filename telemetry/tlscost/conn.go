@@ -2,10 +2,13 @@ package tlscost
 
 import (
 	"crypto/tls"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // conn sits between crypto/tls and the TCP connection. During the handshake it cuts the
@@ -24,6 +27,7 @@ type conn struct {
 	started     bool // the handshake has begun
 	unmeasured  bool // it began without Accountant.Handshake: nothing is measured
 	inHandshake bool
+	inSegment   bool  // a segment is open: the goroutine is locked to its thread
 	segStart    int64 // thread CPU clock (ns) when the current segment began
 	cpu         int64 // ns, the segments so far
 	key         string
@@ -37,6 +41,8 @@ type conn struct {
 	tls13        bool
 
 	// Output: crypto/tls's output lock.
+	outTally     tally
+	writes       uint32 // writes after the handshake, from a random start: every writeSampleEvery-th is timed
 	out          scanner
 	sent         int64 // all bytes written, as crypto/tls's bytesSent
 	packets      int   // application data records costed under dynamic sizing, as packetsSent
@@ -47,7 +53,8 @@ type conn struct {
 	gap          time.Duration // from the previous write's return to this write
 
 	// Input: crypto/tls's input lock.
-	in scanner
+	inTally tally
+	in      scanner
 
 	reads atomic.Uint64 // reads that returned data, seen by the writer to tell flights apart
 }
@@ -57,15 +64,56 @@ type rec struct {
 	body int
 }
 
-// endSegment closes the current CPU segment and frees the thread; startSegment locks the
-// goroutine to its thread again and opens a new segment. Both run only in the handshake.
+// tally is what a conn has charged in one direction and not yet added to the shared
+// counters. Each update of a counter shared by every connection moves its cache line
+// between CPUs; three or four per record were a measurable part of what the accounting
+// cost on 64 KiB responses. So a conn adds up and flushes every flushRecords records, at
+// an alert (close_notify: the connection is ending), and when a read or write fails.
+type tally struct {
+	records     int
+	bytes, cpu  float64
+	extraWrites int
+	now         bool // flush at the end of this read or write
+}
+
+const flushRecords = 8
+
+func (t *tally) add(bytes int, cpu float64) {
+	t.records++
+	t.bytes += float64(bytes)
+	t.cpu += cpu
+	t.now = t.now || t.records >= flushRecords
+}
+
+// flush adds t to the counters of one direction and to the total, and empties it.
+func (t *tally) flush(a *Accountant, bytes, cpu prometheus.Counter) {
+	if t.records == 0 {
+		return
+	}
+	bytes.Add(t.bytes)
+	cpu.Add(t.cpu)
+	a.cpuTotal.Add(t.cpu)
+	if t.extraWrites > 0 {
+		a.extraWrites.Add(float64(t.extraWrites))
+	}
+	*t = tally{}
+}
+
+// endSegment closes the current CPU segment, if one is open, and frees the thread;
+// startSegment locks the goroutine to its thread again and opens a new segment. Both run
+// only in the handshake.
 func (c *conn) endSegment() {
+	if !c.inSegment {
+		return
+	}
 	c.cpu += max(0, threadCPU()-c.segStart) // never negative on one thread; a counter must not fall
+	c.inSegment = false
 	runtime.UnlockOSThread()
 }
 
 func (c *conn) startSegment() {
 	runtime.LockOSThread()
+	c.inSegment = true
 	c.segStart = threadCPU()
 }
 
@@ -91,6 +139,9 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.reads.Add(1)
 		c.in.feed(p[:n], c.chargeIn)
 	}
+	if c.inTally.now || err != nil {
+		c.inTally.flush(c.a, c.a.recordBytesIn, c.a.recordCPUIn)
+	}
 	return n, err
 }
 
@@ -115,7 +166,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	if c.prevFull {
 		c.gap = time.Since(epoch) - c.lastWrite
 	}
-	if c.a.writeSeq.Add(1)%writeSampleEvery == 0 {
+	if c.writes++; c.writes%writeSampleEvery == 0 {
 		n, err = c.a.sampleWrite(c.Conn, p)
 	} else {
 		n, err = c.Conn.Write(p)
@@ -127,6 +178,9 @@ func (c *conn) Write(p []byte) (int, error) {
 			first = false
 		})
 		c.sent += int64(n)
+	}
+	if c.outTally.now || err != nil {
+		c.outTally.flush(c.a, c.a.recordBytesOut, c.a.recordCPUOut)
 	}
 	c.lastWrite = time.Since(epoch)
 	return n, err
@@ -145,6 +199,7 @@ func (c *conn) finishHandshake(cs *tls.ConnectionState) {
 	aead := aeadOf(cs.CipherSuite)
 	c.aead = aeadIndex(aead)
 	c.overhead = recordOverhead(cs.Version, aead)
+	c.writes = rand.Uint32() // so that connections' sampled writes are not in step
 	c.boostPayload = tcpMSSEstimate - recordHeaderLen - c.overhead
 	c.tls13 = cs.Version >= tls.VersionTLS13
 	hs := 0
@@ -169,12 +224,16 @@ func (c *conn) finishHandshake(cs *tls.ConnectionState) {
 }
 
 // chargeIn costs one record read after the handshake (or found after the client's Finished).
-func (c *conn) chargeIn(_ byte, body int) {
-	a := c.a
-	cpu := a.rec.Load().open[c.aead].At(max(0, body-c.overhead))
-	a.recordBytesIn.Add(float64(recordHeaderLen + body))
-	a.recordCPUIn.Add(cpu)
-	a.cpuTotal.Add(cpu)
+func (c *conn) chargeIn(typ byte, body int) {
+	plain := max(0, body-c.overhead)
+	c.inTally.add(recordHeaderLen+body, c.a.rec.Load().open[c.aead].At(plain))
+	c.inTally.now = c.inTally.now || c.isAlert(typ, plain)
+}
+
+// isAlert tells an alert record (close_notify, mostly) by its type, or in TLS 1.3, where
+// every protected record has the application data type, by its two-byte plaintext.
+func (c *conn) isAlert(typ byte, plain int) bool {
+	return typ == typeAlert || c.tls13 && typ == typeApplicationData && plain == 2
 }
 
 // chargeOut costs one record written after the handshake. first is whether it begins a
@@ -186,7 +245,7 @@ func (c *conn) chargeIn(_ byte, body int) {
 // A close_notify alert is an extra write too: plain HTTP just closes.
 func (c *conn) chargeOut(typ byte, body int, first bool) {
 	plain := max(0, body-c.overhead)
-	alert := typ == typeAlert || c.tls13 && typ == typeApplicationData && plain == 2
+	alert := c.isAlert(typ, plain)
 	extra := false
 	if alert {
 		extra = first
@@ -210,15 +269,13 @@ func (c *conn) chargeOut(typ byte, body int, first bool) {
 		c.readsAtWrite = reads
 		c.prevFull = plain >= limit
 	}
-	a := c.a
-	cpu := a.rec.Load().seal[c.aead].At(plain)
+	cpu := c.a.rec.Load().seal[c.aead].At(plain)
 	if extra {
-		cpu += a.writeCost()
-		a.extraWrites.Inc()
+		cpu += c.a.writeCost()
+		c.outTally.extraWrites++
 	}
-	a.recordBytesOut.Add(float64(recordHeaderLen + body))
-	a.recordCPUOut.Add(cpu)
-	a.cpuTotal.Add(cpu)
+	c.outTally.add(recordHeaderLen+body, cpu)
+	c.outTally.now = c.outTally.now || alert
 }
 
 // sameWrite tells, for a record that follows a full one and could belong to the same
@@ -245,9 +302,12 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) error {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	_ = c.Conn.SetDeadline(start.Add(a.timeout))
+	if a.timeout > 0 {
+		_ = c.Conn.SetDeadline(start.Add(a.timeout))
+	}
+	// The first segment opens when the ClientHello has been read: a server's handshake
+	// begins with that read.
 	c.inHandshake = true
-	c.startSegment()
 	err := tc.Handshake()
 	c.endSegment()
 	c.inHandshake = false
@@ -263,7 +323,9 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) error {
 		c.a.hsBytesIn.Add(float64(c.hsIn))
 		a.log.Debug("tlscost: TLS handshake error", "remote", c.RemoteAddr().String(), "err", err)
 	} else {
-		_ = c.Conn.SetDeadline(time.Time{})
+		if a.timeout > 0 {
+			_ = c.Conn.SetDeadline(time.Time{})
+		}
 		c.finishHandshake(&cs)
 		a.okHandshakes.Add(1)
 	}

@@ -46,7 +46,7 @@ func (l *listener) Accept() (net.Conn, error) {
 
 // Handshake runs tc's handshake. If tc came from one of a's listeners and its handshake
 // has not begun, it is measured: its CPU on the thread that runs it (see the package
-// comment), within Options.HandshakeTimeout, counted as failed if it fails; the caller
+// comment), within Options.HandshakeTimeout if set, counted as failed if it fails; the caller
 // closes tc then, as after any failed handshake. Otherwise, and for a nil Accountant, it
 // is tc.Handshake().
 func (a *Accountant) Handshake(tc *tls.Conn) error {

@@ -3,10 +3,11 @@
 //
 // Handshakes are measured: Accountant.Handshake runs the handshake of a connection from
 // Listener in the goroutine that serves it and reads the CPU clock of the thread that
-// runs it (CLOCK_THREAD_CPUTIME_ID). The
-// goroutine is locked to its thread only between blocking reads — locked when a read
-// returns, unlocked before the next — and the segments are added up, so a silent client
-// holds a parked goroutine, never an OS thread. Every handshake has a deadline.
+// runs it (CLOCK_THREAD_CPUTIME_ID). The goroutine is locked to its thread only between
+// blocking reads — locked when a read returns, unlocked before the next — and the
+// segments are added up, so a silent client holds a parked goroutine, never an OS thread.
+// Every handshake has a deadline: Options.HandshakeTimeout, or the caller's (proxy.Server
+// sets read_header_timeout).
 //
 // A handshake is charged its thread-clock segments times HandshakeFactor: the process CPU
 // a handshake costs per second of those segments, measured at start-up against a client
@@ -49,10 +50,12 @@ type Options struct {
 	// Registerer receives the metrics; nil means a private registry that nothing scrapes
 	// (for tests).
 	Registerer prometheus.Registerer
-	// HandshakeTimeout bounds a handshake from accept to its end, so that a client that
-	// stops sending cannot hold a connection (or, through the accounting, a thread).
-	// edgeproxy passes limits.read_header_timeout, the bound net/http itself would apply.
-	// Zero means 10s.
+	// HandshakeTimeout, if set, bounds a handshake from accept to its end: Handshake
+	// sets the connection's deadline. Zero leaves the deadline to the caller, as
+	// edgeproxy does: proxy.Server sets limits.read_header_timeout before it calls
+	// Handshake (setting it twice would cost two more timer updates per connection). A
+	// client that stops sending must not hold a connection for ever; it cannot hold a
+	// thread (see the package comment).
 	HandshakeTimeout time.Duration
 	// MaxAppWrite is the largest single write the layers above TLS make: a run of full
 	// records longer than this is counted as more than one write of the application.
@@ -71,9 +74,6 @@ type Options struct {
 
 // DefaultMaxAppWrite is the application write bound when Options.MaxAppWrite is zero.
 const DefaultMaxAppWrite = 17 << 10
-
-// DefaultHandshakeTimeout is the handshake bound when Options.HandshakeTimeout is zero.
-const DefaultHandshakeTimeout = 10 * time.Second
 
 // Accountant owns the TLS cost metrics and hands out measuring listeners. A nil
 // *Accountant is valid: its Listener is a plain tls.NewListener (tls.tls_cost: false).
@@ -98,7 +98,6 @@ type Accountant struct {
 	hsBytesIn      prometheus.Counter
 	hsBytesOut     prometheus.Counter
 
-	writeSeq   atomic.Uint64 // writes after handshakes, to pick the sampled ones
 	writeFixed atomic.Uint64 // float64 bits: the fixed CPU of one write(2), seconds
 	writeN     atomic.Int64  // samples so far
 	hsNanos    atomic.Int64  // thread-clock CPU of all handshakes so far (calibration)
@@ -196,9 +195,6 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		timeout:     opts.HandshakeTimeout,
 		maxAppWrite: opts.MaxAppWrite,
 		log:         opts.Logger,
-	}
-	if a.timeout <= 0 {
-		a.timeout = DefaultHandshakeTimeout
 	}
 	if a.maxAppWrite <= 0 {
 		a.maxAppWrite = DefaultMaxAppWrite

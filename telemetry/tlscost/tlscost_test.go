@@ -475,6 +475,19 @@ func (h handshaking) Accept() (net.Conn, error) {
 	}
 }
 
+// get fetches url through tr and returns the body; tr's connections are closed after.
+func get(t *testing.T, tr *http.Transport, url string) string {
+	t.Helper()
+	defer tr.CloseIdleConnections()
+	res, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	return string(body)
+}
+
 // net/http must still see a *tls.Conn: Request.TLS is set and h2 is negotiated by ALPN.
 func TestListener_HTTPServer(t *testing.T) {
 	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "rsa")}, NextProtos: []string{"h2", "http/1.1"}}
@@ -499,15 +512,8 @@ func TestListener_HTTPServer(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ccfg := clientConfig()
 			ccfg.NextProtos = tt.protos
-			tr := &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: tt.want == "2"}
-			defer tr.CloseIdleConnections()
-			res, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + f.addr() + "/")
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			if string(body) != tt.want {
+			body := get(t, &http.Transport{TLSClientConfig: ccfg, ForceAttemptHTTP2: tt.want == "2"}, "https://"+f.addr()+"/")
+			if body != tt.want {
 				t.Errorf("got protocol %q; want %q", body, tt.want)
 			}
 		})
@@ -700,6 +706,7 @@ func TestChargeOut_ExtraWrites(t *testing.T) {
 				c.gap = 0
 				c.sent += int64(recordHeaderLen + body)
 			}
+			c.outTally.flush(a, a.recordBytesOut, a.recordCPUOut) // as at the connection's end
 			f := &fixture{reg: reg}
 			if got := f.value(t, "edgeproxy_tls_extra_writes_total", nil); got != tt.want {
 				t.Errorf("extra writes: got %v; want %v", got, tt.want)
@@ -833,20 +840,46 @@ func TestListener_HandshakeNotThroughAccountantIsUnmeasured(t *testing.T) {
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(f.ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	tr := &http.Transport{TLSClientConfig: clientConfig()}
-	defer tr.CloseIdleConnections()
-	res, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + f.addr() + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if string(body) != "ok" {
+	if body := get(t, &http.Transport{TLSClientConfig: clientConfig()}, "https://"+f.addr()+"/"); body != "ok" {
 		t.Errorf("body: got %q; want ok", body)
 	}
 	for _, m := range []string{"edgeproxy_tls_handshakes_total", "edgeproxy_tls_record_bytes_total", "edgeproxy_tls_cpu_seconds_total"} {
 		if got := f.value(t, m, nil); got != 0 {
 			t.Errorf("%s: got %v; want 0", m, got)
 		}
+	}
+}
+
+// A connection passes what it charges to the shared counters in batches: every
+// flushRecords records, at once for an alert, and when the connection fails; nothing is
+// lost between the tally and the counters.
+func TestConn_TallyFlushes(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a, err := New(Options{Registerer: reg, Costs: testCosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &conn{a: a, sent: recordSizeBoostThreshold}
+	c.finishHandshake(&tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256})
+	f := &fixture{reg: reg}
+	out := func() float64 { return f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "out"}) }
+	const body = 100 + 17
+	for range flushRecords - 1 {
+		c.chargeOut(typeApplicationData, body, true)
+	}
+	if c.outTally.now || out() != 0 {
+		t.Fatalf("after %d records: flush due %v, counted %v; want neither", flushRecords-1, c.outTally.now, out())
+	}
+	c.chargeOut(typeApplicationData, body, true)
+	if !c.outTally.now {
+		t.Fatalf("after %d records: no flush due", flushRecords)
+	}
+	c.outTally.flush(a, a.recordBytesOut, a.recordCPUOut)
+	if got, want := out(), float64(flushRecords*(recordHeaderLen+body)); got != want {
+		t.Errorf("bytes out: got %v; want %v", got, want)
+	}
+	c.chargeOut(typeApplicationData, 2+17, true) // a TLS 1.3 close_notify
+	if !c.outTally.now {
+		t.Errorf("close_notify: no flush due")
 	}
 }
