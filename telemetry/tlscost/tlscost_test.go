@@ -862,7 +862,9 @@ func TestConn_TallyFlushes(t *testing.T) {
 	c := &conn{a: a, sent: recordSizeBoostThreshold}
 	c.finishHandshake(&tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256})
 	f := &fixture{reg: reg}
-	out := func() float64 { return f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "out"}) }
+	out := func() float64 {
+		return f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "out"})
+	}
 	const body = 100 + 17
 	for range flushRecords - 1 {
 		c.chargeOut(typeApplicationData, body, true)
