@@ -39,6 +39,7 @@ import (
 	"math"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -97,6 +98,7 @@ type Accountant struct {
 	okHandshakes   atomic.Int64 // for the bytes they allocated
 	hsBytesIn      prometheus.Counter
 	hsBytesOut     prometheus.Counter
+	hsSeries       sync.Map // hsLabels → *hsSeries: the label lookups, once per combination
 
 	writeFixed atomic.Uint64 // float64 bits: the fixed CPU of one write(2), seconds
 	writeN     atomic.Int64  // samples so far
@@ -107,6 +109,29 @@ type Accountant struct {
 	perByte    *prometheus.GaugeVec
 	perRecord  *prometheus.GaugeVec
 	calibrated chan struct{} // closed when the background calibration is applied; nil: none ran
+}
+
+// hsLabels are the labels of the handshake metrics.
+type hsLabels struct{ result, version, resumed, key string }
+
+// hsSeries are the handshake metrics of one label combination.
+type hsSeries struct {
+	count prometheus.Counter
+	cpu   prometheus.Observer
+}
+
+// series returns the handshake metrics for l. There are a few dozen combinations at most;
+// looking each up once saves hashing four label values twice per handshake.
+func (a *Accountant) series(l hsLabels) *hsSeries {
+	if s, ok := a.hsSeries.Load(l); ok {
+		return s.(*hsSeries)
+	}
+	s := &hsSeries{
+		count: a.handshakes.WithLabelValues(l.result, l.version, l.resumed, l.key),
+		cpu:   a.handshakeCPU.WithLabelValues(l.result, l.version, l.resumed, l.key),
+	}
+	got, _ := a.hsSeries.LoadOrStore(l, s)
+	return got.(*hsSeries)
 }
 
 // recordCosts are the per-record costs charged for each AEAD, by aeadIndex.

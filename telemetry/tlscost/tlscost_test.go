@@ -885,3 +885,25 @@ func TestConn_TallyFlushes(t *testing.T) {
 		t.Errorf("close_notify: no flush due")
 	}
 }
+
+// A server that answers one request and closes, without reading again, still has that
+// request's record counted: Close counts what the connection had not yet passed on.
+func TestConn_CloseCountsWhatIsPending(t *testing.T) {
+	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MinVersion: tls.VersionTLS13, SessionTicketsDisabled: true}
+	f := newFixture(t, Options{}, cfg)
+	wg := f.serve(func(c net.Conn) {
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			_, _ = c.Write(make([]byte, 10))
+		}
+	})
+	exchange(t, f.addr(), clientConfig(), 10)
+	_ = f.ln.Close()
+	wg.Wait()
+	const overhead = recordHeaderLen + 16 + 1
+	if got, want := f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "in"}), float64(overhead+len("10\n")); got != want {
+		t.Errorf("record bytes in: got %v; want %v (the request)", got, want)
+	}
+	if got, want := f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "out"}), float64(2*overhead+10+2); got != want {
+		t.Errorf("record bytes out: got %v; want %v (the response and a close_notify)", got, want)
+	}
+}

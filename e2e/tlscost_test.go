@@ -1,0 +1,68 @@
+package e2e
+
+import (
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// The TLS cost metrics count what goes through the edge, on both data paths: every
+// handshake (new HTTP/1.1 connections and an HTTP/2 one), its CPU, its records and the
+// total. The measuring happens where proxy.Server runs the handshake, so this pins down
+// the wiring as well as the accounting.
+func TestTLSCost_MetricsCountTheEdgesConnections(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		e, c := limitsEdge(t, engine, "  max_header_bytes: 65536\n")
+		c.Transport.(*http.Transport).DisableKeepAlives = true // a handshake per request
+		const newConns, h2Requests = 10, 10
+		get := func(c *http.Client) {
+			t.Helper()
+			resp, err := c.Get("https://app.test/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+		}
+		for range newConns {
+			get(c)
+		}
+		h2 := h2Client(certPoolFromConfig(t, e.ConfigFile), e.HTTPS)
+		for range h2Requests {
+			get(h2)
+		}
+		h2.CloseIdleConnections()
+
+		m := e.metrics(t)
+		sum := func(series string) float64 {
+			re := regexp.MustCompile(`(?m)^` + series + `(?:\{[^}]*\})? ([0-9.e+-]+)$`)
+			total := 0.0
+			for _, match := range re.FindAllStringSubmatch(m, -1) {
+				v, _ := strconv.ParseFloat(match[1], 64)
+				total += v
+			}
+			return total
+		}
+		if got, want := sum(`edgeproxy_tls_handshakes_total\{[^}]*result="ok"[^}]*\}`), float64(newConns+1); got != want {
+			t.Errorf("ok handshakes: got %v; want %v\n%s", got, want, m)
+		}
+		if got, want := sum(`edgeproxy_tls_handshake_cpu_seconds_count\{[^}]*result="ok"[^}]*\}`), float64(newConns+1); got != want {
+			t.Errorf("handshake CPU observations: got %v; want %v", got, want)
+		}
+		for _, series := range []string{
+			`edgeproxy_tls_handshake_cpu_seconds_sum`,
+			`edgeproxy_tls_record_bytes_total\{direction="in"\}`,
+			`edgeproxy_tls_record_bytes_total\{direction="out"\}`,
+			`edgeproxy_tls_cpu_seconds_total`,
+		} {
+			if got := sum(series); got <= 0 {
+				t.Errorf("%s: got %v; want > 0", series, got)
+			}
+		}
+	})
+}
