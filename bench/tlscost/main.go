@@ -49,6 +49,7 @@ var (
 	scale   = flag.Float64("scale", 1, "multiply every request count (0.2 for a quick look)")
 	chunks  = flag.Int("chunks", 8, "TLS/plain (or on/off) alternations within one run")
 	only    = flag.String("only", "", "run only the scenarios whose name contains this")
+	edgeCPU = flag.Int("edge-cpu", -1, "pin the edgeproxy processes to this CPU with taskset (-1: no pinning)")
 )
 
 func main() {
@@ -187,6 +188,11 @@ log: {format: text}
 		return nil, err
 	}
 	e.cmd = exec.Command(*bin, "run", "-config", path)
+	if *edgeCPU >= 0 {
+		// Pinned, so that the edge's CPU does not depend on where the scheduler puts it
+		// next to the load generator (run the benchmark itself with taskset on another CPU).
+		e.cmd = exec.Command("taskset", "-c", strconv.Itoa(*edgeCPU), *bin, "run", "-config", path)
+	}
 	e.errw = &syncWriter{w: e.stderr}
 	e.cmd.Stderr = e.errw
 	if err := e.cmd.Start(); err != nil {
