@@ -187,12 +187,13 @@ log: {format: text}
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	e.cmd = exec.Command(*bin, "run", "-config", path)
+	args := []string{*bin, "run", "-config", path}
 	if *edgeCPU >= 0 {
 		// Pinned, so that the edge's CPU does not depend on where the scheduler puts it
 		// next to the load generator (run the benchmark itself with taskset on another CPU).
-		e.cmd = exec.Command("taskset", "-c", strconv.Itoa(*edgeCPU), *bin, "run", "-config", path)
+		args = append([]string{"taskset", "-c", strconv.Itoa(*edgeCPU)}, args...)
 	}
+	e.cmd = exec.Command(args[0], args[1:]...)
 	e.errw = &syncWriter{w: e.stderr}
 	e.cmd.Stderr = e.errw
 	if err := e.cmd.Start(); err != nil {

@@ -17,10 +17,9 @@ import (
 // A handshake costs the process more than its thread clock shows. Around the measured
 // segments there are the read system calls of the handshake (the thread is released
 // around them) and the extra park and netpoll wake-up of each round trip. None of it can
-// be clocked per handshake, but all
-// of it shows in the process's CPU clock. measureHandshakeFactor runs handshakes through
-// a Listener on loopback against a client in a child process (hschild.go), alternating
-// with batches of plain TCP connections carrying the same one-byte exchange, and divides
+// be clocked per handshake, but all of it shows in the process's CPU clock.
+// measureHandshakeFactor runs handshakes through a Listener on loopback against a client
+// in a child process (hschild.go), alternating with batches of plain TCP connections carrying the same one-byte exchange, and divides
 // the process CPU the handshakes added by their thread-clock segments: HandshakeFactor
 // is process CPU per second of segment CPU, and each handshake is charged its segments
 // times it. If no child can be started, the client runs in this process and its
