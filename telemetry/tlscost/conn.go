@@ -28,12 +28,21 @@ type conn struct {
 	started     bool // the handshake has begun
 	unmeasured  bool // it began without Accountant.Handshake: nothing is measured
 	inHandshake bool
-	inSegment   bool  // a segment is open: the goroutine is locked to its thread
-	segStart    int64 // thread CPU clock (ns) when the current segment began
-	cpu         int64 // ns, the segments so far
+	inSegment   bool        // a segment is open: the goroutine is locked to its thread
+	clock       threadClock // the locked thread's clock, in a segment
+	segStart    int64       // thread CPU clock (ns) when the current segment began
+	cpu         int64       // ns, the segments so far
 	key         string
 	hsIn, hsOut int   // raw bytes read and written during the handshake
 	inRecs      []rec // records whose header was read during the handshake
+	clockReads  int   // thread-clock readings so far (what the measurement costs)
+
+	// Read-ahead of the handshake: what one read from the socket brought in and crypto/tls
+	// has not yet taken, so that a client's flight arriving at once costs one read and no
+	// segment boundary, however small the buffer crypto/tls reads into. Taken back by
+	// the pool when empty after the handshake.
+	hsBuf  *[]byte
+	hsData []byte // the unread part of *hsBuf
 
 	// Set when the handshake succeeded, before the conn is handed on.
 	aead         int // aeadIndex of the negotiated AEAD
@@ -113,7 +122,8 @@ func (c *conn) endSegment() {
 	if !c.inSegment {
 		return
 	}
-	c.cpu += max(0, threadCPU()-c.segStart) // never negative on one thread; a counter must not fall
+	c.cpu += max(0, c.clock.now()-c.segStart) // never negative on one thread; a counter must not fall
+	c.clockReads++
 	c.inSegment = false
 	runtime.UnlockOSThread()
 }
@@ -121,7 +131,9 @@ func (c *conn) endSegment() {
 func (c *conn) startSegment() {
 	runtime.LockOSThread()
 	c.inSegment = true
-	c.segStart = threadCPU()
+	c.clock = currentThreadClock()
+	c.segStart = c.clock.now()
+	c.clockReads++
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -131,15 +143,11 @@ func (c *conn) Read(p []byte) (int, error) {
 	if c.unmeasured {
 		return c.Conn.Read(p)
 	}
+	if len(c.hsData) > 0 {
+		return c.readAhead(p), nil
+	}
 	if c.inHandshake {
-		// Never hold the thread across a read that may block: a client that sends
-		// nothing would pin one OS thread each.
-		c.endSegment()
-		n, err := c.Conn.Read(p)
-		c.startSegment()
-		c.hsIn += n
-		c.in.feed(p[:n], func(typ byte, body int) { c.inRecs = append(c.inRecs, rec{typ, body}) })
-		return n, err
+		return c.handshakeRead(p)
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 || err != nil {
@@ -154,6 +162,48 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.tallyMu.Unlock()
 	}
 	return n, err
+}
+
+// handshakeRead reads from the socket during the handshake, into the read-ahead buffer.
+// It never holds the thread across the read, which may block: a client that sends nothing
+// would pin one OS thread each. Each such read ends a CPU segment and starts the next,
+// two readings of the thread clock; so it reads as much as has arrived (a ClientHello
+// with a post-quantum key share is ~1.8 KiB, and crypto/tls asks for its 5-byte header
+// first, then for the rest: two reads, and two more clock readings, without the buffer).
+func (c *conn) handshakeRead(p []byte) (int, error) {
+	if c.hsBuf == nil {
+		c.hsBuf = c.a.readAhead.Get().(*[]byte)
+	}
+	buf := *c.hsBuf
+	c.endSegment()
+	n, err := c.Conn.Read(buf)
+	c.startSegment()
+	c.hsIn += n
+	c.in.feed(buf[:n], func(typ byte, body int) { c.inRecs = append(c.inRecs, rec{typ, body}) })
+	c.hsData = buf[:n]
+	return c.readAhead(p), err
+}
+
+// readAhead passes on what the handshake read ahead, and gives the buffer back once the
+// handshake is over and it is empty.
+func (c *conn) readAhead(p []byte) int {
+	n := copy(p, c.hsData)
+	c.hsData = c.hsData[n:]
+	if len(c.hsData) == 0 && !c.inHandshake {
+		c.releaseReadAhead()
+	}
+	return n
+}
+
+// readAheadSize holds a client's first flight (a ClientHello is 0.5–2 KiB) or its second
+// (in TLS 1.2 with a client certificate chain, a few KiB); a larger one takes more reads.
+const readAheadSize = 4 << 10
+
+func (c *conn) releaseReadAhead() {
+	if c.hsBuf != nil && len(c.hsData) == 0 {
+		c.a.readAhead.Put(c.hsBuf)
+		c.hsBuf, c.hsData = nil, nil
+	}
 }
 
 // Close counts what the connection has charged and not yet counted, and closes it.
@@ -333,6 +383,7 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) error {
 	err := tc.Handshake()
 	c.endSegment()
 	c.inHandshake = false
+	c.releaseReadAhead()
 	wall := time.Since(start)
 
 	cs := tc.ConnectionState()

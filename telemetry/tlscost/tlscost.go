@@ -98,7 +98,8 @@ type Accountant struct {
 	okHandshakes   atomic.Int64 // for the bytes they allocated
 	hsBytesIn      prometheus.Counter
 	hsBytesOut     prometheus.Counter
-	hsSeries       sync.Map // hsLabels → *hsSeries: the label lookups, once per combination
+	hsSeries       sync.Map  // hsLabels → *hsSeries: the label lookups, once per combination
+	readAhead      sync.Pool // *[]byte of readAheadSize: the handshakes' read-ahead buffers
 
 	writeFixed atomic.Uint64 // float64 bits: the fixed CPU of one write(2), seconds
 	writeN     atomic.Int64  // samples so far
@@ -221,6 +222,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		maxAppWrite: opts.MaxAppWrite,
 		log:         opts.Logger,
 	}
+	a.readAhead.New = func() any { b := make([]byte, readAheadSize); return &b }
 	if a.maxAppWrite <= 0 {
 		a.maxAppWrite = DefaultMaxAppWrite
 	}
@@ -304,9 +306,10 @@ const writeSampleEvery = 64
 // driver). An exponentially weighted mean follows the machine's current load.
 func (a *Accountant) sampleWrite(w net.Conn, p []byte) (int, error) {
 	runtime.LockOSThread()
-	t0 := threadCPU()
+	clock := currentThreadClock()
+	t0 := clock.now()
 	n, err := w.Write(p)
-	d := float64(threadCPU()-t0) / 1e9
+	d := float64(clock.now()-t0) / 1e9
 	runtime.UnlockOSThread()
 	if err != nil || n == 0 || d <= 0 {
 		return n, err

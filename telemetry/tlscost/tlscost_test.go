@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -241,10 +242,13 @@ func TestListener_BytesMatchWire(t *testing.T) {
 		name    string
 		version uint16
 		size    int
+		trickle bool // the client writes in 100-byte pieces: many reads per flight
 	}{
-		{"tls13-small", tls.VersionTLS13, 100},
-		{"tls13-200KiB", tls.VersionTLS13, 200 << 10},
-		{"tls12-200KiB", tls.VersionTLS12, 200 << 10},
+		{"tls13-small", tls.VersionTLS13, 100, false},
+		{"tls13-200KiB", tls.VersionTLS13, 200 << 10, false},
+		{"tls12-200KiB", tls.VersionTLS12, 200 << 10, false},
+		{"tls13-trickled", tls.VersionTLS13, 100, true},
+		{"tls12-trickled", tls.VersionTLS12, 100, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: tt.version, SessionTicketsDisabled: true}
@@ -256,7 +260,11 @@ func TestListener_BytesMatchWire(t *testing.T) {
 				t.Fatal(err)
 			}
 			cc := &countingConn{Conn: raw, l: &countingListener{}}
-			tc := tls.Client(cc, clientConfig())
+			var under net.Conn = cc
+			if tt.trickle {
+				under = trickleConn{cc}
+			}
+			tc := tls.Client(under, clientConfig())
 			if err := tc.Handshake(); err != nil {
 				t.Fatal(err)
 			}
@@ -301,6 +309,49 @@ func TestListener_BytesMatchWire(t *testing.T) {
 				t.Errorf("tls_cpu_seconds_total %v; want records %v + handshakes %v", total, recCPU, hsCPU)
 			}
 		})
+	}
+}
+
+// trickleConn writes in 100-byte pieces, a millisecond apart, so that the server reads a
+// flight in many reads.
+type trickleConn struct{ net.Conn }
+
+func (c trickleConn) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), 100)
+		m, err := c.Conn.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+		time.Sleep(time.Millisecond)
+	}
+	return n, nil
+}
+
+// A full handshake reads the thread clock four times: when the ClientHello has been read,
+// around the wait for the client's Finished, and at the end. A ClientHello that arrives at
+// once is read at once, however little crypto/tls asks for (its record header first).
+func TestListener_HandshakeReadsTheClockFourTimes(t *testing.T) {
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: version, SessionTicketsDisabled: true}
+		f := newFixture(t, Options{}, cfg)
+		reads := make(chan int, 1)
+		wg := f.serve(func(c net.Conn) {
+			reads <- c.(*tls.Conn).NetConn().(*conn).clockReads
+		})
+		tc, err := tls.Dial("tcp", f.addr(), clientConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := <-reads; got != 4 {
+			t.Errorf("TLS %x: %d thread clock readings in a full handshake; want 4", version, got)
+		}
+		_ = tc.Close()
+		_ = f.ln.Close()
+		wg.Wait()
 	}
 }
 
@@ -732,6 +783,42 @@ func TestThreadCPU(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { threadCPU() }); n != 0 {
 		t.Errorf("threadCPU allocates %v times; want 0", n)
+	}
+}
+
+// The perf counter, where the kernel allows one, counts what CLOCK_THREAD_CPUTIME_ID
+// counts: the thread's time on the CPU, user and kernel.
+func TestThreadClockCountsWhatTheThreadCPUClockCounts(t *testing.T) {
+	if !threadClockWorks() {
+		t.Skip("no thread CPU clock")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c := currentThreadClock()
+	if c == fallbackClock {
+		t.Log("perf events refused here: the clock is CLOCK_THREAD_CPUTIME_ID itself")
+	}
+	if again := currentThreadClock(); again != c {
+		t.Fatalf("the same thread's clock twice: %v, then %v", c, again)
+	}
+	buf := make([]byte, 1<<20)
+	var best float64
+	for range 5 { // the least difference of five: a reading may be preempted between the two
+		p0, c0 := c.now(), fallbackClock.now()
+		for range 20 {
+			sha256.Sum256(buf)
+			_, _ = os.Stat(os.DevNull) // kernel time counts too
+		}
+		p1, c1 := c.now(), fallbackClock.now()
+		if p1-p0 <= 0 {
+			t.Fatalf("thread clock after a busy loop: advanced %dns; want > 0", p1-p0)
+		}
+		if d := math.Abs(float64(p1-p0)/float64(c1-c0) - 1); best == 0 || d < best {
+			best = d
+		}
+	}
+	if best > 0.02 {
+		t.Errorf("thread clock and CLOCK_THREAD_CPUTIME_ID over the same busy loop differ by %.1f%%; want within 2%%", best*100)
 	}
 }
 
