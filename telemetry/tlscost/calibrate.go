@@ -112,7 +112,7 @@ func calibrate() (*Costs, error) {
 			return c, fmt.Errorf("tlscost: calibrating the %s record layer: %w; charging its AEAD only, as measured at start-up", name, err)
 		}
 	}
-	if c.HandshakeAllocBytes, err = measureHandshakeAllocs(); err != nil {
+	if c.HandshakeAllocBytes, err = handshakeAllocs(); err != nil {
 		return c, fmt.Errorf("tlscost: measuring handshake allocations: %w; no GC CPU is charged to TLS", err)
 	}
 	w, minSys, err := measureWrite()
