@@ -28,14 +28,20 @@ type conn struct {
 	started     bool // the handshake has begun
 	unmeasured  bool // it began without Accountant.Handshake: nothing is measured
 	inHandshake bool
-	inSegment   bool        // a segment is open: the goroutine is locked to its thread
-	clock       threadClock // the locked thread's clock, in a segment
-	segStart    int64       // thread CPU clock (ns) when the current segment began
-	cpu         int64       // ns, the segments so far
+	inSegment   bool  // a segment is open: the goroutine is locked to its thread
+	segStart    int64 // thread CPU clock (ns) when the current segment began
+	cpu         int64 // ns, the segments so far
 	key         string
 	hsIn, hsOut int   // raw bytes read and written during the handshake
 	inRecs      []rec // records whose header was read during the handshake
 	clockReads  int   // thread-clock readings so far (what the measurement costs)
+
+	// The tail of a handshake — its segments after the server's first flight has been
+	// written: processing the client's second flight — is measured when measureTail is
+	// set (on a sample of handshakes, see Accountant.handshake) and estimated otherwise.
+	measureTail bool
+	tail        bool  // the server's first flight is out: this segment is in the tail
+	tailCPU     int64 // ns, the tail's measured segments (included in cpu)
 
 	// Read-ahead of the handshake: what one read from the socket brought in and crypto/tls
 	// has not yet taken, so that a client's flight arriving at once costs one read and no
@@ -122,17 +128,24 @@ func (c *conn) endSegment() {
 	if !c.inSegment {
 		return
 	}
-	c.cpu += max(0, c.clock.now()-c.segStart) // never negative on one thread; a counter must not fall
+	d := max(0, threadCPU()-c.segStart) // never negative on one thread; a counter must not fall
+	c.cpu += d
+	if c.tail {
+		c.tailCPU += d
+	}
 	c.clockReads++
 	c.inSegment = false
 	runtime.UnlockOSThread()
 }
 
 func (c *conn) startSegment() {
+	c.tail = c.hsOut > 0
+	if c.tail && !c.measureTail {
+		return // estimated: no thread to hold, no clock to read
+	}
 	runtime.LockOSThread()
 	c.inSegment = true
-	c.clock = currentThreadClock()
-	c.segStart = c.clock.now()
+	c.segStart = threadCPU()
 	c.clockReads++
 }
 
@@ -380,6 +393,7 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) error {
 	// The first segment opens when the ClientHello has been read: a server's handshake
 	// begins with that read.
 	c.inHandshake = true
+	c.measureTail = a.sampleTail()
 	err := tc.Handshake()
 	c.endSegment()
 	c.inHandshake = false
@@ -405,13 +419,20 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) error {
 	if key == "" || cs.DidResume {
 		key = "none" // no certificate's key was used
 	}
-	sec := float64(c.cpu) / 1e9
 	s := a.series(hsLabels{result, versionLabel(cs.Version), resumed, key})
+	cpu := c.cpu
+	if c.measureTail {
+		s.tailNanos.Add(c.tailCPU)
+		s.tails.Add(1)
+	} else {
+		cpu += s.meanTail()
+	}
+	sec := float64(cpu) / 1e9
 	s.count.Inc()
 	s.cpu.Observe(sec)
 	a.hsBytesOut.Add(float64(c.hsOut))
 	a.handshakeWall.Observe(wall.Seconds())
-	a.hsNanos.Add(c.cpu)
+	a.hsNanos.Add(cpu)
 	a.cpuTotal.Add(sec * max(1, a.costs.Load().HandshakeFactor))
 	return err
 }
@@ -420,9 +441,7 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) error {
 // labels. The choice runs inside the handshake's CPU segment, on the locked thread: it is
 // part of what the handshake costs, and it must not wait (edgeproxy's certs.Source answers
 // from memory; ACME orders are placed outside handshakes). Pausing the segment around it
-// cost two more reads of the thread clock per handshake, and on a virtual machine whose
-// system calls run with speculation mitigations each read costs more than it takes:
-// every clock read was ~1% more CPU per new connection.
+// would cost two more readings of the thread clock per handshake (~1 µs each).
 func getCertificate(inner func(*tls.ClientHelloInfo) (*tls.Certificate, error), certs []tls.Certificate) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 		c, _ := hello.Conn.(*conn)

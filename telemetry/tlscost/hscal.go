@@ -273,7 +273,7 @@ func clientOne(a *Accountant, addr string, useTLS bool, cfg *tls.Config, nanos *
 		}
 		c = tc
 	} else if useTLS {
-		mc := &conn{Conn: raw, a: a, started: true, inHandshake: true}
+		mc := &conn{Conn: raw, a: a, started: true, inHandshake: true, measureTail: true}
 		tc := tls.Client(mc, cfg)
 		mc.startSegment()
 		err := tc.Handshake()
