@@ -39,6 +39,15 @@ const (
 	// takes some forty rounds, half a second, for the sum to settle within ±10%.
 	dataFactorRounds    = 48
 	dataFactorExchanges = 60
+
+	// dataFactorPause spaces the rounds. A serving edge moves a response between other
+	// work (other connections, reads from the target, the load on the machine), not in a
+	// loop where the record layer's code and buffers never leave the caches and the CPU
+	// never idles: back to back, the rounds read 1.3–1.7 over one start-up to the next
+	// and the charge came to 0.71–1.02 of what TLS added to proxied 64 KiB responses in
+	// the accuracy benchmark (seven start-ups); spaced, 1.5–2.0 and 0.82–1.08 (nine).
+	// It costs start-up two seconds of waiting, no CPU.
+	dataFactorPause = 40 * time.Millisecond
 )
 
 // measureHandshakeFactor returns process CPU per second of thread-clock handshake CPU, and
@@ -175,6 +184,7 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 	// way of one batch is an outlier, not a share of the answer.
 	var rounds []dataRound
 	for r := range dataFactorRounds {
+		time.Sleep(dataFactorPause)
 		c0 := charged()
 		dExtra := 0.0
 		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
