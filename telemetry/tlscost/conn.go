@@ -34,7 +34,8 @@ type conn struct {
 	key         string
 	hsIn, hsOut int   // raw bytes read and written during the handshake
 	inRecs      []rec // records whose header was read during the handshake
-	clockReads  int   // thread-clock readings so far (what the measurement costs)
+	inRecsBuf   [6]rec
+	clockReads  int // thread-clock readings so far (what the measurement costs)
 
 	// The tail of a handshake — its segments after the server's first flight has been
 	// written: processing the client's second flight — is measured when measureTail is
@@ -192,6 +193,9 @@ func (c *conn) handshakeRead(p []byte) (int, error) {
 	n, err := c.Conn.Read(buf)
 	c.startSegment()
 	c.hsIn += n
+	if c.inRecs == nil {
+		c.inRecs = c.inRecsBuf[:0] // a handshake's few records need no allocation
+	}
 	c.in.feed(buf[:n], func(typ byte, body int) { c.inRecs = append(c.inRecs, rec{typ, body}) })
 	c.hsData = buf[:n]
 	return c.readAhead(p), err
@@ -267,7 +271,9 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.outTally.flush(c.a, c.a.recordBytesOut, c.a.recordCPUOut)
 	}
 	c.tallyMu.Unlock()
-	c.lastWrite = time.Since(epoch)
+	if c.prevFull { // only the write after a full record asks when this one returned
+		c.lastWrite = time.Since(epoch)
+	}
 	return n, err
 }
 
