@@ -372,24 +372,23 @@ func accuracy(dir, backend string) error {
 			for k, p := range parts {
 				part0[k] = e.metric(p)
 			}
-			for j := range *chunks {
-				order := []bool{true, false}
-				if (i+j)%2 == 1 {
-					order = []bool{false, true}
+			err := alternate(i, func(side int) error {
+				t := side == 0
+				l := load{tls: t, addr: e.addr(t), size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / *chunks}
+				m0, c0 := e.metric("edgeproxy_tls_cpu_seconds_total"), e.cpu()
+				if _, err := l.run(); err != nil {
+					return fmt.Errorf("%s: %w", sc.name, err)
 				}
-				for _, t := range order {
-					l := load{tls: t, addr: e.addr(t), size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / *chunks}
-					m0, c0 := e.metric("edgeproxy_tls_cpu_seconds_total"), e.cpu()
-					if _, err := l.run(); err != nil {
-						return fmt.Errorf("%s: %w", sc.name, err)
-					}
-					c1, m1 := e.cpu(), e.metric("edgeproxy_tls_cpu_seconds_total")
-					if t {
-						cpuTLS, metricTLS = cpuTLS+c1-c0, metricTLS+m1-m0
-					} else {
-						cpuPlain += c1 - c0
-					}
+				c1, m1 := e.cpu(), e.metric("edgeproxy_tls_cpu_seconds_total")
+				if t {
+					cpuTLS, metricTLS = cpuTLS+c1-c0, metricTLS+m1-m0
+				} else {
+					cpuPlain += c1 - c0
 				}
+				return nil
+			})
+			if err != nil {
+				return err
 			}
 			reqs := float64(sc.requests / *chunks * *chunks)
 			x := (cpuTLS - cpuPlain) / reqs
@@ -481,21 +480,31 @@ func overheadRun(dir, backend string, sc scenario, run int) ([2]float64, error) 
 		}
 	}
 	per := sc.requests / *chunks
-	for j := range *chunks {
-		order := []int{0, 1}
-		if (run+j)%2 == 1 {
-			order = []int{1, 0}
+	err := alternate(run, func(k int) error {
+		e := edges[k]
+		c0 := e.cpu()
+		if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: per}).run(); err != nil {
+			return err
 		}
-		for _, k := range order {
-			e := edges[k]
-			c0 := e.cpu()
-			if _, err := (load{tls: true, addr: e.https, size: sc.size, keepAlive: sc.keepAlive, requests: per}).run(); err != nil {
-				return got, err
+		got[k] += (e.cpu() - c0) / float64(per**chunks)
+		return nil
+	})
+	return got, err
+}
+
+// alternate calls do for side 0 and side 1, -chunks times, changing which goes first from
+// one chunk to the next (and from one run to the next), so that both sides see the same
+// background load on this shared machine.
+func alternate(run int, do func(side int) error) error {
+	for j := range *chunks {
+		first := (run + j) % 2
+		for _, side := range []int{first, 1 - first} {
+			if err := do(side); err != nil {
+				return err
 			}
-			got[k] += (e.cpu() - c0) / float64(per**chunks)
 		}
 	}
-	return got, nil
+	return nil
 }
 
 // handshakes: CPU per handshake from edgeproxy's own histogram, for an ECDSA P-256 and an
