@@ -61,6 +61,7 @@ func startEdge(t *testing.T, config string) *edgeProc {
 
 // targetStatus is one entry of /targets.
 type targetStatus struct {
+	Pool                string    `json:"pool"` // "pool" or "passthrough"
 	Address             string    `json:"address"`
 	State               string    `json:"state"`
 	LastCheck           time.Time `json:"last_check"`
@@ -70,7 +71,15 @@ type targetStatus struct {
 	ConsecutiveFailures int       `json:"consecutive_failures"`
 }
 
+// targets returns the pool's targets from /targets, by address.
 func (e *edgeProc) targets(t *testing.T) map[string]targetStatus {
+	t.Helper()
+	return e.targetsOf(t, "pool")
+}
+
+// targetsOf returns the targets of one set ("pool" or "passthrough") from /targets, by
+// address.
+func (e *edgeProc) targetsOf(t *testing.T, pool string) map[string]targetStatus {
 	t.Helper()
 	resp, err := http.Get("http://" + e.Metrics + "/targets")
 	if err != nil {
@@ -83,7 +92,9 @@ func (e *edgeProc) targets(t *testing.T) map[string]targetStatus {
 	}
 	out := map[string]targetStatus{}
 	for _, s := range list {
-		out[s.Address] = s
+		if s.Pool == pool {
+			out[s.Address] = s
+		}
 	}
 	return out
 }

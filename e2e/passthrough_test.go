@@ -103,6 +103,15 @@ passthrough:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+
+	// /targets lists the same address twice: once per set, each with its own checks.
+	pt, ok := e.targetsOf(t, "passthrough")[target]
+	if !ok || pt.State != "healthy" || pt.LastStatus != 0 {
+		t.Errorf("/targets, passthrough %s: %+v (present %v); want healthy by TCP connect (no HTTP status)", target, pt, ok)
+	}
+	if pool := e.targets(t)[target]; pool.State != "healthy" || pool.LastStatus == 0 {
+		t.Errorf("/targets, pool %s: %+v; want healthy by an HTTPS check (an HTTP status)", target, pool)
+	}
 }
 
 // Re-encryption on the fast path (issue 6): HTTP/1.1 requests proxied by edgeproxy's own

@@ -349,10 +349,31 @@ func (e *Edge) bind() error {
 		if err != nil {
 			return err
 		}
-		admin := e.metrics.AdminHandler(func() any { return e.checker.Statuses() })
+		admin := e.metrics.AdminHandler(func() any { return e.targetStatuses() })
 		e.add(newServer(admin), ln)
 	}
 	return nil
+}
+
+// targetStatus is one entry of /targets: a target's health, and the set it belongs to
+// (one address may be in both: a backend that takes re-encrypted and passed-through TLS).
+type targetStatus struct {
+	// Pool is "pool" for pool.targets (HTTP(S) health checks) or "passthrough" for the
+	// targets of the passthrough entries (TCP connect checks).
+	Pool string `json:"pool"`
+	health.Status
+}
+
+// targetStatuses lists the pool's targets, then the passthrough targets.
+func (e *Edge) targetStatuses() []targetStatus {
+	var out []targetStatus
+	for _, s := range e.checker.Statuses() {
+		out = append(out, targetStatus{Pool: "pool", Status: s})
+	}
+	for _, s := range e.passthrough.Statuses() {
+		out = append(out, targetStatus{Pool: "passthrough", Status: s})
+	}
+	return out
 }
 
 // httpsPort is the bound HTTPS port (the real one when the config says port 0).
