@@ -174,6 +174,11 @@ func (d *Doctor) Run(ctx context.Context, w io.Writer) []Result {
 	for _, t := range cfg.Pool.Targets {
 		emit(d.checkTarget(ctx, s, t))
 	}
+	for i, p := range cfg.Passthrough {
+		for _, t := range p.Targets {
+			emit(d.checkPassthroughTarget(ctx, i, p, t))
+		}
+	}
 	if cfg.TLS.ACME.Enabled() {
 		emit(d.checkLastError(s))
 	}

@@ -228,6 +228,51 @@ pool:
 	}
 }
 
+// A passthrough target must terminate TLS itself, for each of its entry's names.
+func TestCheckPassthroughTarget(t *testing.T) {
+	cert, key := writeCert(t, t.TempDir(), 90*24*time.Hour, "backend.test")
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsBackend := httptest.NewUnstartedServer(http.NotFoundHandler())
+	tlsBackend.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	tlsBackend.Config.ErrorLog = log.New(io.Discard, "", 0)
+	tlsBackend.StartTLS()
+	defer tlsBackend.Close()
+	plain := httptest.NewServer(http.NotFoundHandler())
+	defer plain.Close()
+	free, _ := net.Listen("tcp", "127.0.0.1:0")
+	freeAddr := free.Addr().String()
+	free.Close()
+
+	tlsAddr := tlsBackend.Listener.Addr().String()
+	tests := []struct {
+		name   string
+		names  []string
+		target string
+		now    time.Time
+		want   Status
+		detail string
+	}{
+		{"speaks TLS for its name", []string{"backend.test"}, tlsAddr, time.Now(), OK, "speaks TLS with a certificate for backend.test (valid"},
+		{"another name", []string{"backend.test", "other.test"}, tlsAddr, time.Now(), Fail, "does not cover other.test (covers localhost, backend.test)"},
+		{"expired", []string{"backend.test"}, tlsAddr, time.Now().Add(91 * 24 * time.Hour), Fail, "EXPIRED"},
+		{"plain HTTP", []string{"backend.test"}, plain.Listener.Addr().String(), time.Now(), Fail, "does not speak TLS; a passthrough target terminates TLS itself"},
+		{"nothing listens", []string{"backend.test"}, freeAddr, time.Now(), Fail, "connection refused: nothing listens on " + freeAddr + "; start the TLS backend there or fix passthrough[0].targets"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, _ := New(Options{ConfigFile: "c.yaml", Timeout: time.Second})
+			d.opts.now = func() time.Time { return tt.now }
+			r := d.checkPassthroughTarget(context.Background(), 0, config.Passthrough{ServerNames: tt.names, Targets: []string{tt.target}}, tt.target)
+			if r.Status != tt.want || !strings.Contains(r.Detail, tt.detail) || r.Check != "passthrough:"+tt.target {
+				t.Errorf("got %v %s %q; want %v passthrough:%s with %q", r.Status, r.Check, r.Detail, tt.want, tt.target, tt.detail)
+			}
+		})
+	}
+}
+
 // An invalid configuration: every problem is listed, and the run stops there.
 func TestRun_InvalidConfig(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "c.yaml")

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"edgeproxy/config"
 	"edgeproxy/health"
@@ -357,4 +358,52 @@ func (d *Doctor) checkTarget(ctx context.Context, s *site, target string) Result
 		r.Detail = fmt.Sprintf("%s: %s", req, res.Detail)
 	}
 	return r
+}
+
+// checkPassthroughTarget says whether a passthrough target speaks TLS for its entry's
+// names: the edge hands it the client's ClientHello as is, so the target must terminate
+// TLS itself, with a certificate for each name (the edge's health check only connects).
+func (d *Doctor) checkPassthroughTarget(ctx context.Context, entry int, p config.Passthrough, target string) Result {
+	r := Result{Check: "passthrough:" + target}
+	path := fmt.Sprintf("passthrough[%d].targets", entry)
+	if len(p.ServerNames) == 0 {
+		r.Status, r.Detail = Fail, fmt.Sprintf("passthrough[%d] has no server_names", entry)
+		return r
+	}
+	var detail []string
+	for _, name := range p.ServerNames {
+		leaf, err := d.peerLeaf(ctx, target, name)
+		switch {
+		case err != nil && strings.Contains(err.Error(), "connection refused"):
+			r.Status, r.Detail = Fail, fmt.Sprintf("connection refused: nothing listens on %s; start the TLS backend there or fix %s", target, path)
+			return r
+		case err != nil && isNotTLS(err):
+			r.Status, r.Detail = Fail, fmt.Sprintf("a TLS handshake for %s: %v: the target does not speak TLS; a passthrough target terminates TLS itself (a plain HTTP backend belongs in pool.targets)", name, err)
+			return r
+		case err != nil:
+			r.Status, r.Detail = Fail, fmt.Sprintf("a TLS handshake for %s: %v", name, err)
+			return r
+		}
+		if err := leaf.VerifyHostname(name); err != nil {
+			r.Status = Fail
+			r.Detail = fmt.Sprintf("its certificate does not cover %s (covers %s): clients asking for %s will refuse it", name, strings.Join(leaf.DNSNames, ", "), name)
+			return r
+		}
+		left := leaf.NotAfter.Sub(d.opts.now())
+		if left <= 0 {
+			r.Status, r.Detail = Fail, fmt.Sprintf("its certificate for %s EXPIRED %s ago (%s)", name, roughly(-left), leaf.NotAfter.Format(time.RFC3339))
+			return r
+		}
+		detail = append(detail, fmt.Sprintf("%s (valid %s more)", name, roughly(left)))
+	}
+	r.Status = OK
+	r.Detail = "speaks TLS with a certificate for " + strings.Join(detail, ", ")
+	return r
+}
+
+// isNotTLS tells a handshake that failed because the peer answered in something other
+// than TLS (plain HTTP, most often).
+func isNotTLS(err error) bool {
+	var rh tls.RecordHeaderError
+	return errors.As(err, &rh)
 }
