@@ -145,7 +145,8 @@ func (s *hsSeries) meanTail() int64 {
 // the client's second flight has arrived, around the tail: four readings, each a system
 // call that on the benchmark VM cost, with its side effects on scheduling and caches,
 // ~0.5–1% of the CPU of a new connection. The tail (TLS 1.3: checking the client's
-// Finished, ~5–15 µs of ~350; TLS 1.2: also the key exchange and the server's Finished)
+// Finished, ~4 µs of ~340; TLS 1.2: also the key exchange and the server's Finished, ~85
+// µs of ~255)
 // is measured on every tailSampleEvery-th handshake, at random, and on the first
 // tailWarmup handshakes; the others are charged the mean of the tails measured for their
 // label combination. The sum is unbiased; a single handshake's figure carries the mean
