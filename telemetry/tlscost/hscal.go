@@ -44,8 +44,8 @@ const (
 	// work (other connections, reads from the target, the load on the machine), not in a
 	// loop where the record layer's code and buffers never leave the caches and the CPU
 	// never idles: back to back, the rounds read 1.3–1.7 over one start-up to the next
-	// and the charge came to 0.71–1.02 of what TLS added to proxied 64 KiB responses in
-	// the accuracy benchmark (seven start-ups); spaced, 1.5–2.0 and 0.82–1.08 (nine).
+	// and the charge came to 0.71–1.05 of what TLS added to proxied 64 KiB responses in
+	// the accuracy benchmark (seven start-ups); spaced, 1.3–2.0 and 0.82–1.08 (nine).
 	// It costs start-up two seconds of waiting, no CPU.
 	dataFactorPause = 40 * time.Millisecond
 )
