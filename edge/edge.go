@@ -366,7 +366,7 @@ type targetStatus struct {
 
 // targetStatuses lists the pool's targets, then the passthrough targets.
 func (e *Edge) targetStatuses() []targetStatus {
-	var out []targetStatus
+	out := []targetStatus{} // [], not null, when there are none
 	for _, s := range e.checker.Statuses() {
 		out = append(out, targetStatus{Pool: "pool", Status: s})
 	}
