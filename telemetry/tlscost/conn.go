@@ -214,6 +214,10 @@ func (c *conn) readAhead(p []byte) int {
 
 // readAheadSize holds a client's first flight (a ClientHello is 0.5–2 KiB) or its second
 // (in TLS 1.2 with a client certificate chain, a few KiB); a larger one takes more reads.
+// A handshake holds its buffer from its first read to its end, so one waiting for its
+// ClientHello holds 4 KiB (a thousand stalled handshakes, 4 MiB, next to their goroutines'
+// 8 MiB of stacks): waiting for readability before taking the buffer would cost a system
+// call per connection (a peek: Go's poller forgets a readiness it has not read on).
 const readAheadSize = 4 << 10
 
 func (c *conn) releaseReadAhead() {
