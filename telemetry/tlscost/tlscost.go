@@ -108,7 +108,7 @@ type Accountant struct {
 	writeN     atomic.Int64  // samples so far
 	hsNanos    atomic.Int64  // thread-clock CPU of all handshakes so far (calibration)
 
-	hsStarted  atomic.Int64 // measured handshakes begun
+	hsStarted  atomic.Int64 // measured handshakes begun, counted up to tailWarmup
 	tailWarmup int64        // tailWarmup, but for tests
 	tailEvery  uint32       // tailSampleEvery, but for tests
 
@@ -145,20 +145,21 @@ func (s *hsSeries) meanTail() int64 {
 // the client's second flight has arrived, around the tail: four readings, each a system
 // call that on the benchmark VM cost, with its side effects on scheduling and caches,
 // ~0.5–1% of the CPU of a new connection. The tail (TLS 1.3: checking the client's
-// Finished, ~4 µs of ~340; TLS 1.2: also the key exchange and the server's Finished, ~85
-// µs of ~255)
-// is measured on every tailSampleEvery-th handshake, at random, and on the first
-// tailWarmup handshakes; the others are charged the mean of the tails measured for their
-// label combination. The sum is unbiased; a single handshake's figure carries the mean
-// instead of its own tail.
+// Finished, ~4 µs of ~340; TLS 1.2: also the key exchange and the server's Finished,
+// ~85 µs of ~255) is measured on every tailSampleEvery-th handshake, at random, and on the
+// first tailWarmup handshakes; the others are charged the mean of the tails measured for
+// their label combination. The sum is unbiased; a single handshake's figure carries the
+// mean instead of its own tail.
 const (
 	tailSampleEvery = 8
 	tailWarmup      = 64
 )
 
-// sampleTail tells whether the handshake starting now measures its tail.
+// sampleTail tells whether the handshake starting now measures its tail. Past the
+// warm-up it only reads the shared counter: an add per handshake would move its cache
+// line between CPUs on every new connection.
 func (a *Accountant) sampleTail() bool {
-	if a.hsStarted.Add(1) <= a.tailWarmup {
+	if a.hsStarted.Load() < a.tailWarmup && a.hsStarted.Add(1) <= a.tailWarmup {
 		return true
 	}
 	return a.tailEvery <= 1 || rand.Uint32N(a.tailEvery) == 0
