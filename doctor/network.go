@@ -374,7 +374,7 @@ func (d *Doctor) checkPassthroughTarget(ctx context.Context, entry int, p config
 	for _, name := range p.ServerNames {
 		leaf, err := d.peerLeaf(ctx, target, name)
 		switch {
-		case err != nil && strings.Contains(err.Error(), "connection refused"):
+		case errors.Is(err, syscall.ECONNREFUSED):
 			r.Status, r.Detail = Fail, fmt.Sprintf("connection refused: nothing listens on %s; start the TLS backend there or fix %s", target, path)
 			return r
 		case err != nil && isNotTLS(err):
