@@ -429,13 +429,12 @@ func (a *Accountant) handshake(c *conn, tc *tls.Conn) error {
 	if key == "" || cs.DidResume {
 		key = "none" // no certificate's key was used
 	}
-	s := a.series(hsLabels{result, versionLabel(cs.Version), resumed, key})
+	s := a.series(hsLabels{result, versionLabel(cs.Version), resumed, key, a.cipherLabel(cs.CipherSuite)})
 	cpu := c.cpu
 	if c.measureTail {
-		s.tailNanos.Add(c.tailCPU)
-		s.tails.Add(1)
+		s.tail.add(c.tailCPU)
 	} else {
-		cpu += s.meanTail()
+		cpu += s.tail.mean()
 	}
 	sec := float64(cpu) / 1e9
 	s.count.Inc()

@@ -101,7 +101,9 @@ type Accountant struct {
 	okHandshakes   atomic.Int64 // for the bytes they allocated
 	hsBytesIn      prometheus.Counter
 	hsBytesOut     prometheus.Counter
-	hsSeries       sync.Map  // hsLabels → *hsSeries: the label lookups, once per combination
+	hsSeries       sync.Map // hsLabels → *hsSeries: the label lookups, once per combination
+	hsTails        sync.Map // hsLabels without the cipher → *tailStats
+	cipherNames    map[uint16]string
 	readAhead      sync.Pool // *[]byte of readAheadSize: the handshakes' read-ahead buffers
 
 	writeFixed atomic.Uint64 // float64 bits: the fixed CPU of one write(2), seconds
@@ -120,25 +122,34 @@ type Accountant struct {
 }
 
 // hsLabels are the labels of the handshake metrics.
-type hsLabels struct{ result, version, resumed, key string }
+type hsLabels struct{ result, version, resumed, key, cipher string }
 
 // hsSeries are the handshake metrics of one label combination, and the tails measured for
-// it.
+// it and the other cipher suites of its combination.
 type hsSeries struct {
 	count prometheus.Counter
 	cpu   prometheus.Observer
-
-	tailNanos, tails atomic.Int64 // the measured tails: their CPU, their number
+	tail  *tailStats
 }
 
-// meanTail is the mean CPU (ns) of the tails measured for the combination; zero before the
-// first.
-func (s *hsSeries) meanTail() int64 {
-	n := s.tails.Load()
+// tailStats are the tails measured for the handshakes of one label combination but the
+// cipher suite, which shares them: a tail is the check of the client's Finished (and in
+// TLS 1.2 the key exchange), whose cost does not depend on the record cipher, and a
+// combination seen rarely would otherwise go long without a measured tail of its own.
+type tailStats struct{ nanos, n atomic.Int64 }
+
+func (t *tailStats) add(nanos int64) {
+	t.nanos.Add(nanos)
+	t.n.Add(1)
+}
+
+// mean is the mean CPU (ns) of the tails measured; zero before the first.
+func (t *tailStats) mean() int64 {
+	n := t.n.Load()
 	if n == 0 {
 		return 0
 	}
-	return s.tailNanos.Load() / n
+	return t.nanos.Load() / n
 }
 
 // A handshake reads the thread clock when its first segment begins and ends, and, when
@@ -171,9 +182,13 @@ func (a *Accountant) series(l hsLabels) *hsSeries {
 	if s, ok := a.hsSeries.Load(l); ok {
 		return s.(*hsSeries)
 	}
+	tailKey := l
+	tailKey.cipher = ""
+	tail, _ := a.hsTails.LoadOrStore(tailKey, &tailStats{})
 	s := &hsSeries{
-		count: a.handshakes.WithLabelValues(l.result, l.version, l.resumed, l.key),
-		cpu:   a.handshakeCPU.WithLabelValues(l.result, l.version, l.resumed, l.key),
+		count: a.handshakes.WithLabelValues(l.result, l.version, l.resumed, l.key, l.cipher),
+		cpu:   a.handshakeCPU.WithLabelValues(l.result, l.version, l.resumed, l.key, l.cipher),
+		tail:  tail.(*tailStats),
 	}
 	got, _ := a.hsSeries.LoadOrStore(l, s)
 	return got.(*hsSeries)
@@ -267,6 +282,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		log:         opts.Logger,
 	}
 	a.readAhead.New = func() any { b := make([]byte, readAheadSize); return &b }
+	a.cipherNames = cipherLabels()
 	a.tailWarmup, a.tailEvery = tailWarmup, tailSampleEvery
 	if a.maxAppWrite <= 0 {
 		a.maxAppWrite = DefaultMaxAppWrite
@@ -277,13 +293,13 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 
 	a.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeproxy_tls_handshakes_total",
-		Help: "TLS handshakes, by result (ok, error), version (1.2, 1.3, none), resumed (true, false) and key type of the certificate used (ecdsa, rsa, ed25519, none: resumed or failed before a certificate was chosen).",
-	}, []string{"result", "version", "resumed", "key"})
+		Help: "TLS handshakes, by result (ok, error), version (1.2, 1.3, none), resumed (true, false), key type of the certificate used (ecdsa, rsa, ed25519, none: resumed or failed before a certificate was chosen) and cipher suite (its IANA name; none before one was chosen).",
+	}, []string{"result", "version", "resumed", "key", "cipher"})
 	a.handshakeCPU = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "edgeproxy_tls_handshake_cpu_seconds",
 		Help:    "CPU time of each TLS handshake on the thread that ran it (CLOCK_THREAD_CPUTIME_ID), excluding time blocked on the network (the part after the client's second flight arrives is measured on one handshake in 8 and the mean of those is used on the others); labels as edgeproxy_tls_handshakes_total.",
 		Buckets: HandshakeCPUBuckets,
-	}, []string{"result", "version", "resumed", "key"})
+	}, []string{"result", "version", "resumed", "key", "cipher"})
 	a.handshakeWall = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "edgeproxy_tls_handshake_duration_seconds",
 		Help:    "Wall time of each TLS handshake, from accept to its end (round trips and client think time included).",
@@ -387,6 +403,26 @@ func versionLabel(v uint16) string {
 		return "1.3"
 	case 0:
 		return "none"
+	}
+	return "other"
+}
+
+// cipherLabels maps each cipher suite crypto/tls knows to its cipher label value, its
+// IANA name (tls.CipherSuiteName builds the list of suites anew on every call: an
+// allocation per handshake). The values seen are the suites the server's configuration
+// allows: a handful.
+func cipherLabels() map[uint16]string {
+	names := map[uint16]string{0: "none"} // no suite chosen yet
+	for _, s := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
+		names[s.ID] = s.Name
+	}
+	return names
+}
+
+// cipherLabel is the cipher label value of a negotiated suite.
+func (a *Accountant) cipherLabel(id uint16) string {
+	if name, ok := a.cipherNames[id]; ok {
+		return name
 	}
 	return "other"
 }

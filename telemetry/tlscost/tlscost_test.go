@@ -406,6 +406,52 @@ func TestListener_EstimatedTailIsTheMeanOfMeasuredOnes(t *testing.T) {
 	wg.Wait()
 }
 
+// Handshakes are labelled with their cipher suite; a suite not seen before is charged the
+// tails measured under the other suites of its combination (the tail does not depend on
+// the record cipher), not zero.
+func TestListener_CipherSuiteLabelSharesTheMeasuredTails(t *testing.T) {
+	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: tls.VersionTLS12, SessionTicketsDisabled: true}
+	f := newFixture(t, Options{}, cfg)
+	f.a.tailWarmup, f.a.tailEvery = 3, math.MaxUint32 // three measured, then estimated
+	type measured struct{ cpu, tail int64 }
+	got := make(chan measured, 1)
+	wg := f.serve(func(c net.Conn) {
+		mc := c.(*tls.Conn).NetConn().(*conn)
+		got <- measured{mc.cpu, mc.tailCPU}
+	})
+	const aes, chacha = tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+	var tails int64
+	for i, suite := range []uint16{aes, aes, aes, chacha} {
+		before := f.value(t, "edgeproxy_tls_handshake_cpu_seconds", nil)
+		ccfg := clientConfig()
+		ccfg.CipherSuites = []uint16{suite}
+		tc, err := tls.Dial("tcp", f.addr(), ccfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := <-got
+		_ = tc.Close()
+		charged := f.value(t, "edgeproxy_tls_handshake_cpu_seconds", nil) - before
+		want := m.cpu
+		if i < 3 {
+			tails += m.tail
+		} else {
+			want += tails / 3
+		}
+		if math.Abs(charged-float64(want)/1e9) > 1e-9 {
+			t.Errorf("handshake %d (%s): charged %.9fs; want %.9fs", i, tls.CipherSuiteName(suite), charged, float64(want)/1e9)
+		}
+	}
+	_ = f.ln.Close()
+	wg.Wait()
+	for suite, want := range map[uint16]float64{aes: 3, chacha: 1} {
+		labels := map[string]string{"result": "ok", "version": "1.2", "cipher": tls.CipherSuiteName(suite)}
+		if got := f.value(t, "edgeproxy_tls_handshakes_total", labels); got != want {
+			t.Errorf("handshakes %v: got %v; want %v", labels, got, want)
+		}
+	}
+}
+
 // A client that is not speaking TLS, and one that hangs up, are failed handshakes.
 func TestListener_FailedHandshakeCounted(t *testing.T) {
 	f := newFixture(t, Options{}, nil)
@@ -428,7 +474,7 @@ func TestListener_FailedHandshakeCounted(t *testing.T) {
 	for f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error"}) < 2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error", "key": "none"}); got != 2 {
+	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "error", "key": "none", "cipher": "none"}); got != 2 {
 		t.Errorf("failed handshakes: got %v; want 2", got)
 	}
 	if got := f.value(t, "edgeproxy_tls_handshakes_total", map[string]string{"result": "ok"}); got != 0 {
