@@ -364,18 +364,28 @@ func TestListener_HandshakeClockReadings(t *testing.T) {
 	}
 }
 
+// measuredHandshake is what a served connection's handshake measured: its CPU, and the
+// part of it that was the tail.
+type measuredHandshake struct{ cpu, tail int64 }
+
+// tailFixture serves cfg with an Accountant that measures the tails of the first three
+// handshakes and estimates all others, and sends what each served connection measured.
+func tailFixture(t *testing.T, cfg *tls.Config) (*fixture, <-chan measuredHandshake, *sync.WaitGroup) {
+	f := newFixture(t, Options{}, cfg)
+	f.a.tailWarmup, f.a.tailEvery = 3, math.MaxUint32
+	got := make(chan measuredHandshake, 1)
+	wg := f.serve(func(c net.Conn) {
+		mc := c.(*tls.Conn).NetConn().(*conn)
+		got <- measuredHandshake{mc.cpu, mc.tailCPU}
+	})
+	return f, got, wg
+}
+
 // A handshake whose tail is not measured is charged its measured head plus the mean of the
 // tails measured for its label combination.
 func TestListener_EstimatedTailIsTheMeanOfMeasuredOnes(t *testing.T) {
 	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: tls.VersionTLS12, SessionTicketsDisabled: true}
-	f := newFixture(t, Options{}, cfg)
-	f.a.tailWarmup, f.a.tailEvery = 3, math.MaxUint32 // three measured, then estimated
-	type measured struct{ cpu, tail int64 }
-	got := make(chan measured, 1)
-	wg := f.serve(func(c net.Conn) {
-		mc := c.(*tls.Conn).NetConn().(*conn)
-		got <- measured{mc.cpu, mc.tailCPU}
-	})
+	f, got, wg := tailFixture(t, cfg)
 	var tails int64
 	for i := range 4 {
 		before := f.value(t, "edgeproxy_tls_handshake_cpu_seconds", nil)
@@ -411,14 +421,7 @@ func TestListener_EstimatedTailIsTheMeanOfMeasuredOnes(t *testing.T) {
 // the record cipher), not zero.
 func TestListener_CipherSuiteLabelSharesTheMeasuredTails(t *testing.T) {
 	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: tls.VersionTLS12, SessionTicketsDisabled: true}
-	f := newFixture(t, Options{}, cfg)
-	f.a.tailWarmup, f.a.tailEvery = 3, math.MaxUint32 // three measured, then estimated
-	type measured struct{ cpu, tail int64 }
-	got := make(chan measured, 1)
-	wg := f.serve(func(c net.Conn) {
-		mc := c.(*tls.Conn).NetConn().(*conn)
-		got <- measured{mc.cpu, mc.tailCPU}
-	})
+	f, got, wg := tailFixture(t, cfg)
 	const aes, chacha = tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
 	var tails int64
 	for i, suite := range []uint16{aes, aes, aes, chacha} {
