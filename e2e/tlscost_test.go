@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"io"
 	"net/http"
 	"regexp"
@@ -65,4 +66,44 @@ func TestTLSCost_MetricsCountTheEdgesConnections(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A client resumes its TLS session after a reload (SIGHUP, as `systemctl reload` sends):
+// the ticket keys live outside the state a reload rebuilds. Both TLS versions; the
+// metrics count the resumed handshakes apart.
+func TestTLSCost_SessionsResumeAcrossAReload(t *testing.T) {
+	e, c := limitsEdge(t, "", "  max_header_bytes: 65536\n")
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		name := map[uint16]string{tls.VersionTLS12: "1.2", tls.VersionTLS13: "1.3"}[version]
+		tr := c.Transport.(*http.Transport).Clone()
+		tr.DisableKeepAlives = true // a handshake per request
+		tr.TLSClientConfig.MinVersion, tr.TLSClientConfig.MaxVersion = version, version
+		tr.TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+		client := &http.Client{Transport: tr}
+		resumed := func() bool {
+			t.Helper()
+			resp, err := client.Get("https://app.test/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body) // in TLS 1.3 the ticket comes after the handshake
+			resp.Body.Close()
+			return resp.TLS.DidResume
+		}
+		if resumed() {
+			t.Fatalf("TLS %s: the first connection resumed", name)
+		}
+		if !resumed() {
+			t.Fatalf("TLS %s: the second connection did not resume before any reload", name)
+		}
+		e.reload(t, "reload done")
+		if !resumed() {
+			t.Errorf("TLS %s: the session did not resume after a reload", name)
+		}
+		m := e.metrics(t)
+		series := `edgeproxy_tls_handshakes_total{cipher="[^"]+",key="none",result="ok",resumed="true",version="` + regexp.QuoteMeta(name) + `"} 2`
+		if !regexp.MustCompile(`(?m)^` + series + `$`).MatchString(m) {
+			t.Errorf("TLS %s: no %s in the metrics:\n%s", name, series, m)
+		}
+	}
 }
