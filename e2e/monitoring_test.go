@@ -108,6 +108,7 @@ type recordingRule struct {
 	Expr   string `yaml:"expr"`
 }
 
+// recordingRules reads the rules of every group of rulesFile.
 func recordingRules(t *testing.T) []recordingRule {
 	t.Helper()
 	raw, err := os.ReadFile(rulesFile)
