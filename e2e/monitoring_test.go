@@ -221,20 +221,8 @@ scrape_configs:
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+p.addr,
 		"--log.level=warn")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + p.addr + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) || p.Exited() {
-			t.Fatalf("Prometheus not ready (exited: %v): %v\n%s", p.Exited(), err, p.Output())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testutil.WaitHTTP(t, "http://"+p.addr+"/-/ready", nil, http.StatusOK, 30*time.Second)
+	return p
 }
 
 // get decodes the JSON answer to an API path into v.
@@ -312,9 +300,10 @@ func (p *promProc) waitForAnswers(t *testing.T, queries map[string]string, timeo
 	}
 }
 
-// monitoringLoad sends requests through the edge until stopped, at most for two
-// minutes: every 20 ms, a new connection with a full handshake, one that resumes a
-// session, and a keep-alive request.
+// monitoringLoad sends requests through the edge until stopped (steadyLoad's bound): a
+// request every 20 ms on each of a new connection with a full handshake, one that
+// resumes a session, and a keep-alive connection. Stopping it fails the test if any
+// request failed.
 func monitoringLoad(t *testing.T, keepAlive *http.Client) (stop func()) {
 	newConn := func(sessions tls.ClientSessionCache) *http.Client {
 		tr := keepAlive.Transport.(*http.Transport).Clone()
@@ -322,34 +311,21 @@ func monitoringLoad(t *testing.T, keepAlive *http.Client) (stop func()) {
 		tr.TLSClientConfig.ClientSessionCache = sessions
 		return &http.Client{Transport: tr}
 	}
-	clients := []*http.Client{newConn(nil), newConn(tls.NewLRUClientSessionCache(4)), keepAlive}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		end := time.After(2 * time.Minute)
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-end:
-				return
-			case <-tick.C:
-			}
-			for _, c := range clients {
-				resp, err := c.Get("https://app.test/")
-				if err != nil {
-					t.Errorf("load: %v", err)
-					return
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-		}
-	}()
+	var stats []*loadStats
+	var stops []func()
+	for _, c := range []*http.Client{newConn(nil), newConn(tls.NewLRUClientSessionCache(4)), keepAlive} {
+		st, stop := steadyLoad(t, c, "https://app.test/", 1, 20*time.Millisecond, nil)
+		stats, stops = append(stats, st), append(stops, stop)
+	}
 	var once sync.Once
-	return func() { once.Do(func() { close(done); wg.Wait() }) }
+	return func() {
+		once.Do(func() {
+			for i, stop := range stops {
+				stop()
+				if n := stats[i].failed.Load(); n > 0 {
+					t.Errorf("load: %d of %d requests failed", n, stats[i].sent.Load())
+				}
+			}
+		})
+	}
 }
