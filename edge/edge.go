@@ -25,7 +25,9 @@ import (
 	"edgeproxy/balancer"
 	"edgeproxy/certs"
 	"edgeproxy/config"
+	"edgeproxy/fastpath"
 	"edgeproxy/health"
+	"edgeproxy/mixedcontent"
 	"edgeproxy/passthrough"
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
@@ -46,10 +48,12 @@ type Edge struct {
 
 	// Reload swaps these; the request path reads them without a lock.
 	certSrc atomic.Pointer[certs.Source]
-	handler atomic.Pointer[proxy.Handler]
-	// upstream is reused across reloads that keep the pool's timeouts, so that
-	// keep-alive connections to targets survive a reload.
-	upstream *proxy.Upstream
+	backend atomic.Pointer[fastpath.Backend]
+	// upstream and transport are reused across reloads that keep the pool's timeouts,
+	// so that keep-alive connections to targets survive a reload: the fast path's and
+	// net/http's.
+	upstream  *fastpath.Upstream
+	transport *http.Transport
 
 	// tickets rotates the HTTPS listener's session ticket keys. That listener's tls.Config
 	// outlives reloads, so clients keep resuming across them.
@@ -107,7 +111,7 @@ func (e *Edge) build() error {
 	opts.Observer, opts.Logger, opts.OnChange, opts.OnProven = e.metrics, e.log, e.healthChanged, e.healthProven
 	e.checker = health.New(opts)
 	e.passthrough = e.newPassthrough(cfg)
-	e.handler.Store(e.newHandler(cfg, upTLS))
+	e.backend.Store(e.newBackend(cfg, upTLS))
 	return nil
 }
 
@@ -212,19 +216,21 @@ func (e *Edge) upstreamTLS(cfg *config.Config) (*tls.Config, error) {
 	return conf, nil
 }
 
-// newHandler builds the proxy for cfg, reusing the upstream (and its pooled
+// newBackend builds the proxy for cfg, reusing the upstreams (and their pooled
 // connections) when the pool's timeouts and TLS settings are unchanged.
-func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Handler {
+func (e *Edge) newBackend(cfg *config.Config, upstreamTLS *tls.Config) *fastpath.Backend {
 	if e.upstream == nil || e.cfg == nil ||
 		cfg.Pool.ConnectTimeout != e.cfg.Pool.ConnectTimeout ||
 		cfg.Pool.ResponseHeaderTimeout != e.cfg.Pool.ResponseHeaderTimeout ||
 		!reflect.DeepEqual(cfg.Pool.TLS, e.cfg.Pool.TLS) {
 		if e.upstream != nil {
-			old := e.upstream
+			oldUp, oldTransport := e.upstream, e.transport
 			// Requests in flight keep their connections; idle ones of the old settings go.
-			defer old.CloseIdle()
+			defer oldUp.CloseIdle()
+			defer oldTransport.CloseIdleConnections()
 		}
-		e.upstream = proxy.NewUpstream(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
+		e.upstream = fastpath.NewUpstream(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
+		e.transport = proxy.NewTransport(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
 	}
 	var trusted []netip.Prefix
 	for _, s := range cfg.Forwarding.TrustedProxies {
@@ -236,19 +242,19 @@ func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Ha
 	} else {
 		e.bal.SetPassive(nil)
 	}
-	return proxy.New(proxy.Options{
+	h := proxy.New(proxy.Options{
 		Picker:         e.bal,
 		Passive:        passiveHealth{e},
 		TargetTLS:      cfg.Pool.TLS != nil,
 		Retries:        cfg.Pool.Retries,
-		Upstream:       e.upstream,
+		Transport:      e.transport,
 		TrustedProxies: trusted,
 		HSTS:           cfg.Headers.HSTS,
 		MaxBodyBytes:   cfg.Limits.MaxBodyBytes,
 		AccessLog:      cfg.Log.Access,
 		Logger:         e.log,
 		Observer:       e.metrics,
-		MixedContent: &proxy.MixedContent{
+		MixedContent: &mixedcontent.Policy{
 			UpgradeInsecureRequests: cfg.Headers.UpgradeInsecureRequests,
 			Report:                  cfg.Headers.MixedContentReport,
 			SampleOneIn:             cfg.Headers.MixedContentSample,
@@ -256,11 +262,12 @@ func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Ha
 			Logger:                  e.log,
 		},
 	})
+	return &fastpath.Backend{Handler: h, Upstream: e.upstream}
 }
 
 // serveProxy hands each request to the handler of the configuration in effect.
 func (e *Edge) serveProxy(w http.ResponseWriter, r *http.Request) {
-	e.handler.Load().ServeHTTP(w, r)
+	e.backend.Load().Handler.ServeHTTP(w, r)
 }
 
 // getCertificate asks the certificate source of the configuration in effect.
@@ -385,7 +392,7 @@ func (e *Edge) httpsPort() string {
 	return port
 }
 
-// server is what the edge runs on each listener: an *http.Server, or a *proxy.Server
+// server is what the edge runs on each listener: an *http.Server, or a *fastpath.Server
 // (the fast path with net/http behind it).
 type server interface {
 	Serve(net.Listener) error
@@ -397,8 +404,8 @@ type server interface {
 // net/http server then serves behind the strict head gate alone.
 func (e *Edge) dataServer(srv *http.Server) server {
 	l := e.cfg.Limits
-	return proxy.NewServer(proxy.ServerOptions{
-		Handler: e.handler.Load, HTTP: srv, FastPath: e.cfg.Proxy.FastPath,
+	return fastpath.NewServer(fastpath.ServerOptions{
+		Backend: e.backend.Load, HTTP: srv, FastPath: e.cfg.Proxy.FastPath,
 		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
 		Handshake: e.tlsCost.Handshake, // a nil Accountant's is (*tls.Conn).Handshake
 	})

@@ -9,7 +9,7 @@ import (
 
 	"edgeproxy/balancer"
 	"edgeproxy/config"
-	"edgeproxy/proxy"
+	"edgeproxy/fastpath"
 )
 
 // Reload applies a new configuration without closing a listener or failing a request:
@@ -45,13 +45,13 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("edge: reload: %w", err)
 	}
-	handler := e.newHandler(cfg, upTLS)
+	backend := e.newBackend(cfg, upTLS)
 	opts := healthOptions(cfg, upTLS)
 	e.checker.Reconfigure(opts)
 	removed := e.bal.SetTargets(cfg.Pool.Targets)
 	e.checker.SetTargets(cfg.Pool.Targets)
 	e.reloadPassthrough(cfg)
-	e.handler.Store(handler)
+	e.backend.Store(backend)
 	e.cfg = cfg
 
 	var added []string
@@ -77,7 +77,7 @@ func limitsNeedRestart(a, b config.Limits) bool {
 
 // drain waits until a removed target has no request in flight, or its deregistration delay
 // is over (then cancels what still runs), and forgets it.
-func (e *Edge) drain(ctx context.Context, t *balancer.Target, delay time.Duration, upstream *proxy.Upstream) {
+func (e *Edge) drain(ctx context.Context, t *balancer.Target, delay time.Duration, upstream *fastpath.Upstream) {
 	if ctx == nil {
 		ctx = context.Background()
 	}

@@ -1,10 +1,13 @@
-// Package proxy is the data path: an http.Handler that sends each request to the target
-// the balancer picks, with the forwarding headers Django needs, and answers failures with
-// short, detail-free error pages.
+// Package proxy is the data path's handler and policy: an http.Handler that sends each
+// request to the target its pool picks, with the forwarding headers Django needs, and
+// answers failures with short, detail-free error pages; and the core that the HTTP/1.1
+// fast path (package fastpath) drives for the requests it serves itself (core.go), so
+// that both wire formats share one target choice, retry rule, error classification,
+// header policy, error page and access log.
 //
-// It is built on httputil.ReverseProxy with Rewrite (never Director), so hop-by-hop
-// headers are removed in both directions and client-supplied forwarding headers never
-// reach a target unless the client is a trusted proxy.
+// The net/http side is built on httputil.ReverseProxy with Rewrite (never Director), so
+// hop-by-hop headers are removed in both directions and client-supplied forwarding
+// headers never reach a target unless the client is a trusted proxy.
 package proxy
 
 import (
@@ -23,6 +26,7 @@ import (
 	"time"
 
 	"edgeproxy/balancer"
+	"edgeproxy/mixedcontent"
 	"edgeproxy/proxy/h1"
 )
 
@@ -40,7 +44,8 @@ type PassiveReporter interface {
 	ReportFailure(t *balancer.Target) (ejected bool)
 }
 
-// Observer receives one call per answered request, for metrics. A nil Observer is valid.
+// Observer receives one call per answered request, for metrics; telemetry.Metrics
+// implements it.
 type Observer interface {
 	// Request is called once the response is finished; target is "" when none was chosen.
 	Request(code int, target string, d time.Duration)
@@ -48,16 +53,17 @@ type Observer interface {
 	FailOpen()
 	// Retry is called when a request that failed on target is sent to another one.
 	Retry(target string)
+	// ProxyError is called for a request the edge answered itself, with why (one of the
+	// Reason constants).
+	ProxyError(reason string)
 }
 
 // Options configure a Handler.
 type Options struct {
 	// Picker chooses targets. Required.
 	Picker Picker
-	// Upstream reaches the targets for both paths; nil means NewUpstream(5s, 60s, nil).
-	Upstream *Upstream
 	// Transport sends the net/http path's requests to targets; nil means
-	// Upstream.Transport. (Tests put a fake here.)
+	// NewTransport(5s, 60s, nil). (The fast path has its own upstream pool.)
 	Transport http.RoundTripper
 	// TargetTLS makes the requests to targets https (the Transport must speak TLS).
 	TargetTLS bool
@@ -82,36 +88,43 @@ type Options struct {
 	// whose body reached a target. Bounded by a budget of 20% of requests. 0 means never.
 	Retries int
 	// MixedContent adds upgrade-insecure-requests to HTML and counts pages that load
-	// http:// scripts or stylesheets (mixedcontent.go); nil means neither.
-	MixedContent *MixedContent
+	// http:// scripts or stylesheets; nil means neither.
+	MixedContent *mixedcontent.Policy
 }
 
 // Handler proxies requests to the pool. Use New.
 type Handler struct {
-	opts     Options
-	log      *slog.Logger
-	rp       *httputil.ReverseProxy
-	budget   retryBudget
-	upstream *Upstream
-	hsts     h1.Header // the HSTS field the fast path adds; nil for none
+	opts    Options
+	log     *slog.Logger
+	obs     Observer        // Options.Observer, or one that does nothing
+	passive PassiveReporter // Options.Passive, or one that does nothing
+	fwd     forwarding
+	rp      *httputil.ReverseProxy
+	budget  retryBudget
+	hsts    h1.Header // the HSTS field the fast path adds; nil for none
 }
 
 var _ http.Handler = (*Handler)(nil)
 
-// New returns a Handler for opts.
+// New returns a Handler for opts. Hooks left nil get a no-op default here, once, so that
+// no call site checks for them.
 func New(opts Options) *Handler {
-	if opts.Upstream == nil {
-		opts.Upstream = NewUpstream(5*time.Second, 60*time.Second, nil)
-	}
 	if opts.Transport == nil {
-		opts.Transport = opts.Upstream.Transport
+		opts.Transport = NewTransport(5*time.Second, 60*time.Second, nil)
 	}
-	h := &Handler{opts: opts, log: opts.Logger, upstream: opts.Upstream}
+	h := &Handler{opts: opts, log: opts.Logger, obs: opts.Observer, passive: opts.Passive,
+		fwd: forwarding{trusted: opts.TrustedProxies}}
 	if opts.HSTS != "" {
 		h.hsts = h1.Header{{Name: []byte("Strict-Transport-Security"), Value: []byte(opts.HSTS)}}
 	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.obs == nil {
+		h.obs = nopObserver{}
+	}
+	if h.passive == nil {
+		h.passive = nopPassive{}
 	}
 	h.budget.tokens.Store(budgetCap)
 	h.rp = &httputil.ReverseProxy{
@@ -127,6 +140,34 @@ func New(opts Options) *Handler {
 	}
 	return h
 }
+
+// nopObserver and nopPassive stand in for hooks that Options leave nil.
+type nopObserver struct{}
+
+func (nopObserver) Request(int, string, time.Duration) {}
+func (nopObserver) FailOpen()                          {}
+func (nopObserver) Retry(string)                       {}
+func (nopObserver) ProxyError(string)                  {}
+
+type nopPassive struct{}
+
+func (nopPassive) ReportSuccess(*balancer.Target)      {}
+func (nopPassive) ReportFailure(*balancer.Target) bool { return false }
+
+// AccessLog reports whether the handler writes an access log line per request.
+func (h *Handler) AccessLog() bool { return h.opts.AccessLog }
+
+// Logger is the handler's logger, for the fast path's own notices.
+func (h *Handler) Logger() *slog.Logger { return h.log }
+
+// Observer is the handler's observer (a no-op one when Options left it nil).
+func (h *Handler) Observer() Observer { return h.obs }
+
+// MixedContent is the handler's mixed-content policy, nil for none.
+func (h *Handler) MixedContent() *mixedcontent.Policy { return h.opts.MixedContent }
+
+// MaxBodyBytes is limits.max_body_bytes; 0 means no limit.
+func (h *Handler) MaxBodyBytes() int64 { return h.opts.MaxBodyBytes }
 
 // NewTransport returns the transport to the targets: keep-alive pooled (sized for a busy
 // edge), HTTP/1.1, no compression changes, connect and response-head timeouts. With
@@ -152,200 +193,82 @@ func NewTransport(connectTimeout, responseHeaderTimeout time.Duration, tlsConfig
 	}
 }
 
+// attemptKey is the context key of the net/http path's Exchange.
 type attemptKey struct{}
 
-// attempt is the request's current target; a retry moves it to another one.
-type attempt struct {
-	target *balancer.Target
-	tries  int
-	cancel context.CancelFunc
-	stop   func() bool // unhooks cancel from target.Retired()
-}
-
-// moveTo makes t the attempt's target: counted in flight there, and cancelled if t is
-// retired by a reload while the request runs (its deregistration delay is over).
-func (a *attempt) moveTo(t *balancer.Target) {
-	if a.target != nil {
-		a.stop()
-		a.target.End()
-	}
-	a.target = t
-	t.Begin()
-	a.stop = context.AfterFunc(t.Retired(), a.cancel)
-}
-
-func (a *attempt) done() {
-	a.stop()
-	a.target.End()
-	a.cancel()
-}
-
-// ServeHTTP picks a target and proxies r to it.
+// ServeHTTP picks a target and proxies r to it: the net/http wire format of the core.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	if h.opts.HSTS != "" && requestTLS(r) != nil {
+	isTLS := requestTLS(r) != nil
+	if h.opts.HSTS != "" && isTLS {
 		// Set before proxying so that error pages carry it too; modifyResponse removes a
 		// target's own value, so the edge's policy is the one clients see.
 		w.Header().Set("Strict-Transport-Security", h.opts.HSTS)
 	}
 	rec := &recorder{ResponseWriter: w}
-	pick := h.opts.Picker.Next()
-	target := ""
-	switch {
-	case pick.Target == nil:
-		h.plainError(rec, http.StatusServiceUnavailable)
-	case h.opts.MaxBodyBytes > 0 && r.ContentLength > h.opts.MaxBodyBytes:
-		h.plainError(rec, http.StatusRequestEntityTooLarge)
-	default:
-		if pick.FailOpen && h.opts.Observer != nil {
-			h.opts.Observer.FailOpen()
-		}
+	x := &Exchange{}
+	// The attempt's context ends when the client's does, or, with errDeregistered as its
+	// cause, when the target is retired while the request runs.
+	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), attemptKey{}, x))
+	defer cancel(nil)
+	x.watch = cancel
+	if status := h.Begin(x, r.ContentLength); status != 0 {
+		writeErrorPage(rec, status)
+	} else {
 		if h.opts.MaxBodyBytes > 0 && r.Body != nil {
 			r.Body = http.MaxBytesReader(rec, r.Body, h.opts.MaxBodyBytes)
 		}
-		h.budget.deposit()
-		a := &attempt{}
-		ctx, cancel := context.WithCancel(context.WithValue(r.Context(), attemptKey{}, a))
-		a.cancel = cancel
-		a.moveTo(pick.Target)
 		h.rp.ServeHTTP(rec, r.WithContext(ctx))
-		target = a.target.Addr
-		a.done()
 	}
-	code := rec.code()
-	d := time.Since(start)
-	if h.opts.Observer != nil {
-		h.opts.Observer.Request(code, target, d)
-	}
-	if h.opts.AccessLog {
-		h.log.LogAttrs(r.Context(), slog.LevelInfo, "access",
-			slog.String("client", r.RemoteAddr), slog.String("method", r.Method),
-			slog.String("host", r.Host), slog.String("uri", r.RequestURI), slog.String("proto", r.Proto),
-			slog.Int("status", code), slog.Int64("bytes", rec.bytes), slog.Duration("duration", d),
-			slog.String("target", target), slog.String("engine", "net/http"))
-	}
+	h.Finish(x, rec.code(), rec.bytes, func(l *AccessLine) {
+		l.Client, l.Method, l.Host, l.URI, l.Proto, l.Engine = r.RemoteAddr, r.Method, r.Host, r.RequestURI, r.Proto, "net/http"
+	})
 }
 
 // rewrite builds the outgoing request. ReverseProxy has already removed hop-by-hop and
-// client-supplied forwarding headers from Out.
+// client-supplied forwarding headers from Out; dropFolded removes their "_" spellings.
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
-	a := pr.In.Context().Value(attemptKey{}).(*attempt)
+	x := pr.In.Context().Value(attemptKey{}).(*Exchange)
 	pr.Out.URL.Scheme = "http"
 	if h.opts.TargetTLS {
 		pr.Out.URL.Scheme = "https"
 	}
-	pr.Out.URL.Host = a.target.Addr
+	pr.Out.URL.Host = x.target.Addr
 	// Django's ALLOWED_HOSTS checks the site's name, so the client's Host goes through
 	// unchanged (SetURL would replace it with the target address).
 	pr.Out.Host = pr.In.Host
-
-	clientIP := remoteIP(pr.In.RemoteAddr)
-	trusted := h.trusted(clientIP)
-	xff := clientIP.String()
-	if prior := pr.In.Header.Values("X-Forwarded-For"); trusted && len(prior) > 0 {
-		xff = strings.Join(prior, ", ") + ", " + xff
-	}
-	// One allocation for both values, instead of one per Header.Set (the keys are
-	// already canonical).
-	vals := make([]string, 2)
-	vals[0], vals[1] = xff, pr.In.Host
-	if clientIP.IsValid() {
-		pr.Out.Header["X-Forwarded-For"] = vals[0:1:1]
-	}
-	if pr.In.Host != "" {
-		pr.Out.Header["X-Forwarded-Host"] = vals[1:2:2]
-	}
-	removeUnderscoreForwarding(pr.Out.Header)
-	proto := protoHTTP
-	if requestTLS(pr.In) != nil {
-		proto = protoHTTPS
-	} else if p := pr.In.Header.Get("X-Forwarded-Proto"); trusted && p == "https" {
-		proto = protoHTTPS // a TLS-terminating load balancer in front says what the client used
-	}
-	pr.Out.Header["X-Forwarded-Proto"] = proto
-}
-
-// protoHTTP and protoHTTPS are shared X-Forwarded-Proto values, so that setting the field
-// allocates nothing. Nothing modifies a request's header values in place (an append to
-// these makes a copy: their capacity is 1).
-var (
-	protoHTTP  = []string{"http"}
-	protoHTTPS = []string{"https"}
-)
-
-// removeUnderscoreForwarding drops fields such as X_Forwarded_For: WSGI servers (gunicorn)
-// map "_" and "-" to the same environ key, so such a field could stand in for a
-// forwarding field the edge sets. The fast path's writer drops them too.
-func removeUnderscoreForwarding(h http.Header) {
-	for name := range h {
-		if !strings.Contains(name, "_") {
-			continue
-		}
-		switch http.CanonicalHeaderKey(strings.ReplaceAll(name, "_", "-")) {
-		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded":
-			delete(h, name)
-		}
-	}
-}
-
-func (h *Handler) trusted(ip netip.Addr) bool {
-	for _, p := range h.opts.TrustedProxies {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
-func remoteIP(remoteAddr string) netip.Addr {
-	ap, err := netip.ParseAddrPort(remoteAddr)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
+	dropFolded(pr.Out.Header, pr.In.Header["Connection"], h1.DropsRequestField)
+	h.setForwarding(pr.Out, pr.In)
 }
 
 func (h *Handler) modifyResponse(resp *http.Response) error {
 	if h.opts.HSTS != "" && requestTLS(resp.Request) != nil {
 		resp.Header.Del("Strict-Transport-Security")
 	}
-	h.opts.MixedContent.apply(resp)
+	dropFolded(resp.Header, resp.Header["Connection"], h1.DropsResponseField)
+	h.opts.MixedContent.Apply(resp)
 	return nil
 }
 
-// serveError answers a failed proxy attempt, sorting errors as Caddy's statusError does:
-// 504 for a timeout, 413 for an oversized body, 499 (nothing written) when the client went
-// away, 502 otherwise. The body never carries internal detail; the log does.
+// serveError answers a failed proxy attempt with the core's classification (Fail).
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
-	addr := ""
-	if a, _ := r.Context().Value(attemptKey{}).(*attempt); a != nil {
-		addr = a.target.Addr
+	x, _ := r.Context().Value(attemptKey{}).(*Exchange)
+	if x == nil {
+		x = &Exchange{}
 	}
-	var maxBytes *http.MaxBytesError
-	var netErr net.Error
-	code := http.StatusBadGateway
-	switch {
-	case errors.As(err, &maxBytes):
-		code = http.StatusRequestEntityTooLarge
-	case r.Context().Err() != nil && errors.Is(err, context.Canceled):
-		// The client left; there is no one to answer and the target is not to blame.
+	if context.Cause(r.Context()) == errDeregistered {
+		err = errDeregistered
+	} else if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		err = errClientGone
+	}
+	code := h.Fail(x, err, describeRequest{r})
+	if code == 499 {
+		// The client left; there is no one to answer.
 		if rec, ok := w.(*recorder); ok {
 			rec.status = 499
 		}
 		return
-	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
-		code = http.StatusGatewayTimeout
 	}
-	h.log.Warn("proxy error", "target", addr, "method", r.Method, "uri", r.RequestURI, "status", code, "error", err.Error())
-	h.plainError(w, code)
-}
-
-func (h *Handler) plainError(w http.ResponseWriter, code int) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(code)
-	_, _ = fmt.Fprintf(w, "%d %s\n", code, http.StatusText(code))
+	writeErrorPage(w, code)
 }
 
 // recorder notes the status and size of a response for metrics and the access log. It
@@ -437,4 +360,22 @@ func RedirectHandler(httpsPort string) http.Handler {
 		w.WriteHeader(http.StatusPermanentRedirect)
 		_, _ = fmt.Fprintln(w, "308 Permanent Redirect")
 	})
+}
+
+type tlsStateKey struct{}
+
+// WithTLSState returns ctx carrying the TLS state of a connection that reaches net/http
+// without being a *tls.Conn (the fast path hands connections over behind its gate), so
+// that the handler still knows the request came over TLS.
+func WithTLSState(ctx context.Context, st *tls.ConnectionState) context.Context {
+	return context.WithValue(ctx, tlsStateKey{}, st)
+}
+
+// requestTLS is r.TLS, or the TLS state of a connection the fast path handed to net/http.
+func requestTLS(r *http.Request) *tls.ConnectionState {
+	if r.TLS != nil {
+		return r.TLS
+	}
+	st, _ := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState)
+	return st
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"edgeproxy/balancer"
+	"edgeproxy/internal/testutil"
 )
 
 // staticPicker always picks the same target.
@@ -37,8 +38,9 @@ func (o *countingObserver) Request(code int, target string, d time.Duration) {
 	defer o.mu.Unlock()
 	o.codes = append(o.codes, code)
 }
-func (o *countingObserver) FailOpen()    {}
-func (o *countingObserver) Retry(string) {}
+func (o *countingObserver) FailOpen()         {}
+func (o *countingObserver) Retry(string)      {}
+func (o *countingObserver) ProxyError(string) {}
 
 func frontend(t *testing.T, opts Options) *httptest.Server {
 	t.Helper()
@@ -196,7 +198,7 @@ func TestStreaming_ServerSentEventsFlushed(t *testing.T) {
 
 // WebSocket upgrades pass through: the 101 and then bytes both ways.
 func TestUpgrade_WebSocketPassesThrough(t *testing.T) {
-	backend := websocketEchoBackend(t)
+	backend := testutil.WebSocketEchoBackend(t)
 	obs := &countingObserver{}
 	front := frontend(t, Options{Picker: pickerFor(backend), Observer: obs})
 
@@ -283,27 +285,4 @@ func BenchmarkServeHTTP(b *testing.B) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 	}
-}
-
-// websocketEchoBackend answers a WebSocket upgrade with 101 and then echoes one line
-// through the tunnel; any other request gets "plain".
-func websocketEchoBackend(t *testing.T) *httptest.Server {
-	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "websocket" {
-			fmt.Fprint(w, "plain")
-			return
-		}
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		line, _ := brw.ReadString('\n')
-		brw.WriteString("echo " + line)
-		brw.Flush()
-	}))
-	t.Cleanup(backend.Close)
-	return backend
 }

@@ -1,106 +1,74 @@
 package proxy
 
 import (
-	"context"
-	"errors"
 	"io"
-	"net"
 	"net/http"
 	"sync/atomic"
-	"syscall"
+
+	"edgeproxy/balancer"
 )
 
-// retryTransport sends each attempt with the configured transport, reports its outcome
-// for passive health, and retries on another target when that is safe (see
-// Options.Retries).
+// retryTransport is the net/http wire format's Sender: ReverseProxy calls it once per
+// request, and it runs the core's Forward over the configured transport, so that the
+// net/http path retries, reports passive health and classifies errors exactly as the fast
+// path does.
 type retryTransport struct{ h *Handler }
 
 var _ http.RoundTripper = retryTransport{}
 
 func (rt retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	h := rt.h
-	a, _ := req.Context().Value(attemptKey{}).(*attempt)
-	if a == nil {
+	x, _ := req.Context().Value(attemptKey{}).(*Exchange)
+	if x == nil {
 		return h.opts.Transport.RoundTrip(req)
 	}
-	var guard *bodyGuard
+	s := &transportSender{rt: h.opts.Transport, req: req}
 	if req.Body != nil && req.Body != http.NoBody {
-		guard = &bodyGuard{ReadCloser: req.Body}
+		s.guard = &bodyGuard{ReadCloser: req.Body}
 		guarded := *req // RoundTrippers must not modify the request they were given
-		guarded.Body = guard
-		req = &guarded
+		guarded.Body = s.guard
+		s.req = &guarded
 	}
-	for {
-		resp, err := h.opts.Transport.RoundTrip(req)
-		if err == nil {
-			if h.opts.Passive != nil {
-				h.opts.Passive.ReportSuccess(a.target)
-			}
-			return resp, nil
-		}
-		if req.Context().Err() != nil || !blamesTarget(err) {
-			return nil, err // the client left, or the request itself was at fault
-		}
-		failed := a.target
-		if h.opts.Passive != nil && h.opts.Passive.ReportFailure(failed) {
-			h.log.Warn("target "+failed.Addr+" ejected by passive health: consecutive failed requests", "target", failed.Addr, "error", err.Error())
-		}
-		if a.tries >= h.opts.Retries || !replayable(req, err, guard) {
-			return nil, err
-		}
-		next := h.opts.Picker.NextExcept(failed)
-		if next.Target == nil || next.Target == failed || !h.budget.take() {
-			return nil, err
-		}
-		a.tries++
-		a.moveTo(next.Target)
-		if h.opts.Observer != nil {
-			h.opts.Observer.Retry(failed.Addr)
-		}
-		h.log.Info("retrying on another target", "failed", failed.Addr, "target", next.Target.Addr, "method", req.Method, "error", err.Error())
-		retry := *req
-		u := *req.URL
-		u.Host = next.Target.Addr
+	if err := h.Forward(x, s, IsIdempotent(req.Method)); err != nil {
+		return nil, err
+	}
+	return s.resp, nil
+}
+
+// transportSender sends one request through an http.RoundTripper, to whichever target
+// the core's Forward gives it.
+type transportSender struct {
+	rt    http.RoundTripper
+	req   *http.Request
+	guard *bodyGuard // nil for a request without a body
+	resp  *http.Response
+}
+
+func (s *transportSender) Send(t *balancer.Target) (bodySent bool, err error) {
+	if s.req.URL.Host != t.Addr { // a retry: the same request, to another target
+		retry := *s.req
+		u := *s.req.URL
+		u.Host = t.Addr
 		retry.URL = &u
-		req = &retry
+		s.req = &retry
 	}
+	s.resp, err = s.rt.RoundTrip(s.req)
+	if err != nil && s.req.Context().Err() != nil {
+		// The attempt's context ended (the client left, or the target was retired):
+		// nobody is to blame for the error the transport returns.
+		err = s.req.Context().Err()
+	}
+	return s.guard != nil && s.guard.read.Load(), err
 }
 
-// blamesTarget reports whether err is the target's fault: a refused or reset connection,
-// a closed one, or a timeout.
-func blamesTarget(err error) bool {
-	var maxBytes *http.MaxBytesError
-	if errors.As(err, &maxBytes) || errors.Is(err, context.Canceled) {
-		return false
-	}
-	var netErr net.Error
-	return isDialError(err) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
-		errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.As(err, &netErr) && netErr.Timeout()
+func (s *transportSender) Describe() (method, uri string) {
+	return s.req.Method, s.req.URL.RequestURI()
 }
 
-func isDialError(err error) bool {
-	var opErr *net.OpError
-	return errors.As(err, &opErr) && opErr.Op == "dial"
-}
+// describeRequest describes an incoming request for the core's log lines.
+type describeRequest struct{ r *http.Request }
 
-// replayable reports whether the request can be sent again: nothing of its body was
-// read, and either the connection failed before anything was sent, or the method is
-// idempotent and the connection was reset (or closed) before a response began.
-func replayable(req *http.Request, err error, body *bodyGuard) bool {
-	if body != nil && body.read.Load() {
-		return false
-	}
-	if isDialError(err) {
-		return true
-	}
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
-	}
-	return false
-}
+func (d describeRequest) Describe() (method, uri string) { return d.r.Method, d.r.RequestURI }
 
 // bodyGuard notes whether any of a request body was read, so a retry never replays a body
 // a target may have seen. The transport closes a request body when an attempt fails;
@@ -124,33 +92,4 @@ func (g *bodyGuard) Close() error {
 		return nil
 	}
 	return g.ReadCloser.Close()
-}
-
-// retryBudget allows retries of at most 20% of requests (plus a burst of 10), so that
-// retries cannot double the load on a pool that is failing. Units are thousandths of a
-// retry.
-type retryBudget struct{ tokens atomic.Int64 }
-
-const (
-	budgetPerRequest = 200
-	budgetPerRetry   = 1000
-	budgetCap        = 10 * budgetPerRetry
-)
-
-func (b *retryBudget) deposit() {
-	if b.tokens.Load() < budgetCap {
-		b.tokens.Add(budgetPerRequest)
-	}
-}
-
-func (b *retryBudget) take() bool {
-	for {
-		v := b.tokens.Load()
-		if v < budgetPerRetry {
-			return false
-		}
-		if b.tokens.CompareAndSwap(v, v-budgetPerRetry) {
-			return true
-		}
-	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"edgeproxy/balancer"
+	"edgeproxy/internal/testutil"
 )
 
 // pool returns a balancer over addrs, all healthy, with passive detection after 3 failures.
@@ -31,34 +32,6 @@ func deadAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
-}
-
-// resettingBackend reads the request (and its body), then closes the connection without
-// a response, as a crashing worker does.
-func resettingBackend(t *testing.T, hits *atomic.Int64) *httptest.Server {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		io.Copy(io.Discard, r.Body)
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err == nil {
-			if tc, ok := conn.(*net.TCPConn); ok {
-				tc.SetLinger(0) // RST, not FIN
-			}
-			conn.Close()
-		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv
-}
-
-func echoBackend(t *testing.T, hits *atomic.Int64) *httptest.Server {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		b, _ := io.ReadAll(r.Body)
-		w.Write([]byte("ok:" + string(b)))
-	}))
-	t.Cleanup(srv.Close)
-	return srv
 }
 
 func do(t *testing.T, h http.Handler, method, body string) (int, string) {
@@ -82,7 +55,7 @@ func do(t *testing.T, h http.Handler, method, body string) (int, string) {
 // a POST with a body: the body never left the edge.
 func TestRetry_RefusedConnectionGoesToAnotherTarget(t *testing.T) {
 	var hits atomic.Int64
-	live := echoBackend(t, &hits)
+	live := testutil.EchoBackend(t, &hits)
 	b := pool(deadAddr(t), live.Listener.Addr().String())
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
 	for i := 0; i < 4; i++ {
@@ -95,8 +68,8 @@ func TestRetry_RefusedConnectionGoesToAnotherTarget(t *testing.T) {
 // A POST whose body reached a target is never replayed, even if the target then dies.
 func TestRetry_NeverReplaysNonIdempotentBody(t *testing.T) {
 	var resetHits, liveHits atomic.Int64
-	dying := resettingBackend(t, &resetHits)
-	live := echoBackend(t, &liveHits)
+	dying := testutil.ResettingBackend(t, &resetHits)
+	live := testutil.EchoBackend(t, &liveHits)
 	b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 	b.Next() // so that the next pick is the dying target
 	b.Next()
@@ -110,8 +83,8 @@ func TestRetry_NeverReplaysNonIdempotentBody(t *testing.T) {
 // A GET reset before its response began is retried on another target.
 func TestRetry_IdempotentResetIsRetried(t *testing.T) {
 	var resetHits, liveHits atomic.Int64
-	dying := resettingBackend(t, &resetHits)
-	live := echoBackend(t, &liveHits)
+	dying := testutil.ResettingBackend(t, &resetHits)
+	live := testutil.EchoBackend(t, &liveHits)
 	b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 	b.Next()
 	b.Next()
@@ -126,7 +99,7 @@ func TestRetry_IdempotentResetIsRetried(t *testing.T) {
 
 func TestRetry_OffWhenZero(t *testing.T) {
 	var hits atomic.Int64
-	live := echoBackend(t, &hits)
+	live := testutil.EchoBackend(t, &hits)
 	b := pool(deadAddr(t), live.Listener.Addr().String())
 	b.Next()
 	b.Next()
@@ -157,7 +130,7 @@ func TestRetryBudget_BoundsRetries(t *testing.T) {
 // Three refused connections in a row eject a target; picks then skip it.
 func TestPassive_EjectsAfterConsecutiveFailures(t *testing.T) {
 	var hits atomic.Int64
-	live := echoBackend(t, &hits)
+	live := testutil.EchoBackend(t, &hits)
 	dead := deadAddr(t)
 	b := pool(dead, live.Listener.Addr().String())
 	h := New(Options{Picker: b, Passive: b, Retries: 1})

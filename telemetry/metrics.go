@@ -31,7 +31,12 @@ type Metrics struct {
 	certExpiry        *prometheus.GaugeVec
 	acmeOrders        *prometheus.CounterVec
 	mixedContentPages prometheus.Counter
+	proxyErrors       *prometheus.CounterVec
 }
+
+// proxyErrorReasons are the reason label's values (proxy.Reason*), created at zero so
+// that a rate over them answers before the first error.
+var proxyErrorReasons = []string{"no_target", "body_too_large", "client_closed", "target_timeout", "target_error", "deregistered"}
 
 // New returns metrics registered on a fresh registry, with the process and Go collectors.
 func New() *Metrics {
@@ -82,6 +87,13 @@ func New() *Metrics {
 			Name: "edgeproxy_mixed_content_pages_total",
 			Help: "Sampled HTML responses over https that load http:// scripts or stylesheets (headers.mixed_content_report).",
 		}),
+		proxyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeproxy_proxy_errors_total",
+			Help: "Requests the edge answered itself instead of a target, by reason: no_target (503), body_too_large (413), client_closed (499), target_timeout (504), target_error (502), deregistered (502: the target was removed by a reload and its deregistration delay ended).",
+		}, []string{"reason"}),
+	}
+	for _, r := range proxyErrorReasons {
+		m.proxyErrors.WithLabelValues(r)
 	}
 	m.acmeOrders.WithLabelValues("ok")
 	m.acmeOrders.WithLabelValues("error")
@@ -91,7 +103,7 @@ func New() *Metrics {
 		m.requests, m.requestDuration, m.targetHealthy, m.healthChecks, m.failOpen, m.unknownServerName,
 		m.retries, m.ejections,
 		m.certExpiry, m.acmeOrders,
-		m.mixedContentPages,
+		m.mixedContentPages, m.proxyErrors,
 	)
 	return m
 }
@@ -129,6 +141,10 @@ func (m *Metrics) FailOpen() { m.failOpen.Inc() }
 
 // Retry records a request retried after failing on target; it implements proxy.Observer.
 func (m *Metrics) Retry(target string) { m.retries.WithLabelValues(target).Inc() }
+
+// ProxyError records a request the edge answered itself, by reason; it implements
+// proxy.Observer.
+func (m *Metrics) ProxyError(reason string) { m.proxyErrors.WithLabelValues(reason).Inc() }
 
 // PassiveEjection records target being ejected by passive health.
 func (m *Metrics) PassiveEjection(target string) { m.ejections.WithLabelValues(target).Inc() }

@@ -184,7 +184,7 @@ func (h Header) has(name []byte) bool {
 // Proxy-Authenticate and Proxy-Authorization (which net/http/httputil drops too), and
 // every field named in Connection. Names are compared case-insensitively and with "_"
 // taken for "-".
-func isHopByHop(name []byte, connection [][]byte) bool {
+func isHopByHop[S fieldName, C fieldName](name S, connection []C) bool {
 	switch len(name) {
 	case 2:
 		if equalKey(name, "te") {
@@ -216,22 +216,43 @@ func isHopByHop(name []byte, connection [][]byte) bool {
 		}
 	}
 	for _, c := range connection {
-		if len(c) == len(name) && equalKeyBytes(name, c) {
+		if len(c) == len(name) && equalKeys(name, c) {
 			return true
 		}
 	}
 	return false
 }
 
+// fieldName is a field name as the fast path holds it ([]byte) or as net/http does
+// (string): the rules below are written once for both.
+type fieldName interface{ ~string | ~[]byte }
+
+// DropsRequestField reports whether a proxy must not forward a request field of this
+// name to a target: a hop-by-hop field (or one named in connection, the Connection
+// tokens), a framing field, Host, or a forwarding field the client does not get to set;
+// names compared case-insensitively and with "_" taken for "-", as AppendRequestHead
+// does. The net/http path applies it so that both paths forward the same fields.
+func DropsRequestField(name string, connection []string) bool {
+	return isHopByHop(name, connection) || requestReplaced(name)
+}
+
+// DropsResponseField reports whether a proxy must not forward a response field of this
+// name to a client: a hop-by-hop field or one named in connection, compared as
+// AppendResponseHead compares them. Framing fields are not included: net/http writes its
+// own.
+func DropsResponseField(name string, connection []string) bool {
+	return isHopByHop(name, connection)
+}
+
 // isFraming reports whether name is Content-Length or Transfer-Encoding ("_" for "-").
-func isFraming(name []byte) bool {
+func isFraming[S fieldName](name S) bool {
 	return len(name) == 14 && equalKey(name, "content-length") ||
 		len(name) == 17 && equalKey(name, "transfer-encoding")
 }
 
 // requestReplaced reports whether AppendRequestHead writes a field of this name itself
 // (Host, framing) or drops it as the client's say about forwarding.
-func requestReplaced(name []byte) bool {
+func requestReplaced[S fieldName](name S) bool {
 	switch len(name) {
 	case 4:
 		return equalKey(name, "host")
@@ -256,7 +277,7 @@ var keyFold = func() (t [256]byte) {
 }()
 
 // equalKey reports whether name equals s, a lower-case name, under keyFold.
-func equalKey(name []byte, s string) bool {
+func equalKey[S fieldName](name S, s string) bool {
 	if len(name) != len(s) {
 		return false
 	}
@@ -268,7 +289,7 @@ func equalKey(name []byte, s string) bool {
 	return true
 }
 
-func equalKeyBytes(a, b []byte) bool {
+func equalKeys[A fieldName, B fieldName](a A, b B) bool {
 	if len(a) != len(b) {
 		return false
 	}

@@ -1,21 +1,20 @@
-package proxy
+package fastpath
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"edgeproxy/balancer"
+	"edgeproxy/mixedcontent"
+	"edgeproxy/proxy"
 	"edgeproxy/proxy/h1"
 )
 
@@ -23,9 +22,9 @@ import (
 // package h1, pooled keep-alive connections to the targets, pooled buffers and one write
 // per response head (with the first body bytes). It serves the requests it fully
 // understands and hands the connection, with the bytes already read, to net/http for
-// anything else (h1.Request.Declined). Behaviour is the Handler's: the same picker,
-// passive health, retry rules and budget, header policy, error pages, metrics and access
-// log as the net/http path.
+// anything else (h1.Request.Declined). What happens to a request is decided by the
+// proxy core (proxy.Handler's Begin, Forward, Fail and Finish), exactly as on the
+// net/http path; this file only reads and writes the bytes.
 
 const clientBufSize = 16 << 10
 
@@ -56,15 +55,14 @@ type fastConn struct {
 	bodyConsumed int
 	bodyStreamed bool
 	bodyDone     bool
+	sent         bool // some of the request was written to a target
 	respHead     int
-	scan         *mixedScan       // the mixed-content scan of this response, or nil
-	target       *balancer.Target // the request's target, counted in flight
-	one          [1]byte          // waitRequest's read, here so as not to allocate
-}
-
-func (c *fastConn) endTarget() {
-	c.target.End()
-	c.target = nil
+	scan         *mixedcontent.Scan // the mixed-content scan of this response, or nil
+	x            proxy.Exchange     // the request's way through the proxy core
+	handler      *proxy.Handler     // the request's handler and upstream (see Backend)
+	upstream     *Upstream
+	up           *upstreamConn // the connection of the last attempt that got a response head
+	one          [1]byte       // waitRequest's read, here so as not to allocate
 }
 
 // serve runs the loop until the connection closes or is handed to net/http.
@@ -78,12 +76,12 @@ func (c *fastConn) serve() {
 		if err := c.readHead(); err != nil {
 			return
 		}
-		h := c.srv.handler()
-		if c.req.Declined != h1.DeclineNone || h.declines(&c.req) {
+		b := c.srv.opts.Backend()
+		if c.req.Declined != h1.DeclineNone || declines(b.Handler, &c.req) {
 			c.handOff()
 			return
 		}
-		keepAlive := h.serveFast(c)
+		keepAlive := c.serveRequest(b)
 		c.srv.setActive(c, false)
 		c.served++
 		if !keepAlive || c.srv.shuttingDown() {
@@ -208,14 +206,12 @@ func (c *fastConn) fill() error {
 // refuse answers a head the parser refused, and closes the connection: what follows a
 // bad head cannot be trusted to start a request.
 func (c *fastConn) refuse(herr *h1.Error) {
-	h := c.srv.handler()
-	h.log.Debug("refused request head", "client", c.remoteAP, "status", herr.Status, "reason", herr.Reason)
-	c.out = appendErrorResponse(c.out[:0], herr.Status, h.hstsFor(c.tls != nil), true)
+	h := c.srv.opts.Backend().Handler
+	h.Logger().Debug("refused request head", "client", c.remoteAP, "status", herr.Status, "reason", herr.Reason)
+	c.out = proxy.AppendErrorResponse(c.out[:0], herr.Status, h.HSTS(c.tls != nil), true)
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.conn.Write(c.out)
-	if h.opts.Observer != nil {
-		h.opts.Observer.Request(herr.Status, "", 0)
-	}
+	h.Observer().Request(herr.Status, "", 0)
 	c.conn.Close()
 }
 
@@ -226,133 +222,78 @@ func (c *fastConn) handOff() {
 }
 
 // declines reports whether the fast path should leave a valid request to net/http for a
-// reason of this configuration rather than of the request.
-func (h *Handler) declines(req *h1.Request) bool {
+// reason of h's configuration rather than of the request.
+func declines(h *proxy.Handler, req *h1.Request) bool {
 	// A chunked body's decoded size is only known as it streams; net/http's
 	// MaxBytesReader enforces the limit on it.
-	return h.opts.MaxBodyBytes > 0 && req.Framing == h1.FramingChunked
+	return h.MaxBodyBytes() > 0 && req.Framing == h1.FramingChunked
 }
 
-// hstsFor returns the Strict-Transport-Security field for a response, if any.
-func (h *Handler) hstsFor(isTLS bool) h1.Header {
-	if h.hsts == nil || !isTLS {
-		return nil
-	}
-	return h.hsts
-}
-
-var idempotent = [...]string{http.MethodGet, http.MethodHead, http.MethodOptions}
-
-func isIdempotent(method []byte) bool {
-	for _, m := range idempotent {
-		if string(method) == m {
-			return true
-		}
-	}
-	return false
-}
-
-// fastResult is what serveFast tells the access log and metrics.
-type fastResult struct {
-	status int
-	bytes  int64
-	target string
-}
-
-// serveFast proxies the parsed request c.req and reports whether the client connection
-// may carry another request.
-func (h *Handler) serveFast(c *fastConn) (keepAlive bool) {
-	start := time.Now()
+// serveRequest proxies the parsed request c.req through the proxy core and reports
+// whether the client connection may carry another request.
+func (c *fastConn) serveRequest(b *Backend) (keepAlive bool) {
+	h := b.Handler
 	req := &c.req
-	res := fastResult{}
 	keepAlive = req.KeepAlive
-	defer func() {
-		c.r += c.bodyConsumed
-		c.bodyConsumed = 0
-		d := time.Since(start)
-		if h.opts.Observer != nil {
-			h.opts.Observer.Request(res.status, res.target, d)
-		}
-		if h.opts.AccessLog {
-			h.log.LogAttrs(context.Background(), slog.LevelInfo, "access",
-				slog.String("client", c.remoteAP), slog.String("method", string(req.Method)),
-				slog.String("host", string(req.Host)), slog.String("uri", string(req.Target)),
-				slog.String("proto", "HTTP/1."+strconv.Itoa(req.Minor)),
-				slog.Int("status", res.status), slog.Int64("bytes", res.bytes), slog.Duration("duration", d),
-				slog.String("target", res.target), slog.String("engine", "fast"))
-		}
-	}()
-	c.bodyConsumed, c.bodyStreamed, c.bodyDone, c.scan = c.headLen, false, false, nil
-
-	pick := h.opts.Picker.Next()
-	if pick.Target == nil {
-		res.status = http.StatusServiceUnavailable
-		return c.writeError(h, res.status, !c.bodyDrainable()) && keepAlive
+	c.handler, c.upstream = h, b.Upstream
+	c.bodyConsumed, c.bodyStreamed, c.bodyDone, c.sent, c.scan = c.headLen, false, false, false, nil
+	contentLength := int64(-1)
+	if req.Framing == h1.FramingLength {
+		contentLength = req.ContentLength
 	}
-	if h.opts.MaxBodyBytes > 0 && req.Framing == h1.FramingLength && req.ContentLength > h.opts.MaxBodyBytes {
-		res.status = http.StatusRequestEntityTooLarge
+	status, bytes := h.Begin(&c.x, contentLength), int64(0)
+	switch {
+	case status == http.StatusRequestEntityTooLarge:
 		// Read (and drop) a body of moderate size first, as net/http does: a client still
 		// sending it would otherwise see its connection reset instead of the 413.
 		drained := c.discardBody(maxDiscardBytes)
-		c.writeError(h, res.status, !drained)
-		return drained && keepAlive
-	}
-	if pick.FailOpen && h.opts.Observer != nil {
-		h.opts.Observer.FailOpen()
-	}
-	h.budget.deposit()
-
-	// A target removed by a reload drains: when its deregistration delay is over,
-	// Upstream.AbortTarget breaks the connections still busy with it.
-	c.target = pick.Target
-	c.target.Begin()
-	defer c.endTarget()
-
-	for tries := 0; ; tries++ {
-		t := c.target
-		res.target = t.Addr
-		up, sent, err := h.exchange(c, t)
-		if err == nil {
-			return h.relayResponse(c, up, &res) && keepAlive
-		}
-		if !blamesTarget(err) && !errors.Is(err, errResponseHeadTooLarge) {
-			// The client failed or went away while its body was read.
-			res.status = 499
-			return false
-		}
-		if h.opts.Passive != nil && h.opts.Passive.ReportFailure(t) {
-			h.log.Warn("target "+t.Addr+" ejected by passive health: consecutive failed requests", "target", t.Addr, "error", err.Error())
-		}
-		// As on the net/http path (replayable): nothing was sent, or an idempotent request
-		// without a body met a closed or reset connection before its response began.
-		retryable := isDialError(err) || (isIdempotent(req.Method) && req.Framing == h1.FramingNone && isConnGone(err))
-		if tries < h.opts.Retries && retryable {
-			if next := h.opts.Picker.NextExcept(t); next.Target != nil && next.Target != t && h.budget.take() {
-				if h.opts.Observer != nil {
-					h.opts.Observer.Retry(t.Addr)
-				}
-				h.log.Info("retrying on another target", "failed", t.Addr, "target", next.Target.Addr, "method", string(req.Method), "error", err.Error())
-				t.End()
-				c.target = next.Target
-				c.target.Begin()
-				continue
+		c.writeError(h, status, !drained)
+		keepAlive = drained && keepAlive
+	case status != 0:
+		keepAlive = c.writeError(h, status, !c.bodyDrainable()) && keepAlive
+	default:
+		if err := h.Forward(&c.x, c, proxy.IsIdempotent(req.Method)); err != nil {
+			status = h.Fail(&c.x, err, c)
+			if status == 499 {
+				keepAlive = false // the client went away
+				break
 			}
+			if c.sent && req.Framing != h1.FramingNone && !c.bodyDone {
+				keepAlive = false // part of the body is still on the wire
+			}
+			keepAlive = c.writeError(h, status, !keepAlive) && keepAlive
+			break
 		}
-		res.status = http.StatusBadGateway
-		if isTimeout(err) {
-			res.status = http.StatusGatewayTimeout
-		}
-		h.log.Warn("proxy error", "target", t.Addr, "method", string(req.Method), "uri", string(req.Target), "status", res.status, "error", err.Error())
-		if sent && req.Framing != h1.FramingNone && !c.bodyDone {
-			keepAlive = false // part of the body is still on the wire
-		}
-		return c.writeError(h, res.status, !keepAlive) && keepAlive
+		status = c.resp.Status
+		var ok bool
+		bytes, ok = c.relayResponse(c.up)
+		keepAlive = ok && keepAlive
 	}
+	c.r += c.bodyConsumed
+	c.bodyConsumed = 0
+	h.Finish(&c.x, status, bytes, c.describeAccess)
+	c.handler, c.upstream, c.up = nil, nil, nil
+	return keepAlive
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+// describeAccess fills in the access log line of the current request.
+func (c *fastConn) describeAccess(l *proxy.AccessLine) {
+	req := &c.req
+	l.Client, l.Method, l.Host, l.URI = c.remoteAP, string(req.Method), string(req.Host), string(req.Target)
+	l.Proto, l.Engine = "HTTP/1."+strconv.Itoa(req.Minor), "fast"
+}
+
+// Describe names the current request in the core's log lines.
+func (c *fastConn) Describe() (method, uri string) {
+	return string(c.req.Method), string(c.req.Target)
+}
+
+// Send is the core's Sender: it sends the request to t and reads the response head.
+func (c *fastConn) Send(t *balancer.Target) (bodySent bool, err error) {
+	up, sent, err := c.exchange(t)
+	c.sent = c.sent || sent
+	c.up = up
+	return sent && c.req.Framing != h1.FramingNone, err
 }
 
 // exchange sends the request to t and reads the response head into c.resp (1xx interim
@@ -360,34 +301,31 @@ func isTimeout(err error) bool {
 // request reached the target, which decides whether it may be retried. A pooled
 // connection that turns out closed is replaced by a new one once, transparently, when
 // nothing of the request body was streamed yet.
-func (h *Handler) exchange(c *fastConn, t *balancer.Target) (up *upstreamConn, sent bool, err error) {
-	u := h.upstream
+func (c *fastConn) exchange(t *balancer.Target) (up *upstreamConn, sent bool, err error) {
+	u := c.upstream
 	for attempt := 0; ; attempt++ {
 		up, err = u.get(t.Addr)
 		if err != nil {
 			return nil, false, err
 		}
-		sent, err = h.sendRequest(c, up)
-		var ce clientError
-		if err == nil || sent && !errors.As(err, &ce) && isConnGone(err) {
+		sent, err = c.sendRequest(up)
+		var ce proxy.ClientError
+		if err == nil || sent && !errors.As(err, &ce) && proxy.IsConnGone(err) {
 			// Even when the body could not all be written (a target may answer early, a 413
 			// say, and close), its response may be there: read it, as net/http does.
-			if rerr := h.readResponseHead(c, up); rerr == nil {
+			if rerr := c.readResponseHead(up); rerr == nil {
 				err = nil // relayResponse closes the client connection: !c.bodyDone
 			} else if err == nil {
 				err = rerr
 			}
 		}
 		if err == nil {
-			if h.opts.Passive != nil {
-				h.opts.Passive.ReportSuccess(t)
-			}
 			return up, true, nil
 		}
 		// A pooled connection the target closed as it was reused: send again on a fresh one
 		// if nothing was sent, or the request is idempotent and bodiless (net/http's rule).
-		stale := up.reused && attempt == 0 && !c.bodyStreamed && isConnGone(err) &&
-			(!sent || isIdempotent(c.req.Method) && c.req.Framing == h1.FramingNone)
+		stale := up.reused && attempt == 0 && !c.bodyStreamed && proxy.IsConnGone(err) &&
+			(!sent || proxy.IsIdempotent(c.req.Method) && c.req.Framing == h1.FramingNone)
 		u.release(up)
 		if !stale {
 			return nil, sent, err
@@ -396,33 +334,14 @@ func (h *Handler) exchange(c *fastConn, t *balancer.Target) (up *upstreamConn, s
 	}
 }
 
-// isConnGone reports whether err says the connection was closed or reset.
-func isConnGone(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
-}
-
 // sendRequest writes the rewritten head and the body. The head goes out with the body
 // bytes already read in one write; the rest of the body streams from the client.
-func (h *Handler) sendRequest(c *fastConn, up *upstreamConn) (sent bool, err error) {
+func (c *fastConn) sendRequest(up *upstreamConn) (sent bool, err error) {
 	req := &c.req
-	ip := c.remote
-	opts := h1.RequestHeadOptions{ClientIP: ip, ForwardedHost: true, DefaultHost: up.addr}
-	trusted := h.trusted(ip)
-	opts.TrustForwarded = trusted
-	switch {
-	case c.tls != nil:
-		opts.Proto = "https"
-	case trusted:
-		opts.Proto = "http"
-		if p, ok := req.Header.Get("X-Forwarded-Proto"); ok && (string(p) == "https" || string(p) == "http") {
-			opts.Proto = string(p)
-		}
-	default:
-		opts.Proto = "http"
-	}
+	claimed, _ := req.Header.Get("X-Forwarded-Proto")
+	opts := c.handler.RequestHeadOptions(c.remote, c.tls != nil, claimed, up.addr)
 	c.out = h1.AppendRequestHead(c.out[:0], req, &opts)
-	up.SetWriteDeadline(time.Now().Add(h.upstream.responseHeaderTimeout))
+	up.SetWriteDeadline(time.Now().Add(c.upstream.responseHeaderTimeout))
 	defer up.SetWriteDeadline(time.Time{})
 
 	bodyStart := c.r + c.headLen
@@ -455,7 +374,7 @@ func (h *Handler) sendRequest(c *fastConn, up *upstreamConn) (sent bool, err err
 		c.out = append(c.out, c.buf[bodyStart:bodyStart+n]...)
 		c.bodyConsumed = c.headLen + n
 		if cerr != nil {
-			return false, clientError{cerr}
+			return false, proxy.ClientError{Err: cerr}
 		}
 		if _, err = up.Write(c.out); err != nil {
 			return false, err
@@ -472,12 +391,6 @@ func (h *Handler) sendRequest(c *fastConn, up *upstreamConn) (sent bool, err err
 	}
 }
 
-// clientError is a failure on the client's side of an exchange: it does not count
-// against the target and is not retried.
-type clientError struct{ error }
-
-func (e clientError) Unwrap() error { return e.error }
-
 // streamBody copies the rest of a Content-Length body from the client to the target,
 // through the client buffer (which holds nothing else: the head was consumed).
 func (c *fastConn) streamBody(up *upstreamConn, left int64) error {
@@ -493,7 +406,7 @@ func (c *fastConn) streamBody(up *upstreamConn, left int64) error {
 			left -= int64(n)
 		}
 		if err != nil && left > 0 {
-			return clientError{err}
+			return proxy.ClientError{Err: err}
 		}
 	}
 	return nil
@@ -515,7 +428,7 @@ func (c *fastConn) streamChunked(up *upstreamConn) error {
 				}
 			}
 			if cerr != nil {
-				return clientError{cerr}
+				return proxy.ClientError{Err: cerr}
 			}
 			if c.chunked.Done() {
 				c.r, c.w = k, n // what follows the body
@@ -524,15 +437,15 @@ func (c *fastConn) streamChunked(up *upstreamConn) error {
 			}
 		}
 		if err != nil {
-			return clientError{err}
+			return proxy.ClientError{Err: err}
 		}
 	}
 	return nil
 }
 
 // readResponseHead reads the target's response head, relaying interim 1xx responses.
-func (h *Handler) readResponseHead(c *fastConn, up *upstreamConn) error {
-	up.SetReadDeadline(time.Now().Add(h.upstream.responseHeaderTimeout))
+func (c *fastConn) readResponseHead(up *upstreamConn) error {
+	up.SetReadDeadline(time.Now().Add(c.upstream.responseHeaderTimeout))
 	defer up.SetReadDeadline(time.Time{})
 	lim := h1.Limits{MaxHeadBytes: upstreamBufSize}
 	for {
@@ -556,7 +469,7 @@ func (h *Handler) readResponseHead(c *fastConn, up *upstreamConn) error {
 		// An interim response (103 Early Hints): pass it on and read on.
 		c.out = h1.AppendResponseHead(c.out[:0], &c.resp, nil)
 		if _, err := c.conn.Write(c.out); err != nil {
-			return clientError{err}
+			return proxy.ClientError{Err: err}
 		}
 		up.r += n
 	}
@@ -571,13 +484,13 @@ func (timeoutError) Timeout() bool   { return true }
 func (timeoutError) Temporary() bool { return true }
 
 // relayResponse writes the response head and body to the client and returns the upstream
-// connection to the pool when it can carry another request. It reports whether the client
-// connection can go on.
-func (h *Handler) relayResponse(c *fastConn, up *upstreamConn, res *fastResult) (keepAlive bool) {
+// connection to the pool when it can carry another request. It returns the body bytes
+// sent and whether the client connection can go on.
+func (c *fastConn) relayResponse(up *upstreamConn) (bytes int64, keepAlive bool) {
+	h := c.handler
 	resp := &c.resp
-	res.status = resp.Status
 	keepAlive = true
-	opts := h1.ResponseHeadOptions{Extra: h.hstsFor(c.tls != nil)}
+	opts := h1.ResponseHeadOptions{Extra: h.HSTS(c.tls != nil)}
 	decode := false
 	if resp.Framing == h1.FramingChunked && c.req.Minor == 0 {
 		resp.Framing = h1.FramingClose // an HTTP/1.0 client gets the data, delimited by the close
@@ -589,8 +502,8 @@ func (h *Handler) relayResponse(c *fastConn, up *upstreamConn, res *fastResult) 
 	} else if c.req.Minor == 0 {
 		opts.KeepAlive = true
 	}
-	if m := h.opts.MixedContent; m.active() && c.tls != nil {
-		opts.Extra, c.scan = m.fastResponse(resp, opts.Extra, c.req.Host, c.req.Target)
+	if m := h.MixedContent(); m.Active() && c.tls != nil {
+		opts.Extra, c.scan = m.Start(resp, opts.Extra, c.req.Host, c.req.Target)
 	}
 	c.out = h1.AppendResponseHead(c.out[:0], resp, &opts)
 	up.r += c.respHead
@@ -600,56 +513,56 @@ func (h *Handler) relayResponse(c *fastConn, up *upstreamConn, res *fastResult) 
 	case h1.FramingNone:
 		_, err = c.conn.Write(c.out)
 	case h1.FramingLength:
-		res.bytes, err = c.copyLength(up, resp.ContentLength)
+		bytes, err = c.copyLength(up, resp.ContentLength)
 	case h1.FramingChunked:
-		res.bytes, err = c.copyChunked(up, false)
+		bytes, err = c.copyChunked(up, false)
 	case h1.FramingClose:
 		if decode {
-			res.bytes, err = c.copyChunked(up, true)
+			bytes, err = c.copyChunked(up, true)
 			upstreamOK = upstreamOK && err == nil
 		} else {
-			res.bytes, err = c.copyUntilClose(up)
+			bytes, err = c.copyUntilClose(up)
 			upstreamOK = false
 		}
 	}
-	c.scan.finish()
+	c.scan.Finish()
 	c.scan = nil
 	if err != nil {
-		var ce clientError
+		var ce proxy.ClientError
 		if errors.As(err, &ce) {
-			h.log.Debug("client went away during the response", "client", c.remoteAP, "error", err.Error())
+			h.Logger().Debug("client went away during the response", "client", c.remoteAP, "error", err.Error())
 		} else {
-			h.log.Warn("target broke off the response", "target", up.addr, "error", err.Error())
+			h.Logger().Warn("target broke off the response", "target", up.addr, "error", err.Error())
 		}
-		h.upstream.release(up)
-		return false
+		c.upstream.release(up)
+		return bytes, false
 	}
 	if upstreamOK && up.r == up.w {
-		h.upstream.put(up)
+		c.upstream.put(up)
 	} else {
-		h.upstream.release(up)
+		c.upstream.release(up)
 	}
-	return keepAlive
+	return bytes, keepAlive
 }
 
 // copyLength sends c.out (the head) with the first body bytes in one write, then the
 // rest of a body of n bytes.
 func (c *fastConn) copyLength(up *upstreamConn, n int64) (int64, error) {
 	first := min(int64(up.w-up.r), n)
-	c.scanBody(up.buf[up.r : up.r+int(first)])
+	c.scan.Feed(up.buf[up.r : up.r+int(first)])
 	c.out = append(c.out, up.buf[up.r:up.r+int(first)]...)
 	up.r += int(first)
 	if _, err := c.conn.Write(c.out); err != nil {
-		return 0, clientError{err}
+		return 0, proxy.ClientError{Err: err}
 	}
 	sent, left := first, n-first
 	for left > 0 {
 		up.r, up.w = 0, 0
 		k, err := up.Conn.Read(up.buf[:min(int64(len(up.buf)), left)])
 		if k > 0 {
-			c.scanBody(up.buf[:k])
+			c.scan.Feed(up.buf[:k])
 			if _, werr := c.conn.Write(up.buf[:k]); werr != nil {
-				return sent, clientError{werr}
+				return sent, proxy.ClientError{Err: werr}
 			}
 			sent += int64(k)
 			left -= int64(k)
@@ -684,16 +597,16 @@ func (c *fastConn) copyChunked(up *upstreamConn, decode bool) (int64, error) {
 		if err != nil {
 			return sent, err
 		}
-		c.scanBody(data) // the raw chunks when forwarding them: tags rarely span a chunk line
+		c.scan.Feed(data) // the raw chunks when forwarding them: tags rarely span a chunk line
 		if first {
 			c.out = append(c.out, data...)
 			if _, werr := c.conn.Write(c.out); werr != nil {
-				return sent, clientError{werr}
+				return sent, proxy.ClientError{Err: werr}
 			}
 			first = false
 		} else if len(data) > 0 {
 			if _, werr := c.conn.Write(data); werr != nil {
-				return sent, clientError{werr}
+				return sent, proxy.ClientError{Err: werr}
 			}
 		}
 		sent += int64(len(data))
@@ -710,19 +623,19 @@ func (c *fastConn) copyChunked(up *upstreamConn, decode bool) (int64, error) {
 // copyUntilClose forwards a body delimited by the target closing the connection.
 func (c *fastConn) copyUntilClose(up *upstreamConn) (int64, error) {
 	first := int64(up.w - up.r)
-	c.scanBody(up.buf[up.r:up.w])
+	c.scan.Feed(up.buf[up.r:up.w])
 	c.out = append(c.out, up.buf[up.r:up.w]...)
 	up.r = up.w
 	if _, err := c.conn.Write(c.out); err != nil {
-		return 0, clientError{err}
+		return 0, proxy.ClientError{Err: err}
 	}
 	sent := first
 	for {
 		k, err := up.Conn.Read(up.buf)
 		if k > 0 {
-			c.scanBody(up.buf[:k])
+			c.scan.Feed(up.buf[:k])
 			if _, werr := c.conn.Write(up.buf[:k]); werr != nil {
-				return sent, clientError{werr}
+				return sent, proxy.ClientError{Err: werr}
 			}
 			sent += int64(k)
 		}
@@ -737,8 +650,8 @@ func (c *fastConn) copyUntilClose(up *upstreamConn) (int64, error) {
 
 // writeError answers the current request with an error page. It reports whether the
 // write succeeded; closeAfter adds Connection: close.
-func (c *fastConn) writeError(h *Handler, code int, closeAfter bool) bool {
-	c.out = appendErrorResponse(c.out[:0], code, h.hstsFor(c.tls != nil), closeAfter)
+func (c *fastConn) writeError(h *proxy.Handler, code int, closeAfter bool) bool {
+	c.out = proxy.AppendErrorResponse(c.out[:0], code, h.HSTS(c.tls != nil), closeAfter)
 	_, err := c.conn.Write(c.out)
 	return err == nil
 }
@@ -784,33 +697,4 @@ func (c *fastConn) bodyDrainable() bool {
 		}
 	}
 	return false
-}
-
-// appendErrorResponse appends a whole error response: the same short plain body as the
-// net/http path's plainError.
-func appendErrorResponse(dst []byte, code int, extra h1.Header, closeAfter bool) []byte {
-	body := errorBody(code)
-	dst = append(dst, "HTTP/1.1 "...)
-	dst = strconv.AppendInt(dst, int64(code), 10)
-	dst = append(dst, ' ')
-	dst = append(dst, http.StatusText(code)...)
-	dst = append(dst, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nContent-Length: "...)
-	dst = strconv.AppendInt(dst, int64(len(body)), 10)
-	dst = append(dst, "\r\n"...)
-	for _, f := range extra {
-		dst = append(dst, f.Name...)
-		dst = append(dst, ": "...)
-		dst = append(dst, f.Value...)
-		dst = append(dst, "\r\n"...)
-	}
-	if closeAfter {
-		dst = append(dst, "Connection: close\r\n"...)
-	}
-	dst = append(dst, "\r\n"...)
-	return append(dst, body...)
-}
-
-// errorBody is the body of every error page the edge writes: status and text, no detail.
-func errorBody(code int) string {
-	return strconv.Itoa(code) + " " + http.StatusText(code) + "\n"
 }

@@ -1,8 +1,16 @@
-package proxy
+// Package fastpath is the HTTP/1.1 fast path: a connection server that reads requests
+// with the strict parser of proxy/h1 and relays them over its own pool of keep-alive
+// connections to the targets (Upstream), through the proxy core (proxy.Handler's Begin,
+// Forward, Fail and Finish) that the net/http path uses too, so that both answer alike.
+// What it does not serve itself (HTTP/2, upgrades, Expect, trailers, ...) it hands to a
+// net/http server on the same connection, behind a gate that applies the same strict
+// parser to every head.
+package fastpath
 
 import (
 	"context"
 	"crypto/tls"
+	"edgeproxy/proxy"
 	"errors"
 	"net"
 	"net/http"
@@ -12,10 +20,17 @@ import (
 	"time"
 )
 
+// Backend is what the fast path sends requests through: the handler whose policy applies
+// and the upstream pool that reaches its targets. A reload swaps it as one value.
+type Backend struct {
+	Handler  *proxy.Handler
+	Upstream *Upstream
+}
+
 // ServerOptions configure a Server.
 type ServerOptions struct {
-	// Handler returns the Handler in effect; a reload swaps what it returns. Required.
-	Handler func() *Handler
+	// Backend returns the Backend in effect; a reload swaps what it returns. Required.
+	Backend func() *Backend
 	// HTTP serves what the fast path leaves to net/http: HTTP/2 (ALPN h2), and HTTP/1.1
 	// connections from a request the fast path declines on (upgrades, Expect, trailers,
 	// CONNECT, absolute-form targets). Its Handler should serve through the same Handler.
@@ -41,7 +56,6 @@ type ServerOptions struct {
 // requests. Use NewServer.
 type Server struct {
 	opts    ServerOptions
-	handler func() *Handler
 	handoff *connListener
 
 	startHTTP  sync.Once
@@ -57,7 +71,6 @@ type Server struct {
 func NewServer(opts ServerOptions) *Server {
 	s := &Server{
 		opts:      opts,
-		handler:   opts.Handler,
 		handoff:   newConnListener(),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*fastConn]bool{},
@@ -67,7 +80,7 @@ func NewServer(opts ServerOptions) *Server {
 	prev := opts.HTTP.ConnContext
 	opts.HTTP.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if g, ok := c.(*gateConn); ok && g.tls != nil {
-			ctx = context.WithValue(ctx, tlsStateKey{}, g.tls)
+			ctx = proxy.WithTLSState(ctx, g.tls)
 		}
 		if prev != nil {
 			ctx = prev(ctx, c)
@@ -83,17 +96,6 @@ func (s *Server) handshake(tc *tls.Conn) error {
 		return s.opts.Handshake(tc)
 	}
 	return tc.Handshake()
-}
-
-type tlsStateKey struct{}
-
-// requestTLS is r.TLS, or the TLS state of a connection the fast path handed to net/http.
-func requestTLS(r *http.Request) *tls.ConnectionState {
-	if r.TLS != nil {
-		return r.TLS
-	}
-	st, _ := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState)
-	return st
 }
 
 // Serve accepts connections from ln until Shutdown or Close, like http.Server.Serve. A

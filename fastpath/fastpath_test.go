@@ -1,4 +1,4 @@
-package proxy
+package fastpath
 
 import (
 	"bufio"
@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"edgeproxy/balancer"
+	"edgeproxy/internal/testutil"
+	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
 )
 
@@ -80,7 +82,7 @@ func TestFastPath_Pipelined(t *testing.T) {
 // A WebSocket upgrade (which the fast path declines) is handed to net/http on the same
 // connection, after a request the fast path served, without the client noticing.
 func TestFastPath_HandsUpgradeToNetHTTP(t *testing.T) {
-	backend := websocketEchoBackend(t)
+	backend := testutil.WebSocketEchoBackend(t)
 	s := startServer(t, true, Options{Picker: pickerForAddr(backend.Listener.Addr().String())}, true)
 	conn, err := tls.Dial("tcp", s.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
 	if err != nil {
@@ -171,20 +173,21 @@ func TestFastPath_Errors(t *testing.T) {
 	}))
 	defer slow.Close()
 	tests := []struct {
-		name   string
-		opts   Options
-		raw    string
-		status int
+		name          string
+		opts          Options
+		headerTimeout time.Duration
+		raw           string
+		status        int
 	}{
-		{"dead target", Options{Picker: pickerForAddr(dead)}, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 502},
-		{"timeout", Options{Picker: pickerForAddr(slow.Listener.Addr().String()), Upstream: NewUpstream(time.Second, 100*time.Millisecond, nil)}, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 504},
-		{"empty pool", Options{Picker: staticPicker{}}, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 503},
-		{"body too large", Options{Picker: pickerForAddr(dead), MaxBodyBytes: 4}, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789", 413},
+		{"dead target", Options{Picker: pickerForAddr(dead)}, time.Minute, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 502},
+		{"timeout", Options{Picker: pickerForAddr(slow.Listener.Addr().String())}, 100 * time.Millisecond, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 504},
+		{"empty pool", Options{Picker: staticPicker{}}, time.Minute, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 503},
+		{"body too large", Options{Picker: pickerForAddr(dead), MaxBodyBytes: 4}, time.Minute, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789", 413},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, fast := range []bool{true, false} {
-				s := startServer(t, fast, tt.opts, false)
+				s := startServerTimeout(t, fast, tt.opts, false, tt.headerTimeout)
 				c, br := dialRaw(t, s.addr)
 				fmt.Fprint(c, tt.raw)
 				resp, body := readResp(t, br)
@@ -199,7 +202,7 @@ func TestFastPath_Errors(t *testing.T) {
 // A refused connection is retried on another target by the fast path too.
 func TestFastPath_RetriesRefusedConnection(t *testing.T) {
 	var hits atomic.Int64
-	live := echoBackend(t, &hits)
+	live := testutil.EchoBackend(t, &hits)
 	b := pool(deadAddr(t), live.Listener.Addr().String())
 	s := startServer(t, true, Options{Picker: b, Passive: b, Retries: 1}, false)
 	for i := 0; i < 4; i++ {
@@ -270,12 +273,13 @@ func BenchmarkFastPath_TLS(b *testing.B) {
 	benchmarkFastPath(b, telemetry.New(), true)
 }
 
-func benchmarkFastPath(b *testing.B, obs Observer, useTLS bool) {
+func benchmarkFastPath(b *testing.B, obs proxy.Observer, useTLS bool) {
 	target := cannedTarget(b, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
 	bal := balancer.New([]string{target})
 	bal.SetHealthy(target, true)
-	h := New(Options{Picker: bal, Passive: bal, Retries: 1, Observer: obs})
-	s := NewServer(ServerOptions{Handler: func() *Handler { return h }, HTTP: &http.Server{Handler: h}, FastPath: true,
+	h := proxy.New(Options{Picker: bal, Passive: bal, Retries: 1, Observer: obs})
+	backend := &Backend{Handler: h, Upstream: NewUpstream(5*time.Second, time.Minute, nil)}
+	s := NewServer(ServerOptions{Backend: func() *Backend { return backend }, HTTP: &http.Server{Handler: h}, FastPath: true,
 		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	var c net.Conn
@@ -322,6 +326,7 @@ type nopObserver struct{}
 func (nopObserver) Request(int, string, time.Duration) {}
 func (nopObserver) FailOpen()                          {}
 func (nopObserver) Retry(string)                       {}
+func (nopObserver) ProxyError(string)                  {}
 
 // The retry rules hold on the fast path too: a GET reset before its response is retried
 // on another target; a POST whose body reached a target is not.
@@ -336,8 +341,8 @@ func TestFastPath_RetryRules(t *testing.T) {
 	} {
 		t.Run(tc.method, func(t *testing.T) {
 			var resetHits, liveHits atomic.Int64
-			dying := resettingBackend(t, &resetHits)
-			live := echoBackend(t, &liveHits)
+			dying := testutil.ResettingBackend(t, &resetHits)
+			live := testutil.EchoBackend(t, &liveHits)
 			b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 			b.Next()
 			b.Next()

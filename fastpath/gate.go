@@ -1,4 +1,4 @@
-package proxy
+package fastpath
 
 import (
 	"crypto/tls"

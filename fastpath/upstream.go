@@ -1,24 +1,20 @@
-package proxy
+package fastpath
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
 )
 
-// Upstream is how the edge reaches its targets: net/http's Transport for the requests
-// net/http serves, and the fast path's pool of keep-alive connections, with one set of
-// timeouts and TLS settings. It outlives a reload that keeps those settings, so pooled
-// connections survive it.
+// Upstream is the fast path's pool of keep-alive connections to the targets, with the
+// pool's timeouts and TLS settings (the net/http path has its own, proxy.NewTransport,
+// built from the same settings). It outlives a reload that keeps those settings, so
+// pooled connections survive it.
 type Upstream struct {
-	// Transport serves the net/http path.
-	Transport *http.Transport
-
 	connectTimeout        time.Duration
 	responseHeaderTimeout time.Duration
 	tls                   *tls.Config // nil: plain HTTP to the targets
@@ -31,21 +27,20 @@ type Upstream struct {
 	busy map[string]*upstreamConn
 }
 
-// Pool limits of the fast path, as NewTransport's for net/http.
+// Pool limits of the fast path, as proxy.NewTransport's for net/http.
 const (
 	maxIdlePerTarget  = 512
 	upstreamIdleLimit = 90 * time.Second
 	upstreamBufSize   = 16 << 10
 )
 
-// NewUpstream returns the upstream of both paths. tlsConfig nil means plain HTTP.
+// NewUpstream returns the fast path's upstream pool. tlsConfig nil means plain HTTP.
 func NewUpstream(connectTimeout, responseHeaderTimeout time.Duration, tlsConfig *tls.Config) *Upstream {
 	if tlsConfig != nil && tlsConfig.ClientSessionCache == nil {
 		tlsConfig = tlsConfig.Clone()
 		tlsConfig.ClientSessionCache = tls.NewLRUClientSessionCache(1024)
 	}
 	return &Upstream{
-		Transport:             NewTransport(connectTimeout, responseHeaderTimeout, tlsConfig),
 		connectTimeout:        connectTimeout,
 		responseHeaderTimeout: responseHeaderTimeout,
 		tls:                   tlsConfig,
@@ -57,7 +52,7 @@ func NewUpstream(connectTimeout, responseHeaderTimeout time.Duration, tlsConfig 
 
 // AbortTarget breaks the fast path's connections busy with addr (their requests fail),
 // for a target removed by a reload whose deregistration delay is over. net/http's
-// requests to it are cancelled through balancer.Target.Retired.
+// requests to it are cancelled through the target's Retired context.
 func (u *Upstream) AbortTarget(addr string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -103,9 +98,8 @@ func (u *Upstream) release(c *upstreamConn) {
 	c.Close()
 }
 
-// CloseIdle closes every idle connection of both paths.
+// CloseIdle closes every idle connection.
 func (u *Upstream) CloseIdle() {
-	u.Transport.CloseIdleConnections()
 	u.mu.Lock()
 	idle := u.idle
 	u.idle = map[string][]*upstreamConn{}
@@ -257,4 +251,4 @@ func (c *upstreamConn) Close() error {
 	return err
 }
 
-var errResponseHeadTooLarge = errors.New("proxy: response head larger than 16 KiB")
+var errResponseHeadTooLarge = errors.New("fastpath: response head larger than 16 KiB")

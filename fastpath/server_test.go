@@ -1,4 +1,4 @@
-package proxy
+package fastpath
 
 import (
 	"bufio"
@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/certs"
+	"edgeproxy/proxy"
 )
 
 // rawBackend is a target that records every request it reads (normalized by
@@ -173,15 +173,26 @@ func (s *syncBuf) String() string {
 // startServer runs a Server with the fast path on or off in front of the targets.
 func startServer(t *testing.T, fast bool, opts Options, useTLS bool) *testServer {
 	t.Helper()
+	return startServerTimeout(t, fast, opts, useTLS, 60*time.Second)
+}
+
+// startServerTimeout is startServer with the response-header timeout of both paths.
+func startServerTimeout(t *testing.T, fast bool, opts Options, useTLS bool, headerTimeout time.Duration) *testServer {
+	t.Helper()
+	up := NewUpstream(5*time.Second, headerTimeout, nil)
+	if opts.Transport == nil {
+		opts.Transport = proxy.NewTransport(5*time.Second, headerTimeout, nil)
+	}
 	logs := &syncBuf{}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	}
 	opts.AccessLog = true
-	h := New(opts)
+	h := proxy.New(opts)
 	httpSrv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 16 << 10,
 		ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug)}
-	s := NewServer(ServerOptions{Handler: func() *Handler { return h }, HTTP: httpSrv, FastPath: fast,
+	backend := &Backend{Handler: h, Upstream: up}
+	s := NewServer(ServerOptions{Backend: func() *Backend { return backend }, HTTP: httpSrv, FastPath: fast,
 		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -230,8 +241,6 @@ func exchange(t *testing.T, addr string, raw string, useTLS bool, method string)
 		}
 	}
 }
-
-func pickerForAddr(addr string) staticPicker { return staticPicker{&balancer.Target{Addr: addr}} }
 
 // The differential test: every request of the corpus goes through the fast path and
 // through net/http (fast path off), each in front of its own recording target. Both

@@ -1,4 +1,10 @@
-package proxy
+// Package mixedcontent is the edge's answer to mixed content: an HTML page served over
+// https that loads scripts or stylesheets over plain http, which browsers block. A Policy
+// adds "Content-Security-Policy: upgrade-insecure-requests" and counts, on a sample of
+// HTML responses, the pages that reference http:// scripts or stylesheets. Both wire
+// formats of the data path use it: Apply wraps a net/http response, Start begins the
+// fast path's scan of a response it relays itself.
+package mixedcontent
 
 import (
 	"bytes"
@@ -12,16 +18,15 @@ import (
 	"edgeproxy/proxy/h1"
 )
 
-// MixedContent is the edge's answer to mixed content: an HTML page served over https that
-// loads scripts or stylesheets over plain http, which browsers block. It can add
+// Policy says what the edge does about mixed content. It can add
 // "Content-Security-Policy: upgrade-insecure-requests" (the browser then fetches those
 // resources over https instead), and it can count, on a sample of HTML responses, the
 // pages that reference http:// scripts or stylesheets, so that the operator learns which
 // pages to fix.
 //
-// Options.MixedContent nil means neither. The zero value does neither too; its exported
-// settings are read, never written, so one value may serve every request.
-type MixedContent struct {
+// A nil *Policy does nothing, and so does the zero value; its exported settings are
+// read, never written, so one value may serve every request.
+type Policy struct {
 	// UpgradeInsecureRequests adds "Content-Security-Policy: upgrade-insecure-requests"
 	// to HTML responses on https that carry no Content-Security-Policy of their own (a
 	// site's own policy is never changed).
@@ -33,11 +38,11 @@ type MixedContent struct {
 	// SampleOneIn scans one HTML response in SampleOneIn; 0 and 1 mean every one.
 	SampleOneIn int
 	// ScanBytes bounds the scan of one response to its first ScanBytes bytes (where
-	// <head> is); 0 means DefaultMixedContentScanBytes. The body is never held back:
+	// <head> is); 0 means DefaultScanBytes. The body is never held back:
 	// it is scanned as it streams to the client.
 	ScanBytes int
 	// Observer counts the pages found; nil means they are only logged.
-	Observer MixedContentObserver
+	Observer Observer
 	// Logger receives the once-per-path notice; nil means no logging.
 	Logger *slog.Logger
 
@@ -48,25 +53,25 @@ type MixedContent struct {
 	reported   map[string]bool // paths logged; at most maxReportedPaths
 }
 
-// MixedContentObserver counts HTML pages found to load http:// scripts or stylesheets;
+// Observer counts HTML pages found to load http:// scripts or stylesheets;
 // telemetry.Metrics implements it.
-type MixedContentObserver interface {
+type Observer interface {
 	MixedContentPage()
 }
 
-// DefaultMixedContentScanBytes is the part of an HTML response scanned when
-// MixedContent.ScanBytes is 0: a page's <head>, where scripts and stylesheets usually
+// DefaultScanBytes is the part of an HTML response scanned when
+// Policy.ScanBytes is 0: a page's <head>, where scripts and stylesheets usually
 // are, is well within it.
-const DefaultMixedContentScanBytes = 64 << 10
+const DefaultScanBytes = 64 << 10
 
 // maxReportedPaths bounds the paths remembered as logged. Paths come from requests, so
 // beyond it new ones are no longer logged (the counter goes on), rather than let a site
 // whose every 404 page loads an http:// script fill memory or the log.
 const maxReportedPaths = 1024
 
-// apply runs on every proxied response (from Handler.modifyResponse). A nil m does
-// nothing.
-func (m *MixedContent) apply(resp *http.Response) {
+// Apply runs on every response the net/http path proxies: it adds the CSP field and
+// wraps the body in a scan when the response is sampled. A nil m does nothing.
+func (m *Policy) Apply(resp *http.Response) {
 	if m == nil || (!m.UpgradeInsecureRequests && !m.Report) || !isHTML(resp.Header) {
 		return
 	}
@@ -91,7 +96,7 @@ func (m *MixedContent) apply(resp *http.Response) {
 	b.rc, b.m, b.req = resp.Body, m, resp.Request
 	b.left = m.ScanBytes
 	if b.left <= 0 {
-		b.left = DefaultMixedContentScanBytes
+		b.left = DefaultScanBytes
 	}
 	resp.Body = b
 }
@@ -109,7 +114,7 @@ func isHTMLType(ct string) bool {
 }
 
 // found records a page that loads url (a script or stylesheet) over http.
-func (m *MixedContent) found(host, path string, url []byte) {
+func (m *Policy) found(host, path string, url []byte) {
 	if m.Observer != nil {
 		m.Observer.MixedContentPage()
 	}
@@ -144,7 +149,7 @@ func (m *MixedContent) found(host, path string, url []byte) {
 // once, after its last Read.
 type mixedBody struct {
 	rc   io.ReadCloser
-	m    *MixedContent
+	m    *Policy
 	req  *http.Request
 	left int  // bytes still to scan
 	done bool // found, or scanned enough: pass the rest through
@@ -382,15 +387,16 @@ func equalFold(b []byte, lower string) bool {
 	return true
 }
 
-// active reports whether m does anything.
-func (m *MixedContent) active() bool {
+// Active reports whether m does anything.
+func (m *Policy) Active() bool {
 	return m != nil && (m.UpgradeInsecureRequests || m.Report)
 }
 
-// fastResponse is apply for the fast path, on a response to an https request: it returns
-// extra plus the CSP field when the page gets one, and a scan of the body when this
-// response is sampled for the report (nil otherwise).
-func (m *MixedContent) fastResponse(resp *h1.Response, extra h1.Header, host, target []byte) (h1.Header, *mixedScan) {
+// Start is Apply for the fast path, on a response to an https request: it returns extra
+// plus the CSP field when the page gets one, and a scan of the body when this response is
+// sampled for the report (nil otherwise). The caller feeds the body to the scan as it
+// relays it and calls Finish.
+func (m *Policy) Start(resp *h1.Response, extra h1.Header, host, target []byte) (h1.Header, *Scan) {
 	ct, _ := resp.Header.Get("Content-Type")
 	if !isHTMLType(string(ct)) {
 		return extra, nil
@@ -408,7 +414,7 @@ func (m *MixedContent) fastResponse(resp *h1.Response, extra h1.Header, host, ta
 	if n := m.SampleOneIn; n > 1 && m.seq.Add(1)%uint64(n) != 0 {
 		return extra, nil
 	}
-	sc := mixedScanPool.Get().(*mixedScan)
+	sc := scanPool.Get().(*Scan)
 	sc.m, sc.host = m, string(host)
 	sc.path = string(target)
 	if i := strings.IndexByte(sc.path, '?'); i >= 0 {
@@ -416,25 +422,25 @@ func (m *MixedContent) fastResponse(resp *h1.Response, extra h1.Header, host, ta
 	}
 	sc.left = m.ScanBytes
 	if sc.left <= 0 {
-		sc.left = DefaultMixedContentScanBytes
+		sc.left = DefaultScanBytes
 	}
 	return extra, sc
 }
 
-// mixedScan is the fast path's scan of one response body, like mixedBody's.
-type mixedScan struct {
-	m          *MixedContent
+// Scan is the fast path's scan of one response body, like mixedBody's. A nil *Scan
+// is valid and scans nothing.
+type Scan struct {
+	m          *Policy
 	host, path string
 	left       int
 	done       bool
 	s          tagScanner
 }
 
-var mixedScanPool = sync.Pool{New: func() any { return new(mixedScan) }}
+var scanPool = sync.Pool{New: func() any { return new(Scan) }}
 
-// scanBody feeds the next body bytes to the response's scan, if any.
-func (c *fastConn) scanBody(p []byte) {
-	sc := c.scan
+// Feed scans the next body bytes.
+func (sc *Scan) Feed(p []byte) {
 	if sc == nil || sc.done || len(p) == 0 {
 		return
 	}
@@ -450,11 +456,11 @@ func (c *fastConn) scanBody(p []byte) {
 	}
 }
 
-// finish returns the scan to its pool; a nil scan is fine.
-func (sc *mixedScan) finish() {
+// Finish returns the scan to its pool; a nil scan is fine.
+func (sc *Scan) Finish() {
 	if sc == nil {
 		return
 	}
-	*sc = mixedScan{}
-	mixedScanPool.Put(sc)
+	*sc = Scan{}
+	scanPool.Put(sc)
 }
