@@ -212,3 +212,67 @@ func TestReload_DrainsRemovedTarget(t *testing.T) {
 		t.Error("drained target still listed in /targets")
 	}
 }
+
+// A request still running on a removed target when its deregistration delay ends is
+// answered 502 on both data paths (HTTP/2 through net/http, HTTP/1.1 on the fast path),
+// counted under reason="deregistered", and logged as "deregistration delay ended". Before
+// the core was shared, HTTP/2 got a 200 with an empty body (the cancelled attempt was
+// taken for a client that left) and the fast path a 504 logged as a response timeout.
+func TestReload_DeregistrationDelayEndsInFlightRequests(t *testing.T) {
+	b1 := namedBackend(t, "127.0.0.2", "b1")
+	b2 := namedBackend(t, "127.0.0.3", "b2")
+	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
+	dir := t.TempDir()
+	_, _, roots := testCert(t, dir, "app.test")
+	config := func(target string) string {
+		return strings.Replace(reloadConfig(t, dir, target), "deregistration_delay: 5s", "deregistration_delay: 1s", 1)
+	}
+	e := startEdge(t, config(addr(b1)))
+	e.waitState(t, addr(b1), "healthy", 5*time.Second)
+
+	type result struct {
+		proto, got string
+		after      time.Duration
+	}
+	results := make(chan result, 2)
+	var reloaded time.Time
+	var reloadedMu sync.Mutex
+	for _, c := range []*http.Client{httpsClient(roots, e.HTTPS), h2Client(roots, e.HTTPS)} {
+		go func() {
+			resp, err := c.Get("https://app.test/slow?ms=5000")
+			reloadedMu.Lock()
+			after := time.Since(reloaded)
+			reloadedMu.Unlock()
+			if err != nil {
+				results <- result{"?", err.Error(), after}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			results <- result{resp.Proto, fmt.Sprintf("%d %s", resp.StatusCode, b), after}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	e.rewriteConfig(t, config(addr(b2)))
+	reloadedMu.Lock()
+	reloaded = time.Now()
+	reloadedMu.Unlock()
+	e.reload(t, "reloaded configuration")
+	for range 2 {
+		r := <-results
+		if r.got != "502 502 Bad Gateway\n" {
+			t.Errorf("%s: in-flight request on the removed target got %q; want the 502 error page", r.proto, r.got)
+		}
+		// The delay (1 s) plus the drain's 50 ms poll and slack; well before the 5 s the
+		// target would take.
+		if r.after > 3*time.Second {
+			t.Errorf("%s: answered %v after the reload; want about the 1 s deregistration delay", r.proto, r.after)
+		}
+	}
+	if n := strings.Count(e.Output(), "deregistration delay ended"); n < 2 {
+		t.Errorf("log has %d lines with \"deregistration delay ended\"; want one per request at least:\n%s", n, e.Output())
+	}
+	if got := counterValue(e.metrics(t), `edgeproxy_proxy_errors_total{reason="deregistered"}`); got != 2 {
+		t.Errorf(`edgeproxy_proxy_errors_total{reason="deregistered"} = %v; want 2`, got)
+	}
+}

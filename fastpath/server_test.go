@@ -255,6 +255,7 @@ func TestDifferential_FastPathMatchesNetHTTP(t *testing.T) {
 	}{
 		{name: "get", raw: "GET /?q=1 HTTP/1.1\r\nHost: app.test\r\nUser-Agent: t\r\nConnection: close\r\n\r\n"},
 		{name: "keep-alive pair", raw: "GET / HTTP/1.1\r\nHost: app.test\r\n\r\nGET /chunked HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"},
+		{name: "hop-by-hop fields spelled with _", raw: "GET / HTTP/1.1\r\nHost: app.test\r\nKeep_Alive: timeout=5\r\nProxy_Connection: keep-alive\r\nConnection: x-private\r\nX_Private: secret\r\nX_Forwarded_Host: evil\r\nX-Kept_Field: yes\r\n\r\n"},
 		{name: "spoofed forwarding", raw: "GET / HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6\r\nX_Forwarded_For: 7.7.7.7\r\nConnection: close\r\n\r\n"},
 		{name: "connection-named fields", raw: "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: X-Foo, close\r\nX-Foo: bar\r\nKeep-Alive: 5\r\nProxy-Connection: keep-alive\r\n\r\n"},
 		{name: "post length", raw: "POST /form HTTP/1.1\r\nHost: app.test\r\nContent-Type: text/plain\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world"},
