@@ -29,10 +29,11 @@ import (
 
 // acmeObserver records what an ACME manager reports.
 type acmeObserver struct {
-	mu     sync.Mutex
-	ok     int
-	failed int
-	expiry map[string]time.Time
+	mu      sync.Mutex
+	ok      int
+	failed  int
+	expiry  map[string]time.Time
+	renewal map[string]time.Time
 }
 
 func (o *acmeObserver) ACMEOrder(ok bool) {
@@ -52,6 +53,15 @@ func (o *acmeObserver) CertificateExpiry(domain string, notAfter time.Time) {
 		o.expiry = map[string]time.Time{}
 	}
 	o.expiry[domain] = notAfter
+}
+
+func (o *acmeObserver) CertificateRenewal(domain string, at time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.renewal == nil {
+		o.renewal = map[string]time.Time{}
+	}
+	o.renewal[domain] = at
 }
 
 func (o *acmeObserver) counts() (ok, failed int) {
@@ -102,31 +112,53 @@ func countingCA(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	return srv, &n
 }
 
-func TestAcmeHostPolicy_IgnoresPort(t *testing.T) {
-	a, err := newACME(ACMEOptions{Domains: []string{"www.example.com", "API.example.com."}, CacheDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+// Challenge requests and handshakes find their name whatever its spelling: a port in the
+// Host header (Pebble validates HTTP-01 on port 5002), case, a trailing dot, an IPv6
+// address in brackets or an IPv4-mapped one, and an IP address's reverse-DNS name (the
+// SNI of its TLS-ALPN-01 validation).
+func TestAcmeDomain_NormalizesNamesAndIPs(t *testing.T) {
+	a, err := newACME(ACMEOptions{Domains: []string{"www.example.com", "API.example.com."}, IPAddresses: []string{"203.0.113.7", "2001:db8::1"},
+		CacheDir: t.TempDir()}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
 		host string
-		ok   bool
+		want string // "" for none
 	}{
-		{"www.example.com", true},
-		{"www.example.com:5002", true}, // Pebble validates HTTP-01 on port 5002
-		{"api.example.com", true},
-		{"WWW.EXAMPLE.COM.", true},
-		{"example.com", false},
-		{"evil.example.com:80", false},
-		{"", false},
+		{"www.example.com", "www.example.com"},
+		{"www.example.com:5002", "www.example.com"},
+		{"WWW.EXAMPLE.COM.", "www.example.com"},
+		{"api.example.com", "api.example.com"},
+		{"203.0.113.7:80", "203.0.113.7"},
+		{"[2001:db8::1]:80", "2001:db8::1"},
+		{"[2001:DB8:0::1]", "2001:db8::1"},
+		{"::ffff:203.0.113.7", "203.0.113.7"},
+		{"example.com", ""},
+		{"evil.example.com:80", ""},
+		{"203.0.113.8", ""},
+		{"", ""},
 	}
 	for _, tt := range tests {
-		if err := a.hostPolicy(context.Background(), tt.host); (err == nil) != tt.ok {
-			t.Errorf("hostPolicy(%q) = %v; want allowed=%v", tt.host, err, tt.ok)
+		got := ""
+		if d := a.domain(hostOnly(tt.host)); d != nil {
+			got = d.name
+		}
+		if got != tt.want {
+			t.Errorf("domain(%q) = %q; want %q", tt.host, got, tt.want)
+		}
+	}
+	for sni, want := range map[string]string{
+		"7.113.0.203.in-addr.arpa": "203.0.113.7",
+		"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.": "2001:db8::1",
+	} {
+		if d := a.reverse[normalizeName(sni)]; d == nil || d.name != want {
+			t.Errorf("reverse name %s: got %v; want %s", sni, d, want)
 		}
 	}
 }
 
-func TestAcmeRenewAt(t *testing.T) {
+func TestAcmeFallbackRenewAt(t *testing.T) {
 	issued := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name        string
@@ -145,7 +177,7 @@ func TestAcmeRenewAt(t *testing.T) {
 			a := &acmeManager{opts: ACMEOptions{RenewBefore: tt.renewBefore}}
 			leaf := &x509.Certificate{NotBefore: issued, NotAfter: issued.Add(tt.lifetime)}
 			for range 20 {
-				before := leaf.NotAfter.Sub(a.renewAt(leaf))
+				before := leaf.NotAfter.Sub(a.fallbackRenewAt(leaf))
 				// The jitter makes renewal earlier, by at most a tenth (and an hour).
 				if before < tt.want || before > tt.want+min(tt.want/10, time.Hour) {
 					t.Fatalf("renews %v before expiry; want %v (+ jitter up to %v)", before, tt.want, min(tt.want/10, time.Hour))
