@@ -182,14 +182,23 @@ type servedCert struct {
 	// fallbackAt is the renewal time from the lifetime (RenewBefore, or a third of it),
 	// used when the CA gives no renewal information.
 	fallbackAt time.Time
-	// earliest is when a certificate obtained by an early renewal (the CA's renewal
-	// information asked for one) may be renewed early again: one such signal is followed
-	// at once, a repeat for the new certificate only after a quarter of its lifetime, so
-	// that a CA that keeps saying "now" cannot make edgeproxy order in a loop.
+	// earliest is when a certificate obtained by an early renewal (in the first half of
+	// the previous one's lifetime: the CA's renewal information asked for it) may be
+	// renewed early again: one such signal is followed at once, a repeat for the new
+	// certificate only after a quarter of its lifetime, so that a CA that keeps saying
+	// "now" cannot make edgeproxy order in a loop.
 	earliest time.Time
 	ari      ariState
 	// renewAt is when to renew: from ari when it has a window, else fallbackAt.
 	renewAt time.Time
+}
+
+// leaf is the certificate of sc; nil for a nil sc.
+func (sc *servedCert) leaf() *x509.Certificate {
+	if sc == nil {
+		return nil
+	}
+	return sc.cert.Leaf
 }
 
 func newACME(opts ACMEOptions, log *slog.Logger) (*acmeManager, error) {
@@ -597,8 +606,9 @@ func (a *acmeManager) orderOnce(ctx context.Context, d *acmeDomain, attempt int)
 	}
 	a.clearLastError(d.name)
 	var earliest time.Time
-	if cur != nil && start.Before(cur.fallbackAt) {
-		// An early renewal, asked for by the CA: the next early one waits (servedCert.earliest).
+	if prev := cur.leaf(); prev != nil && start.Before(prev.NotBefore.Add(prev.NotAfter.Sub(prev.NotBefore)/2)) {
+		// An early renewal, in the first half of the lifetime: the CA asked for it (a
+		// revocation). Another one for the new certificate waits (servedCert.earliest).
 		earliest = start.Add(cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore) / 4)
 	}
 	a.serve(d, cert, o.profile, earliest)
