@@ -319,12 +319,23 @@ type pebbleSetup struct {
 	logs   *logBuffer
 	dir    string
 	listen func() // starts the HTTPS listener
+	start  func() // starts the ACME loops (done by startPebbleACME unless it is given an HTTP port)
 }
 
 func startPebbleSource(t *testing.T, listenNow bool, retryMin time.Duration) *pebbleSetup {
 	t.Helper()
+	return startPebbleACME(t, testutil.PebbleOptions{}, ACMEOptions{Domains: []string{"app.test"}, RetryMin: retryMin}, listenNow)
+}
+
+// startPebbleACME starts Pebble (po, with every order validated anew) and a Source with
+// ACME (opts, completed with Pebble's directory, a cache directory and an observer)
+// whose HTTPS listener is on Pebble's TLS-ALPN-01 port.
+func startPebbleACME(t *testing.T, po testutil.PebbleOptions, opts ACMEOptions, listenNow bool) *pebbleSetup {
+	t.Helper()
 	tlsPort := testutil.FreePort(t, "127.0.0.1")
-	p := testutil.StartPebble(t, testutil.PebbleOptions{TLSPort: tlsPort, Env: []string{"PEBBLE_AUTHZREUSE=0"}})
+	po.TLSPort = tlsPort
+	po.Env = append(po.Env, "PEBBLE_AUTHZREUSE=0")
+	p := testutil.StartPebble(t, po)
 	roots, err := os.ReadFile(p.CARootsFile)
 	if err != nil {
 		t.Fatal(err)
@@ -334,10 +345,8 @@ func startPebbleSource(t *testing.T, listenNow bool, retryMin time.Duration) *pe
 	log, logs := newLogger(t)
 	obs := &acmeObserver{}
 	dir := filepath.Join(t.TempDir(), "acme")
-	src, err := New(Options{Logger: log, ACME: &ACMEOptions{
-		Domains: []string{"app.test"}, Email: "ops@app.test", DirectoryURL: p.DirectoryURL, RootCAs: pool,
-		CacheDir: dir, RetryMin: retryMin, Observer: obs,
-	}})
+	opts.Email, opts.DirectoryURL, opts.RootCAs, opts.CacheDir, opts.Observer = "ops@app.test", p.DirectoryURL, pool, dir, obs
+	src, err := New(Options{Logger: log, ACME: &opts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,13 +363,33 @@ func startPebbleSource(t *testing.T, listenNow bool, retryMin time.Duration) *pe
 	if listenNow {
 		s.listen()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	src.Start(ctx)
-	t.Cleanup(func() {
-		cancel()
-		src.Wait()
-	})
+	s.start = func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		src.Start(ctx)
+		t.Cleanup(func() {
+			cancel()
+			src.Wait()
+		})
+	}
+	if po.HTTPPort == 0 {
+		s.start()
+	}
 	return s
+}
+
+// waitFailed polls until n orders have failed.
+func (s *pebbleSetup) waitFailed(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, failed := s.obs.counts(); failed >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not %d failed orders within 30s", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // waitCert polls until the source serves a certificate for name.
@@ -431,17 +460,7 @@ func TestAcme_Pebble_ObtainsECDSACertificate(t *testing.T) {
 // record is removed.
 func TestAcme_Pebble_FailureRetriedThenResolved(t *testing.T) {
 	s := startPebbleSource(t, false, 500*time.Millisecond)
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, failed := s.obs.counts(); failed >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not two failed orders within 30s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.waitFailed(t, 2)
 	le, err := ReadLastError(s.dir)
 	if err != nil {
 		t.Fatal(err)
@@ -543,4 +562,10 @@ func TestNew_AcmeIgnoresUnusableCache(t *testing.T) {
 	if n := logs.count("ignoring cached certificate"); n != 2 {
 		t.Errorf("%d cached certificates reported as ignored; want 2\n%s", n, logs)
 	}
+}
+
+func (o *acmeObserver) renewalOf(domain string) time.Time {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.renewal[domain]
 }
