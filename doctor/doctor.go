@@ -54,7 +54,8 @@ func (s Status) String() string {
 type Result struct {
 	Status Status
 	// Check names what was checked: "config", "listen.https", "dns:app.test",
-	// "acme.directory", "cert:app.test", "target:127.0.0.1:8000", "acme.last_error".
+	// "ip:203.0.113.7", "tls", "acme.directory", "cert:app.test", "target:127.0.0.1:8000",
+	// "acme.last_error".
 	Check string
 	// Detail is what was found and, unless Status is OK, the fix in a sentence.
 	Detail string
@@ -164,6 +165,12 @@ func (d *Doctor) Run(ctx context.Context, w io.Writer) []Result {
 	emit(d.checkListeners(ctx, s)...)
 	for _, name := range s.acmeDomains {
 		emit(d.checkDNS(ctx, name))
+	}
+	for _, ip := range s.acmeIPs {
+		emit(d.checkIP(ip))
+	}
+	if r := d.noDomainHint(s); r != nil {
+		emit(*r)
 	}
 	if cfg.TLS.ACME.Enabled() {
 		emit(d.checkDirectory(ctx, s))
