@@ -175,13 +175,7 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 	}
 	if s.acme != nil {
 		if d := s.acme.domain(hello.ServerName); d != nil {
-			if c := s.acme.certificate(d); c != nil {
-				return c, nil
-			}
-			if s.fallback != nil {
-				return s.fallback, nil
-			}
-			return nil, fmt.Errorf("certs: the certificate for %q is not obtained yet", hello.ServerName)
+			return s.acmeCertificate(d)
 		}
 	}
 	// Clients dialling an IP send no SNI; a certificate with that IP in its SANs covers
@@ -193,9 +187,7 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 			}
 			if s.acme != nil {
 				if d := s.acme.domain(host); d != nil {
-					if c := s.acme.certificate(d); c != nil {
-						return c, nil
-					}
+					return s.acmeCertificate(d)
 				}
 			}
 		}
@@ -205,6 +197,18 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 		return s.fallback, nil
 	}
 	return nil, fmt.Errorf("certs: no certificate for server name %q", hello.ServerName)
+}
+
+// acmeCertificate is the certificate of an ACME name: its own, else (not obtained yet)
+// the default certificate, else an error.
+func (s *Source) acmeCertificate(d *acmeDomain) (*tls.Certificate, error) {
+	if c := s.acme.certificate(d); c != nil {
+		return c, nil
+	}
+	if s.fallback != nil {
+		return s.fallback, nil
+	}
+	return nil, fmt.Errorf("certs: the certificate for %s is not obtained yet", d.name)
 }
 
 func (s *Source) unknownName(name string) {

@@ -96,8 +96,8 @@ type Pebble struct {
 // or fails in CI.
 func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	t.Helper()
-	pebbleBin := pebbleBinary(t)
-	challBin := RequireTool(t, "pebble-challtestsrv")
+	pebbleBin := pebbleBinary(t, "pebble")
+	challBin := pebbleBinary(t, "pebble-challtestsrv")
 	dir := t.TempDir()
 
 	caFile, certFile, keyFile, pool := pebbleServerCert(t, dir)
@@ -112,7 +112,7 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	dnsMgmt := LoopbackAddr(t, "127.0.0.1")
 	dns := StartProcWith(t, ProcOptions{Name: "pebble-challtestsrv"}, challBin,
 		"-dns01", dnsAddr,
-		"-http01", "", "-https01", "", "-tlsalpn01", "",
+		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
 		"-management", dnsMgmt,
 		"-defaultIPv4", "127.0.0.1",
 		"-defaultIPv6", "",
@@ -181,19 +181,20 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	return p
 }
 
-// pebbleBinary finds a pebble program built from PebbleModule at PebbleVersion (its Go
-// build information says so), in GOBIN, GOPATH/bin, ~/go/bin or PATH: Debian's pebble
-// may come first in PATH, and is too old.
-func pebbleBinary(t testing.TB) string {
+// pebbleBinary finds the program name (pebble, pebble-challtestsrv) built from
+// PebbleModule at PebbleVersion (its Go build information says so), in GOBIN,
+// GOPATH/bin, ~/go/bin or PATH: Debian's pebble package may come first in PATH, and is
+// too old.
+func pebbleBinary(t testing.TB, name string) string {
 	t.Helper()
 	var candidates []string
 	if gobin := os.Getenv("GOBIN"); gobin != "" {
-		candidates = append(candidates, filepath.Join(gobin, "pebble"))
+		candidates = append(candidates, filepath.Join(gobin, name))
 	}
 	for _, d := range extraBinDirs() {
-		candidates = append(candidates, filepath.Join(d, "pebble"))
+		candidates = append(candidates, filepath.Join(d, name))
 	}
-	if p, err := exec.LookPath("pebble"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		candidates = append(candidates, p)
 	}
 	var seen []string
@@ -207,11 +208,11 @@ func pebbleBinary(t testing.TB) string {
 		}
 		seen = append(seen, fmt.Sprintf("%s is %s %s", c, info.Main.Path, info.Main.Version))
 	}
-	what := "Pebble " + PebbleVersion
+	what := name + " " + PebbleVersion
 	if len(seen) > 0 {
 		what += " (found only: " + strings.Join(seen, "; ") + ")"
 	}
-	missing(t, what, InstallHint("pebble"))
+	missing(t, what, InstallHint(name))
 	return ""
 }
 
