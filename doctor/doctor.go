@@ -1,7 +1,9 @@
 // Package doctor runs `edgeproxy doctor`: from the box edgeproxy runs on, it checks the
 // set-up mistakes that make a first move to HTTPS fail, and says for each what to fix. The
 // configuration is valid; each listener can be bound (or is already bound by this
-// edgeproxy); each ACME domain resolves to this host; the ACME directory answers; the
+// edgeproxy); each ACME domain resolves to this host, and each ACME IP address is this
+// host's (a site on the self-signed certificate hears that IP-address certificates
+// exist); the ACME directory answers, and offers tls.acme.profile; the
 // ACME domains and pool.health_check.host are covered by a certificate that is not due
 // for renewal; each target passes the health check (and a 400 is explained as Django's
 // ALLOWED_HOSTS); and the last failed ACME order, if any, is translated into its likely

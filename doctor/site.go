@@ -91,7 +91,8 @@ func (s *site) acmeNames() []string {
 func normalize(name string) string { return strings.ToLower(strings.TrimSuffix(name, ".")) }
 
 // cachedLeaf reads the leaf certificate of name from an ACME cache directory (autocert's
-// DirCache format: the key, then the chain, all PEM, in a file named after the domain).
+// DirCache format: the key, then the chain, all PEM, in a file named after the domain or
+// IP address).
 func cachedLeaf(dir, name string) (*x509.Certificate, error) {
 	data, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
