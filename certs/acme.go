@@ -565,8 +565,8 @@ func (a *acmeManager) orderOnce(ctx context.Context, d *acmeDomain, attempt int)
 		if cur.ari.info != nil {
 			reason += ", renewal window from the CA " + cur.ari.info.window()
 		}
-		if a.ariOffered() {
-			replaces = certID(cur.cert.Leaf)
+		if dir, err := a.directory(ctx); err == nil && dir.RenewalInfo != "" {
+			replaces = certID(cur.cert.Leaf) // RFC 9773 §5: only to a CA that offers ARI
 		}
 	}
 	challenges := "tls-alpn-01"

@@ -92,13 +92,6 @@ func (a *acmeManager) directory(ctx context.Context) (*Directory, error) {
 	return dir, nil
 }
 
-// ariOffered reports whether the CA's directory, once read, has renewal information.
-func (a *acmeManager) ariOffered() bool {
-	a.dirMu.Lock()
-	defer a.dirMu.Unlock()
-	return a.dir != nil && a.dir.RenewalInfo != ""
-}
-
 // errNoARI is fetchRenewalInfo's error when the CA offers no renewal information.
 var errNoARI = errors.New("certs: the CA offers no renewal information (ARI)")
 

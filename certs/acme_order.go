@@ -117,7 +117,7 @@ func (a *acmeManager) obtain(ctx context.Context, d *acmeDomain, replaces string
 	var order *acme.Order
 	for order == nil {
 		ord, err := c.AuthorizeOrder(ctx, ids, opts...)
-		if err != nil && o.replacing() && ctx.Err() == nil {
+		if o.replacing() && refusedByCA(err) {
 			// The CA may refuse the replacement (already replaced, another CA's
 			// certificate): order without it rather than not at all.
 			a.log.Warn(fmt.Sprintf("acme: the CA refused an order for %s that replaces %s (%v); ordering without \"replaces\"", d.name, replaces, err), "domain", d.name)
@@ -142,6 +142,13 @@ func (a *acmeManager) obtain(ctx context.Context, d *acmeDomain, replaces string
 	o.profile = string(order.Profile)
 	cert, err := a.finalize(ctx, c, d, order)
 	return cert, o, err
+}
+
+// refusedByCA reports whether err is the CA's refusal of a request (a 4xx problem other
+// than a rate limit, for which an order without "replaces" would fare worse).
+func refusedByCA(err error) bool {
+	var ae *acme.Error
+	return errors.As(err, &ae) && ae.StatusCode/100 == 4 && ae.StatusCode != http.StatusTooManyRequests
 }
 
 // authorize completes the pending authorizations of ord with the first of types each

@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -110,6 +111,16 @@ func TestAcme_Pebble_ARIWindowInThePastRenewsWithReplaces(t *testing.T) {
 	time.Sleep(4 * poll)
 	if n := s.pebble.Orders(); n != 2 {
 		t.Errorf("Pebble got %d orders; want 2 (the first, one renewal)", n)
+	}
+
+	// Replacing the first certificate again is refused (Pebble: 409, already replaced):
+	// the order goes through without "replaces".
+	again, _, err := s.src.acme.obtain(context.Background(), s.src.acme.domain("app.test"), certID(first.Leaf))
+	if err != nil || again == nil {
+		t.Fatalf("order replacing an already replaced certificate: %v", err)
+	}
+	if !strings.Contains(s.logs.String(), "that replaces "+certID(first.Leaf)+" (409") || s.pebble.OrdersReplacing() != 1 {
+		t.Errorf("a refused replacement was not ordered again without it:\n%s", s.logs)
 	}
 }
 

@@ -113,8 +113,9 @@ func simulate(t *testing.T, ca *simCA, days int) *acmeManager {
 	}
 	a.now = func() time.Time { return ca.now }
 	a.sleep, a.obtainFn, a.fetchARI = ca.sleep, ca.obtain, ca.fetchARI
+	a.dir = &Directory{URL: "https://ca.test/dir"} // read by orderOnce for "replaces"
 	if ca.ari != "none" {
-		a.dir = &Directory{URL: "https://ca.test/dir", RenewalInfo: "https://ca.test/ari"} // for "replaces"
+		a.dir.RenewalInfo = "https://ca.test/ari"
 	}
 	a.run(context.Background(), a.domains["app.test"])
 	return a
