@@ -111,8 +111,9 @@ func TestCheckIP(t *testing.T) {
 	}
 }
 
-// A site with only the self-signed certificate is told about IP-address certificates,
-// with the public IP filled in; a site with certificates is not.
+// A site served to the network with only the self-signed certificate is told about
+// IP-address certificates, with the public IP filled in; a site with certificates, or on
+// loopback, is not.
 func TestNoDomainHint(t *testing.T) {
 	d, _ := New(Options{ConfigFile: "c.yaml", PublicIP: netip.MustParseAddr("203.0.113.7")})
 	self := parseConfig(t, "tls: {self_signed: true}\npool:\n  targets: [\"127.0.0.1:8000\"]\n")
@@ -120,8 +121,12 @@ func TestNoDomainHint(t *testing.T) {
 	if r == nil || r.Status != Warn || !strings.Contains(r.Detail, "tls.acme: {ip_addresses: [203.0.113.7], profile: shortlived}") {
 		t.Errorf("self-signed: %+v; want the IP-address certificate hint", r)
 	}
-	acme := parseConfig(t, "tls:\n  acme: {ip_addresses: [203.0.113.7], profile: shortlived}\npool:\n  targets: [\"127.0.0.1:8000\"]\n")
-	if r := d.noDomainHint(d.newSite(acme)); r != nil {
-		t.Errorf("with ACME: %+v; want no hint", r)
+	for name, yaml := range map[string]string{
+		"with ACME":   "tls:\n  acme: {ip_addresses: [203.0.113.7], profile: shortlived}\npool:\n  targets: [\"127.0.0.1:8000\"]\n",
+		"on loopback": "listen: {https: \"127.0.0.1:8443\"}\ntls: {self_signed: true}\npool:\n  targets: [\"127.0.0.1:8000\"]\n",
+	} {
+		if r := d.noDomainHint(d.newSite(parseConfig(t, yaml))); r != nil {
+			t.Errorf("%s: %+v; want no hint", name, r)
+		}
 	}
 }

@@ -213,13 +213,19 @@ func (d *Doctor) checkIP(ip netip.Addr) Result {
 	return r
 }
 
-// noDomainHint is a line for a site served only with the self-signed certificate (or
-// none): without a domain name yet, a trusted certificate for the box's IP address is
-// possible; nil when certificates are configured.
+// noDomainHint is a line for a site served to the network only with the self-signed
+// certificate (or none): without a domain name yet, a trusted certificate for the box's
+// IP address is possible; nil when certificates are configured, or HTTPS is on loopback
+// (local use).
 func (d *Doctor) noDomainHint(s *site) *Result {
 	t := s.cfg.TLS
 	if s.cfg.Listen.HTTPS == "" || t.ACME.Enabled() || len(t.Certificates) > 0 {
 		return nil
+	}
+	if host, _, err := net.SplitHostPort(s.cfg.Listen.HTTPS); err == nil {
+		if ip, err := netip.ParseAddr(host); host == "localhost" || err == nil && ip.IsLoopback() {
+			return nil
+		}
 	}
 	ip := "PUBLIC_IP"
 	if d.opts.PublicIP.IsValid() {
