@@ -461,9 +461,17 @@ func TestAcme_Pebble_ObtainsECDSACertificate(t *testing.T) {
 func TestAcme_Pebble_FailureRetriedThenResolved(t *testing.T) {
 	s := startPebbleSource(t, false, 500*time.Millisecond)
 	s.waitFailed(t, 2)
-	le, err := ReadLastError(s.dir)
-	if err != nil {
-		t.Fatal(err)
+	// The order is counted when it ends, and its record saved just after.
+	var le *LastError
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		le, err = ReadLastError(s.dir)
+		if err == nil && le.Attempt >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("last-error.json of the second failure: %+v, %v", le, err)
+		}
 	}
 	if le.Domain != "app.test" || le.Attempt < 2 || le.Challenge != "tls-alpn-01" ||
 		!strings.HasPrefix(le.CAErrorType, "urn:ietf:params:acme:error:") || !strings.Contains(le.CAErrorDetail, "Failed to connect") ||
