@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -28,17 +29,29 @@ import (
 
 // ACMEOptions configure automatic certificates (Options.ACME).
 //
-// Each domain gets its own ECDSA P-256 certificate. Certificates are ordered in the
-// background from Source.Start, not on a visitor's handshake: at start-up for a domain
-// with no usable certificate in CacheDir, and again when RenewBefore is reached. A failed
-// order is retried with capped exponential backoff; meanwhile the certificate in hand, if
-// any, keeps being served. The challenges are TLS-ALPN-01 on the HTTPS listener and, once
-// Source.HTTPHandler has been called for a plain-HTTP listener, HTTP-01 as the second
-// choice.
+// Each DNS name and each IP address gets its own ECDSA P-256 certificate. Certificates
+// are ordered in the background from Source.Start, not on a visitor's handshake: at
+// start-up for a name with no usable certificate in CacheDir, and again when its renewal
+// time comes. That time is the CA's choice when it offers ACME Renewal Information (RFC
+// 9773, ARI): a random moment in the window the CA suggests, checked again as the CA asks;
+// otherwise, or while the CA cannot be asked, it is when a third of the lifetime remains
+// (RenewBefore). A renewal order names the certificate it replaces, which Let's Encrypt
+// exempts from its rate limits. A failed order is retried with capped exponential backoff;
+// meanwhile the certificate in hand, if any, keeps being served. The challenges are
+// TLS-ALPN-01 on the HTTPS listener and, once Source.HTTPHandler has been called for a
+// plain-HTTP listener, HTTP-01 as the second choice; both work for IP addresses (RFC 8738).
 type ACMEOptions struct {
-	// Domains are the exact DNS names to obtain certificates for. Only these are ever
-	// ordered; a handshake for any other name never reaches the CA.
+	// Domains are the exact DNS names to obtain certificates for. Only these (and
+	// IPAddresses) are ever ordered; a handshake for any other name never reaches the CA.
 	Domains []string
+	// IPAddresses are IP addresses to obtain certificates for (RFC 8738), such as a
+	// box's Elastic IP; each is served to clients that connect to that address without
+	// SNI. Let's Encrypt issues them only in its six-day "shortlived" profile.
+	IPAddresses []string
+	// Profile is the CA's certificate profile to order (draft-ietf-acme-profiles), such
+	// as Let's Encrypt's "classic", "tlsserver" or "shortlived"; empty means the CA's
+	// default. An order fails, saying which profiles the CA offers, if it has no such one.
+	Profile string
 	// Email is the contact address of the ACME account; empty means none.
 	Email string
 	// DirectoryURL is the CA's ACME directory; empty means Let's Encrypt production
@@ -50,15 +63,23 @@ type ACMEOptions struct {
 	// format, so autocert can read it) and LastErrorFile. It is created with mode 0700 if
 	// missing, and must be writable: New fails otherwise. Required.
 	CacheDir string
-	// RenewBefore is how long before expiry a certificate is renewed. Zero means when a
-	// third of its lifetime remains. It is capped at half the lifetime, so that a value
-	// longer than the CA's lifetimes cannot make every new certificate due at once.
+	// RenewBefore is how long before expiry a certificate is renewed when the CA offers
+	// no renewal information. Zero means when a third of its lifetime remains. It is
+	// capped at half the lifetime, so that a value longer than the CA's lifetimes cannot
+	// make every new certificate due at once. When set, it also bounds the CA's ARI
+	// window: renewal happens no later than RenewBefore says.
 	RenewBefore time.Duration
+	// ARIPoll is the longest wait between two checks of a certificate's renewal
+	// information, and the wait when the CA's answer has no Retry-After. A Retry-After
+	// between one minute and ARIPoll is honoured; RFC 9773 lets clients clamp it so. Zero
+	// means 6 hours (what Pebble asks for).
+	ARIPoll time.Duration
 	// RetryMin is the wait after the first failed order for a domain; each further
 	// failure triples it, up to RetryMax. Zero means 1 minute and 1 hour. A Retry-After
 	// from the CA (rate limits) makes the wait longer, never shorter.
 	RetryMin, RetryMax time.Duration
-	// Observer is told about orders and certificate expiry; nil means nothing is recorded.
+	// Observer is told about orders, certificate expiry and renewal times; nil means
+	// nothing is recorded.
 	Observer ACMEObserver
 }
 
@@ -68,16 +89,23 @@ type ACMEObserver interface {
 	ACMEOrder(ok bool)
 	// CertificateExpiry records the expiry of the certificate now served for domain.
 	CertificateExpiry(domain string, notAfter time.Time)
+	// CertificateRenewal records when the certificate served for domain will be renewed
+	// (chosen from the CA's renewal information, or from its lifetime).
+	CertificateRenewal(domain string, at time.Time)
 }
 
 const (
 	defaultRetryMin = time.Minute
 	defaultRetryMax = time.Hour
+	defaultARIPoll  = 6 * time.Hour
+	// minARIPoll is the shortest wait between two renewal-information checks that a
+	// Retry-After can ask for (RFC 9773 §4.3.3 suggests clamping at one minute).
+	minARIPoll = time.Minute
 	// retryFactor is the backoff's growth per failure. With the defaults a domain is
 	// tried at most 5 times in its first hour of failures: Let's Encrypt allows 5 failed
 	// validations per name and hour, and an order may fail two (TLS-ALPN-01, then HTTP-01).
 	retryFactor = 3
-	// orderTimeout bounds one order attempt (autocert bounds its own work by 5 minutes).
+	// orderTimeout bounds one order attempt.
 	orderTimeout = 6 * time.Minute
 	// maxSleep bounds each wait of a domain's loop, which then looks at the clock and its
 	// certificate again, so that a clock step or a long suspend cannot delay a renewal.
@@ -87,34 +115,43 @@ const (
 	accountKeyName = "acme_account+key"
 )
 
-// acmeManager obtains and renews the certificates of ACMEOptions.Domains.
+// acmeManager obtains and renews the certificates of ACMEOptions.Domains and
+// IPAddresses.
 //
-// It is built on autocert.Manager, but drives the orders itself: autocert orders on a
-// handshake for any name its HostPolicy allows, retries a failed order on the next
-// handshake a minute later, and renews on timers that log nothing. Here handshakes are
-// answered only from certificates already in hand, and each order attempt is one call of
-// a fresh autocert.Manager's GetCertificate from the domain's own goroutine (run), with a
-// ClientHello that advertises ECDSA. That Manager's CA client goes through a gate
-// (caTransport) that is open only during the attempt, so nothing autocert starts by
-// itself afterwards (its renewal timer) can reach the CA.
+// Each name has its own goroutine (run), which orders with golang.org/x/crypto/acme (see
+// obtain), checks the CA's renewal information (checkARI) and sleeps until the next of
+// those is due. Handshakes are answered only from certificates already in hand, and
+// challenge handshakes and requests from the order in flight.
 type acmeManager struct {
 	opts    ACMEOptions
 	log     *slog.Logger
 	cache   autocert.DirCache
-	base    http.RoundTripper // to the CA; shared by the orders' gates
+	base    http.RoundTripper // to the CA
 	domains map[string]*acmeDomain
-	names   []string // Domains normalized, in configuration order
+	names   []string               // Domains and IPAddresses normalized, in configuration order
+	reverse map[string]*acmeDomain // the IP addresses' reverse-DNS names (TLS-ALPN-01's SNI)
 
 	// http01 is set once Source.HTTPHandler has been called: HTTP-01 is then tried
 	// after TLS-ALPN-01.
 	http01 atomic.Bool
 
-	// now returns the current time; tests replace it.
-	now func() time.Time
+	// now returns the current time and sleep waits (false when ctx ends first); tests
+	// replace them with a simulated clock.
+	now   func() time.Time
+	sleep func(ctx context.Context, d time.Duration) bool
+	// obtainFn runs one order (obtain); fetchARI fetches renewal information
+	// (fetchRenewalInfo). Tests replace them with a simulated CA.
+	obtainFn func(ctx context.Context, d *acmeDomain, replaces string) (*tls.Certificate, *acmeOrder, error)
+	fetchARI func(ctx context.Context, leaf *x509.Certificate) (*renewalInfo, time.Duration, error)
 
-	// accountMu guards accountKey.
+	// accountMu guards accountKey and registered.
 	accountMu  sync.Mutex
 	accountKey crypto.Signer
+	registered bool
+
+	// dirMu guards dir, the CA's directory once read.
+	dirMu sync.Mutex
+	dir   *Directory
 
 	// lastErrMu serialises writes of LastErrorFile.
 	lastErrMu sync.Mutex
@@ -123,28 +160,50 @@ type acmeManager struct {
 	wg      sync.WaitGroup // the domains' loops and their orders
 }
 
-// acmeDomain is the live state of one domain.
+// acmeDomain is the live state of one name (a DNS name or an IP address).
 type acmeDomain struct {
 	name    string
+	ip      bool // name is an IP address
 	current atomic.Pointer[servedCert]
 
 	// orderMu guards order.
 	orderMu sync.Mutex
-	order   *acmeOrder // the attempt in flight, whose Manager answers challenges; nil if none
+	order   *acmeOrder // the attempt in flight, whose responders answer challenges; nil if none
 
 	// announced is set once a handshake has found no certificate yet, so that is logged once.
 	announced atomic.Bool
 }
 
-// servedCert is a certificate in use and when to renew it; replaced whole, never edited.
+// servedCert is a certificate in use and its renewal schedule; replaced whole, never
+// edited.
 type servedCert struct {
 	cert    *tls.Certificate // Leaf set
+	profile string           // the order's profile, if known
+	// fallbackAt is the renewal time from the lifetime (RenewBefore, or a third of it),
+	// used when the CA gives no renewal information.
+	fallbackAt time.Time
+	// earliest is when a certificate obtained by an early renewal (in the first half of
+	// the previous one's lifetime: the CA's renewal information asked for it) may be
+	// renewed early again: one such signal is followed at once, a repeat for the new
+	// certificate only after a quarter of its lifetime, so that a CA that keeps saying
+	// "now" cannot make edgeproxy order in a loop.
+	earliest time.Time
+	ari      ariState
+	// renewAt is when to renew: from ari when it has a window, else fallbackAt.
 	renewAt time.Time
 }
 
+// leaf is the certificate of sc; nil for a nil sc.
+func (sc *servedCert) leaf() *x509.Certificate {
+	if sc == nil {
+		return nil
+	}
+	return sc.cert.Leaf
+}
+
 func newACME(opts ACMEOptions, log *slog.Logger) (*acmeManager, error) {
-	if len(opts.Domains) == 0 {
-		return nil, errors.New("certs: ACME without domains")
+	if len(opts.Domains)+len(opts.IPAddresses) == 0 {
+		return nil, errors.New("certs: ACME without domains or IP addresses")
 	}
 	if opts.CacheDir == "" {
 		return nil, errors.New("certs: ACME needs a cache directory")
@@ -159,6 +218,9 @@ func newACME(opts ACMEOptions, log *slog.Logger) (*acmeManager, error) {
 		opts.RetryMax = defaultRetryMax
 	}
 	opts.RetryMax = max(opts.RetryMax, opts.RetryMin)
+	if opts.ARIPoll <= 0 {
+		opts.ARIPoll = defaultARIPoll
+	}
 	if err := prepareCacheDir(opts.CacheDir, log); err != nil {
 		return nil, err
 	}
@@ -170,20 +232,40 @@ func newACME(opts ACMEOptions, log *slog.Logger) (*acmeManager, error) {
 		cache:   autocert.DirCache(opts.CacheDir),
 		base:    tr,
 		domains: map[string]*acmeDomain{},
+		reverse: map[string]*acmeDomain{},
 		now:     time.Now,
+		sleep:   sleepCtx,
 	}
+	a.obtainFn = a.obtain
+	a.fetchARI = a.fetchRenewalInfo
 	for _, d := range opts.Domains {
-		name := normalizeName(d)
-		if a.domains[name] != nil {
-			continue
+		a.addName(normalizeName(d), false)
+	}
+	for _, s := range opts.IPAddresses {
+		ip, err := netip.ParseAddr(strings.Trim(s, "[]"))
+		if err != nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("certs: ACME IP address %q is not an IP address", s)
 		}
-		a.domains[name] = &acmeDomain{name: name}
-		a.names = append(a.names, name)
+		d := a.addName(ip.Unmap().String(), true)
+		if d != nil {
+			a.reverse[reverseName(ip.Unmap())] = d
+		}
 	}
 	for _, name := range a.names {
 		a.loadCached(a.domains[name])
 	}
 	return a, nil
+}
+
+// addName adds a name to obtain a certificate for; it returns nil for a duplicate.
+func (a *acmeManager) addName(name string, ip bool) *acmeDomain {
+	if a.domains[name] != nil {
+		return nil
+	}
+	d := &acmeDomain{name: name, ip: ip}
+	a.domains[name] = d
+	a.names = append(a.names, name)
+	return d
 }
 
 // prepareCacheDir creates dir (mode 0700) if needed and checks that it is writable: a
@@ -204,11 +286,34 @@ func prepareCacheDir(dir string, log *slog.Logger) error {
 	return os.Remove(f.Name())
 }
 
+// normalizeName lower-cases a DNS name without its trailing dot, and writes an IP address
+// in its canonical form (an IPv4-mapped IPv6 address as IPv4).
 func normalizeName(name string) string {
+	if ip, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return ip.Unmap().WithZone("").String()
+	}
 	return strings.ToLower(strings.TrimSuffix(name, "."))
 }
 
-// domain returns the state of a listed domain, or nil.
+// reverseName is the reverse-DNS name of ip ("1.0.0.127.in-addr.arpa"), which a CA sends
+// as SNI when it validates an IP address with TLS-ALPN-01 (RFC 8738 §6).
+func reverseName(ip netip.Addr) string {
+	b := ip.AsSlice()
+	var parts []string
+	if ip.Is4() {
+		for i := len(b) - 1; i >= 0; i-- {
+			parts = append(parts, fmt.Sprint(b[i]))
+		}
+		return strings.Join(parts, ".") + ".in-addr.arpa"
+	}
+	const hex = "0123456789abcdef"
+	for i := len(b) - 1; i >= 0; i-- {
+		parts = append(parts, string(hex[b[i]&0xf]), string(hex[b[i]>>4]))
+	}
+	return strings.Join(parts, ".") + ".ip6.arpa"
+}
+
+// domain returns the state of a listed name or IP address, or nil.
 func (a *acmeManager) domain(serverName string) *acmeDomain {
 	return a.domains[normalizeName(serverName)]
 }
@@ -230,7 +335,7 @@ func (a *acmeManager) loadCached(d *acmeDomain) {
 		a.log.Warn(fmt.Sprintf("acme: ignoring cached certificate for %s: %v", d.name, err), "domain", d.name)
 		return
 	}
-	a.serve(d, cert)
+	a.serve(d, cert, "", time.Time{})
 	a.log.Info(fmt.Sprintf("acme: using cached certificate for %s", d.name), "domain", d.name,
 		"serial", serialHex(cert.Leaf), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339),
 		"renew_at", d.current.Load().renewAt.UTC().Format(time.RFC3339))
@@ -277,30 +382,78 @@ func encodeCached(cert *tls.Certificate) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// serve makes cert the certificate of d and schedules its renewal.
-func (a *acmeManager) serve(d *acmeDomain, cert *tls.Certificate) {
+// serve makes cert the certificate of d and schedules its renewal and its first
+// renewal-information check (at once). earliest is set for a certificate obtained by an
+// early renewal (see servedCert.earliest).
+func (a *acmeManager) serve(d *acmeDomain, cert *tls.Certificate, profile string, earliest time.Time) {
 	if o := a.opts.Observer; o != nil {
 		o.CertificateExpiry(d.name, cert.Leaf.NotAfter)
 	}
-	d.current.Store(&servedCert{cert: cert, renewAt: a.renewAt(cert.Leaf)})
+	sc := &servedCert{cert: cert, profile: profile, fallbackAt: a.fallbackRenewAt(cert.Leaf), earliest: earliest}
+	sc.ari.nextCheck = a.now()
+	a.store(d, sc)
 }
 
-// renewAt is when a certificate is due for renewal: RenewBefore (at most half the
-// lifetime) or a third of the lifetime before expiry, less a jitter of up to a tenth of
-// that (at most an hour), so that many edges sharing a CA do not renew in step.
-func (a *acmeManager) renewAt(leaf *x509.Certificate) time.Time {
+// store computes sc.renewAt, publishes sc as the certificate of d and reports the
+// renewal time.
+func (a *acmeManager) store(d *acmeDomain, sc *servedCert) {
+	sc.renewAt = a.renewAt(sc)
+	d.current.Store(sc)
+	if o := a.opts.Observer; o != nil {
+		o.CertificateRenewal(d.name, sc.renewAt)
+	}
+}
+
+// fallbackRenewAt is when a certificate is due for renewal by its lifetime alone:
+// RenewBefore (at most half the lifetime) or a third of the lifetime before expiry, less
+// a jitter of up to a tenth of that (at most an hour), so that many edges sharing a CA do
+// not renew in step.
+func (a *acmeManager) fallbackRenewAt(leaf *x509.Certificate) time.Time {
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
 	before := life / 3
 	if rb := a.opts.RenewBefore; rb > 0 {
 		before = min(rb, life/2)
 	}
-	jitter := time.Duration(0)
-	if j := min(before/10, time.Hour); j > 0 {
-		if n, err := rand.Int(rand.Reader, big.NewInt(int64(j))); err == nil {
-			jitter = time.Duration(n.Int64())
-		}
+	return leaf.NotAfter.Add(-before - randDuration(min(before/10, time.Hour)))
+}
+
+// renewAt is when sc is due for renewal. With a window from the CA's renewal
+// information, it is the time chosen in it, but no later than RenewBefore (if set) says,
+// nor than when a sixth of the lifetime remains (time to retry failed orders); and no
+// earlier than sc.earliest. Without, it is the lifetime's fallbackAt.
+func (a *acmeManager) renewAt(sc *servedCert) time.Time {
+	if sc.ari.info == nil {
+		return sc.fallbackAt
 	}
-	return leaf.NotAfter.Add(-before - jitter)
+	leaf := sc.cert.Leaf
+	t := sc.ari.chosen
+	if a.opts.RenewBefore > 0 {
+		t = minTime(t, sc.fallbackAt)
+	}
+	t = minTime(t, leaf.NotAfter.Add(-leaf.NotAfter.Sub(leaf.NotBefore)/6))
+	if t.Before(sc.earliest) {
+		t = sc.earliest
+	}
+	return t
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// randDuration returns a random duration in [0, d), or 0.
+func randDuration(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	n, err := rand.Int(rand.Reader, big.NewInt(int64(d)))
+	if err != nil {
+		return 0
+	}
+	return time.Duration(n.Int64())
 }
 
 // roughly rounds d for a log line.
@@ -329,21 +482,34 @@ func (a *acmeManager) start(ctx context.Context) {
 }
 
 // run keeps d supplied with a certificate until ctx is done: it orders one when there is
-// none or the current one is due, and retries failures with capped exponential backoff.
+// none or the current one is due, checks the CA's renewal information when that is due,
+// and retries failed orders with capped exponential backoff.
 func (a *acmeManager) run(ctx context.Context, d *acmeDomain) {
 	failures := 0
 	var retryAt time.Time
 	for {
 		now := a.now()
+		cur := d.current.Load()
+		due := cur == nil || !now.Before(cur.renewAt)
+		if !due && cur.ari.due(now, cur.cert.Leaf) {
+			a.checkARI(ctx, d, cur)
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
 		wake := now
-		if cur := d.current.Load(); cur != nil && now.Before(cur.renewAt) {
+		if !due {
 			wake = cur.renewAt
+			if next := cur.ari.nextCheck; !next.IsZero() && next.Before(wake) {
+				wake = next
+			}
 		}
 		if retryAt.After(wake) {
 			wake = retryAt
 		}
 		if wait := wake.Sub(now); wait > 0 {
-			if !sleepCtx(ctx, min(wait, maxSleep)) {
+			if !a.sleep(ctx, min(wait, maxSleep)) {
 				return
 			}
 			continue
@@ -371,10 +537,8 @@ func (a *acmeManager) backoff(n int, retryAfter time.Duration) time.Duration {
 		d *= retryFactor
 	}
 	d = min(d, a.opts.RetryMax)
-	if j := int64(d / 5); j > 0 {
-		if r, err := rand.Int(rand.Reader, big.NewInt(j)); err == nil {
-			d += time.Duration(r.Int64()) - d/10
-		}
+	if j := d / 5; j > 0 {
+		d += randDuration(j) - d/10
 	}
 	return max(d, min(retryAfter, 24*time.Hour))
 }
@@ -394,17 +558,31 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // certificate. It returns the attempt (for its CA problems) and its error.
 func (a *acmeManager) orderOnce(ctx context.Context, d *acmeDomain, attempt int) (*acmeOrder, error) {
 	reason := "no certificate yet"
-	if cur := d.current.Load(); cur != nil {
+	replaces := ""
+	cur := d.current.Load()
+	if cur != nil {
 		reason = "renewal: expires at " + cur.cert.Leaf.NotAfter.UTC().Format(time.RFC3339)
+		if cur.ari.info != nil {
+			reason += ", renewal window from the CA " + cur.ari.info.window()
+		}
+		if dir, err := a.directory(ctx); err == nil && dir.RenewalInfo != "" {
+			replaces = certID(cur.cert.Leaf) // RFC 9773 §5: only to a CA that offers ARI
+		}
 	}
 	challenges := "tls-alpn-01"
 	if a.http01.Load() {
 		challenges += ", then http-01"
 	}
-	a.log.Info(fmt.Sprintf("acme: ordering a certificate for %s (%s)", d.name, reason),
-		"domain", d.name, "directory", a.opts.DirectoryURL, "challenges", challenges, "attempt", attempt)
-	start := time.Now()
-	cert, o, err := a.obtain(ctx, d)
+	attrs := []any{"domain", d.name, "directory", a.opts.DirectoryURL, "challenges", challenges, "attempt", attempt}
+	if a.opts.Profile != "" {
+		attrs = append(attrs, "profile", a.opts.Profile)
+	}
+	if replaces != "" {
+		attrs = append(attrs, "replaces", replaces)
+	}
+	a.log.Info(fmt.Sprintf("acme: ordering a certificate for %s (%s)", d.name, reason), attrs...)
+	start := a.now()
+	cert, o, err := a.obtainFn(ctx, d, replaces)
 	if err != nil && ctx.Err() != nil {
 		return o, ctx.Err() // shutting down: neither a success nor a failure
 	}
@@ -427,15 +605,24 @@ func (a *acmeManager) orderOnce(ctx context.Context, d *acmeDomain, attempt int)
 		a.log.Error(fmt.Sprintf("acme: cannot save the certificate for %s in %s: %v (it would be ordered again at the next start)", d.name, a.opts.CacheDir, err), "domain", d.name)
 	}
 	a.clearLastError(d.name)
-	a.serve(d, cert)
-	attrs := []any{"domain", d.name, "serial", serialHex(cert.Leaf),
+	var earliest time.Time
+	if prev := cur.leaf(); prev != nil && start.Before(prev.NotBefore.Add(prev.NotAfter.Sub(prev.NotBefore)/2)) {
+		// An early renewal, in the first half of the lifetime: the CA asked for it (a
+		// revocation). Another one for the new certificate waits (servedCert.earliest).
+		earliest = start.Add(cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore) / 4)
+	}
+	a.serve(d, cert, o.profile, earliest)
+	done := []any{"domain", d.name, "serial", serialHex(cert.Leaf),
 		"not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339),
 		"renew_at", d.current.Load().renewAt.UTC().Format(time.RFC3339),
-		"took", time.Since(start).Round(time.Millisecond).String()}
+		"took", a.now().Sub(start).Round(time.Millisecond).String()}
 	if ch := o.validatedBy(); ch != "" {
-		attrs = append(attrs, "challenge", ch)
+		done = append(done, "challenge", ch)
 	}
-	a.log.Info(fmt.Sprintf("acme: certificate obtained for %s", d.name), attrs...)
+	if o.profile != "" {
+		done = append(done, "profile", o.profile)
+	}
+	a.log.Info(fmt.Sprintf("acme: certificate obtained for %s", d.name), done...)
 	return o, nil
 }
 
@@ -539,107 +726,6 @@ func parseAccountKey(der []byte) (crypto.Signer, error) {
 	return s, nil
 }
 
-// acmeOrder is one order attempt: an autocert.Manager of its own, whose CA client goes
-// through a gate that is open only while the attempt runs.
-type acmeOrder struct {
-	domain string
-	m      *autocert.Manager
-	http01 http.Handler // m's HTTP-01 responder; nil when HTTP-01 is off
-	open   atomic.Bool  // the gate: requests to the CA are refused when false
-
-	// mu guards problems, validated and retryAfterDur, written by the transport.
-	mu            sync.Mutex
-	problems      []caProblem
-	validated     string // the challenge type of the authorization that became valid
-	retryAfterDur time.Duration
-}
-
-// obtain runs one order for d and returns the certificate.
-func (a *acmeManager) obtain(ctx context.Context, d *acmeDomain) (*tls.Certificate, *acmeOrder, error) {
-	o := &acmeOrder{domain: d.name}
-	key, err := a.account(ctx)
-	if err != nil {
-		return nil, o, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, orderTimeout)
-	defer cancel()
-	o.m = &autocert.Manager{
-		Prompt:     autocert.AcceptTOS,
-		Cache:      orderCache{a: a, o: o},
-		HostPolicy: a.hostPolicy,
-		Email:      a.opts.Email,
-		// The Manager starts a renewal timer for the certificate it obtains, which
-		// cannot be stopped from outside. With RenewBefore this short it fires at the
-		// certificate's expiry; it then finds the certificate served by then in its
-		// cache (orderCache.Get) and sleeps until that one's expiry. If there is none,
-		// its order stops at the closed gate. Either way it never reaches the CA.
-		RenewBefore: time.Microsecond,
-		Client: &acme.Client{
-			Key:          key,
-			DirectoryURL: a.opts.DirectoryURL,
-			UserAgent:    "edgeproxy",
-			HTTPClient:   &http.Client{Transport: &caTransport{base: a.base, o: o, ctx: ctx, log: a.log}, Timeout: time.Minute},
-			RetryBackoff: o.retryBackoff,
-		},
-	}
-	if a.http01.Load() {
-		o.http01 = o.m.HTTPHandler(http.NotFoundHandler())
-	}
-	o.open.Store(true)
-	d.setOrder(o)
-	defer func() {
-		o.open.Store(false)
-		d.setOrder(nil)
-	}()
-
-	type result struct {
-		cert *tls.Certificate
-		err  error
-	}
-	done := make(chan result, 1)
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		cert, err := o.m.GetCertificate(ecdsaHello(d.name))
-		done <- result{cert, err}
-	}()
-	select {
-	case r := <-done:
-		return r.cert, o, r.err
-	case <-ctx.Done():
-		// The gate closes on return, and in-flight requests end with ctx: the goroutine
-		// above finishes soon, and Wait waits for it.
-		return nil, o, ctx.Err()
-	}
-}
-
-// ecdsaHello is the ClientHello of an order: autocert picks the key type from it, and a
-// hello with only a server name would get an RSA certificate, then a second order (for
-// ECDSA) at the first browser's visit.
-func ecdsaHello(name string) *tls.ClientHelloInfo {
-	return &tls.ClientHelloInfo{
-		ServerName:        name,
-		CipherSuites:      []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
-		SupportedCurves:   []tls.CurveID{tls.X25519, tls.CurveP256},
-		SignatureSchemes:  []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
-		SupportedProtos:   []string{"h2", "http/1.1"},
-		SupportedVersions: []uint16{tls.VersionTLS13, tls.VersionTLS12},
-	}
-}
-
-// hostPolicy allows only the listed domains. It compares the name without a port:
-// autocert passes the HTTP-01 request's Host as is, and a CA validating on a port other
-// than 80 (Pebble: 5002) sends "name:port".
-func (a *acmeManager) hostPolicy(_ context.Context, host string) error {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	if a.domain(host) == nil {
-		return fmt.Errorf("certs: %q is not in tls.acme.domains", host)
-	}
-	return nil
-}
-
 func (d *acmeDomain) setOrder(o *acmeOrder) {
 	d.orderMu.Lock()
 	d.order = o
@@ -652,41 +738,6 @@ func (d *acmeDomain) currentOrder() *acmeOrder {
 	return d.order
 }
 
-// orderCache is the autocert.Cache of one order's Manager. It keeps the Manager from
-// using anything but the order: the certificate always misses while the order runs (so
-// the Manager orders one), tokens stay in the Manager's memory, and nothing is written;
-// the account key is set on the client, and run saves the certificate itself.
-type orderCache struct {
-	a *acmeManager
-	o *acmeOrder
-}
-
-var _ autocert.Cache = orderCache{}
-
-// Get implements autocert.Cache. After the order, for the Manager's renewal timer, it
-// returns the certificate served now (see the RenewBefore comment in obtain).
-func (c orderCache) Get(_ context.Context, key string) ([]byte, error) {
-	if key != c.o.domain || c.o.open.Load() {
-		return nil, autocert.ErrCacheMiss
-	}
-	d := c.a.domains[c.o.domain]
-	cur := d.current.Load()
-	if cur == nil {
-		return nil, autocert.ErrCacheMiss
-	}
-	data, err := encodeCached(cur.cert)
-	if err != nil {
-		return nil, autocert.ErrCacheMiss
-	}
-	return data, nil
-}
-
-// Put implements autocert.Cache; it stores nothing.
-func (orderCache) Put(context.Context, string, []byte) error { return nil }
-
-// Delete implements autocert.Cache.
-func (orderCache) Delete(context.Context, string) error { return nil }
-
 // isACMEChallenge reports whether hello is a CA's TLS-ALPN-01 validation: it offers only
 // the acme-tls/1 protocol.
 func isACMEChallenge(hello *tls.ClientHelloInfo) bool {
@@ -694,20 +745,22 @@ func isACMEChallenge(hello *tls.ClientHelloInfo) bool {
 }
 
 // challengeCert answers a TLS-ALPN-01 validation with the token certificate of the
-// order in flight for the name.
+// order in flight for the name (for an IP address, the SNI is its reverse-DNS name).
 func (a *acmeManager) challengeCert(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	d := a.domain(hello.ServerName)
 	if d == nil {
-		return nil, fmt.Errorf("certs: TLS-ALPN-01 challenge for %q, which is not in tls.acme.domains", hello.ServerName)
+		d = a.reverse[normalizeName(hello.ServerName)]
+	}
+	if d == nil {
+		return nil, fmt.Errorf("certs: TLS-ALPN-01 challenge for %q, which is not in tls.acme.domains or ip_addresses", hello.ServerName)
 	}
 	o := d.currentOrder()
-	if o == nil {
-		return nil, fmt.Errorf("certs: TLS-ALPN-01 challenge for %q, but no order is in progress", hello.ServerName)
+	var cert *tls.Certificate
+	if o != nil {
+		cert = o.alpnCert()
 	}
-	cert, err := o.m.GetCertificate(hello)
-	if err != nil {
-		a.log.Warn(fmt.Sprintf("acme: cannot answer the TLS-ALPN-01 challenge for %s: %v", d.name, err), "domain", d.name)
-		return nil, err
+	if cert == nil {
+		return nil, fmt.Errorf("certs: TLS-ALPN-01 challenge for %q, but no such challenge is in progress", hello.ServerName)
 	}
 	a.log.Info(fmt.Sprintf("acme: answering the TLS-ALPN-01 challenge for %s", d.name), "domain", d.name, "from", remoteOf(hello.Conn))
 	return cert, nil
@@ -720,35 +773,46 @@ func remoteOf(c net.Conn) string {
 	return c.RemoteAddr().String()
 }
 
-// httpHandler answers HTTP-01 validations for the listed domains (from the order in
+// httpHandler answers HTTP-01 validations for the listed names (from the order in
 // flight) and passes every other request to fallback.
 func (a *acmeManager) httpHandler(fallback http.Handler) http.Handler {
 	a.http01.Store(true)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strings.HasPrefix(r.URL.Path, "/.well-known/acme-challenge/") {
+		token, ok := strings.CutPrefix(r.URL.Path, "/.well-known/acme-challenge/")
+		if !ok {
 			fallback.ServeHTTP(w, r)
 			return
 		}
-		host := r.Host
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		d := a.domain(host)
+		d := a.domain(hostOnly(r.Host))
 		if d == nil {
 			http.Error(w, "not an ACME domain of this server", http.StatusNotFound)
 			return
 		}
 		o := d.currentOrder()
-		if o == nil || o.http01 == nil {
-			http.Error(w, "no ACME order in progress for "+d.name, http.StatusNotFound)
+		var answer string
+		if o != nil {
+			answer = o.httpAnswer(token)
+		}
+		if answer == "" {
+			http.Error(w, "no ACME HTTP-01 challenge in progress for "+d.name, http.StatusNotFound)
 			return
 		}
 		a.log.Info(fmt.Sprintf("acme: answering the HTTP-01 challenge for %s", d.name), "domain", d.name, "from", r.RemoteAddr)
-		o.http01.ServeHTTP(w, r)
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte(answer))
 	})
 }
 
-// certificate returns the certificate to present for a listed domain, or nil when there
+// hostOnly is a Host header without its port. It compares the name without a port: a
+// CA validating on a port other than 80 (Pebble: 5002) sends "name:port".
+func hostOnly(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		return h
+	}
+	return host
+}
+
+// certificate returns the certificate to present for a listed name, or nil when there
 // is none yet; the first such handshake is logged.
 func (a *acmeManager) certificate(d *acmeDomain) *tls.Certificate {
 	if cur := d.current.Load(); cur != nil {
@@ -761,7 +825,7 @@ func (a *acmeManager) certificate(d *acmeDomain) *tls.Certificate {
 }
 
 // Start begins obtaining and renewing the ACME certificates in the background, one loop
-// per domain, until ctx is done; Wait waits for them to end. Without ACME it does
+// per name, until ctx is done; Wait waits for them to end. Without ACME it does
 // nothing. Calls after the first do nothing.
 func (s *Source) Start(ctx context.Context) {
 	if s.acme != nil {

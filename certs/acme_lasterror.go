@@ -17,7 +17,7 @@ import (
 //	  "domain": "www.example.com",
 //	  "time": "2026-01-02T15:04:05Z",
 //	  "attempt": 2,
-//	  "error": "acme/autocert: unable to satisfy ... no viable challenge type found",
+//	  "error": "acme: authorization error for www.example.com: 400 urn:ietf:params:acme:error:connection: ...",
 //	  "ca_error_type": "urn:ietf:params:acme:error:connection",
 //	  "ca_error_detail": "203.0.113.7: Fetching http://www.example.com/.well-known/acme-challenge/...: Timeout",
 //	  "challenge": "http-01",

@@ -29,10 +29,11 @@ import (
 
 // acmeObserver records what an ACME manager reports.
 type acmeObserver struct {
-	mu     sync.Mutex
-	ok     int
-	failed int
-	expiry map[string]time.Time
+	mu      sync.Mutex
+	ok      int
+	failed  int
+	expiry  map[string]time.Time
+	renewal map[string]time.Time
 }
 
 func (o *acmeObserver) ACMEOrder(ok bool) {
@@ -52,6 +53,15 @@ func (o *acmeObserver) CertificateExpiry(domain string, notAfter time.Time) {
 		o.expiry = map[string]time.Time{}
 	}
 	o.expiry[domain] = notAfter
+}
+
+func (o *acmeObserver) CertificateRenewal(domain string, at time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.renewal == nil {
+		o.renewal = map[string]time.Time{}
+	}
+	o.renewal[domain] = at
 }
 
 func (o *acmeObserver) counts() (ok, failed int) {
@@ -102,31 +112,53 @@ func countingCA(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	return srv, &n
 }
 
-func TestAcmeHostPolicy_IgnoresPort(t *testing.T) {
-	a, err := newACME(ACMEOptions{Domains: []string{"www.example.com", "API.example.com."}, CacheDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+// Challenge requests and handshakes find their name whatever its spelling: a port in the
+// Host header (Pebble validates HTTP-01 on port 5002), case, a trailing dot, an IPv6
+// address in brackets or an IPv4-mapped one, and an IP address's reverse-DNS name (the
+// SNI of its TLS-ALPN-01 validation).
+func TestAcmeDomain_NormalizesNamesAndIPs(t *testing.T) {
+	a, err := newACME(ACMEOptions{Domains: []string{"www.example.com", "API.example.com."}, IPAddresses: []string{"203.0.113.7", "2001:db8::1"},
+		CacheDir: t.TempDir()}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
 		host string
-		ok   bool
+		want string // "" for none
 	}{
-		{"www.example.com", true},
-		{"www.example.com:5002", true}, // Pebble validates HTTP-01 on port 5002
-		{"api.example.com", true},
-		{"WWW.EXAMPLE.COM.", true},
-		{"example.com", false},
-		{"evil.example.com:80", false},
-		{"", false},
+		{"www.example.com", "www.example.com"},
+		{"www.example.com:5002", "www.example.com"},
+		{"WWW.EXAMPLE.COM.", "www.example.com"},
+		{"api.example.com", "api.example.com"},
+		{"203.0.113.7:80", "203.0.113.7"},
+		{"[2001:db8::1]:80", "2001:db8::1"},
+		{"[2001:DB8:0::1]", "2001:db8::1"},
+		{"::ffff:203.0.113.7", "203.0.113.7"},
+		{"example.com", ""},
+		{"evil.example.com:80", ""},
+		{"203.0.113.8", ""},
+		{"", ""},
 	}
 	for _, tt := range tests {
-		if err := a.hostPolicy(context.Background(), tt.host); (err == nil) != tt.ok {
-			t.Errorf("hostPolicy(%q) = %v; want allowed=%v", tt.host, err, tt.ok)
+		got := ""
+		if d := a.domain(hostOnly(tt.host)); d != nil {
+			got = d.name
+		}
+		if got != tt.want {
+			t.Errorf("domain(%q) = %q; want %q", tt.host, got, tt.want)
+		}
+	}
+	for sni, want := range map[string]string{
+		"7.113.0.203.in-addr.arpa": "203.0.113.7",
+		"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.": "2001:db8::1",
+	} {
+		if d := a.reverse[normalizeName(sni)]; d == nil || d.name != want {
+			t.Errorf("reverse name %s: got %v; want %s", sni, d, want)
 		}
 	}
 }
 
-func TestAcmeRenewAt(t *testing.T) {
+func TestAcmeFallbackRenewAt(t *testing.T) {
 	issued := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name        string
@@ -145,7 +177,7 @@ func TestAcmeRenewAt(t *testing.T) {
 			a := &acmeManager{opts: ACMEOptions{RenewBefore: tt.renewBefore}}
 			leaf := &x509.Certificate{NotBefore: issued, NotAfter: issued.Add(tt.lifetime)}
 			for range 20 {
-				before := leaf.NotAfter.Sub(a.renewAt(leaf))
+				before := leaf.NotAfter.Sub(a.fallbackRenewAt(leaf))
 				// The jitter makes renewal earlier, by at most a tenth (and an hour).
 				if before < tt.want || before > tt.want+min(tt.want/10, time.Hour) {
 					t.Fatalf("renews %v before expiry; want %v (+ jitter up to %v)", before, tt.want, min(tt.want/10, time.Hour))
@@ -287,12 +319,23 @@ type pebbleSetup struct {
 	logs   *logBuffer
 	dir    string
 	listen func() // starts the HTTPS listener
+	start  func() // starts the ACME loops (done by startPebbleACME unless it is given an HTTP port)
 }
 
 func startPebbleSource(t *testing.T, listenNow bool, retryMin time.Duration) *pebbleSetup {
 	t.Helper()
+	return startPebbleACME(t, testutil.PebbleOptions{}, ACMEOptions{Domains: []string{"app.test"}, RetryMin: retryMin}, listenNow)
+}
+
+// startPebbleACME starts Pebble (po, with every order validated anew) and a Source with
+// ACME (opts, completed with Pebble's directory, a cache directory and an observer)
+// whose HTTPS listener is on Pebble's TLS-ALPN-01 port.
+func startPebbleACME(t *testing.T, po testutil.PebbleOptions, opts ACMEOptions, listenNow bool) *pebbleSetup {
+	t.Helper()
 	tlsPort := testutil.FreePort(t, "127.0.0.1")
-	p := testutil.StartPebble(t, testutil.PebbleOptions{TLSPort: tlsPort, Env: []string{"PEBBLE_AUTHZREUSE=0"}})
+	po.TLSPort = tlsPort
+	po.Env = append(po.Env, "PEBBLE_AUTHZREUSE=0")
+	p := testutil.StartPebble(t, po)
 	roots, err := os.ReadFile(p.CARootsFile)
 	if err != nil {
 		t.Fatal(err)
@@ -302,10 +345,8 @@ func startPebbleSource(t *testing.T, listenNow bool, retryMin time.Duration) *pe
 	log, logs := newLogger(t)
 	obs := &acmeObserver{}
 	dir := filepath.Join(t.TempDir(), "acme")
-	src, err := New(Options{Logger: log, ACME: &ACMEOptions{
-		Domains: []string{"app.test"}, Email: "ops@app.test", DirectoryURL: p.DirectoryURL, RootCAs: pool,
-		CacheDir: dir, RetryMin: retryMin, Observer: obs,
-	}})
+	opts.Email, opts.DirectoryURL, opts.RootCAs, opts.CacheDir, opts.Observer = "ops@app.test", p.DirectoryURL, pool, dir, obs
+	src, err := New(Options{Logger: log, ACME: &opts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,13 +363,33 @@ func startPebbleSource(t *testing.T, listenNow bool, retryMin time.Duration) *pe
 	if listenNow {
 		s.listen()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	src.Start(ctx)
-	t.Cleanup(func() {
-		cancel()
-		src.Wait()
-	})
+	s.start = func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		src.Start(ctx)
+		t.Cleanup(func() {
+			cancel()
+			src.Wait()
+		})
+	}
+	if po.HTTPPort == 0 {
+		s.start()
+	}
 	return s
+}
+
+// waitFailed polls until n orders have failed.
+func (s *pebbleSetup) waitFailed(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, failed := s.obs.counts(); failed >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not %d failed orders within 30s", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // waitCert polls until the source serves a certificate for name.
@@ -399,20 +460,18 @@ func TestAcme_Pebble_ObtainsECDSACertificate(t *testing.T) {
 // record is removed.
 func TestAcme_Pebble_FailureRetriedThenResolved(t *testing.T) {
 	s := startPebbleSource(t, false, 500*time.Millisecond)
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, failed := s.obs.counts(); failed >= 2 {
+	s.waitFailed(t, 2)
+	// The order is counted when it ends, and its record saved just after.
+	var le *LastError
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		le, err = ReadLastError(s.dir)
+		if err == nil && le.Attempt >= 2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not two failed orders within 30s")
+			t.Fatalf("last-error.json of the second failure: %+v, %v", le, err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	le, err := ReadLastError(s.dir)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if le.Domain != "app.test" || le.Attempt < 2 || le.Challenge != "tls-alpn-01" ||
 		!strings.HasPrefix(le.CAErrorType, "urn:ietf:params:acme:error:") || !strings.Contains(le.CAErrorDetail, "Failed to connect") ||
@@ -511,4 +570,10 @@ func TestNew_AcmeIgnoresUnusableCache(t *testing.T) {
 	if n := logs.count("ignoring cached certificate"); n != 2 {
 		t.Errorf("%d cached certificates reported as ignored; want 2\n%s", n, logs)
 	}
+}
+
+func (o *acmeObserver) renewalOf(domain string) time.Time {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.renewal[domain]
 }

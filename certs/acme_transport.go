@@ -3,8 +3,8 @@ package certs
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,24 +15,21 @@ import (
 	"time"
 )
 
-// errGateClosed is what an order's CA client gets once the order is over: only the
-// order's own goroutine may reach the CA.
-var errGateClosed = errors.New("certs: this ACME order is over; edgeproxy schedules orders itself")
-
 // maxInspect bounds how much of a CA response is read to find problems in it.
 const maxInspect = 256 << 10
 
-// caTransport is the http.RoundTripper of one order's ACME client. autocert reports a
-// failed order with little more than "no viable challenge type found", and logs nothing;
-// the CA's own words are in the responses. caTransport logs every problem document
-// (RFC 8555 §6.7) and every failed challenge found in authorization objects, records them
-// on the order for the failure log and LastErrorFile, notes a Retry-After, and refuses
-// every request once the order is over (the gate).
+// caTransport is the http.RoundTripper of one order's ACME client. The client's errors
+// say little ("authorization failed"); the CA's own words are in the responses.
+// caTransport logs every problem document (RFC 8555 §6.7) and every failed challenge
+// found in authorization objects, records them on the order for the failure log and
+// LastErrorFile, and notes a Retry-After. It also adds "replaces" to the order's
+// new-order request (see withReplaces), which golang.org/x/crypto/acme cannot send.
 type caTransport struct {
 	base http.RoundTripper
 	o    *acmeOrder
 	ctx  context.Context // the order's: cancelling it ends requests in flight
 	log  *slog.Logger
+	key  crypto.Signer // the account key, to sign the rewritten new-order request
 }
 
 var _ http.RoundTripper = (*caTransport)(nil)
@@ -46,11 +43,12 @@ type caProblem struct {
 
 // RoundTrip implements http.RoundTripper.
 func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !t.o.open.Load() {
-		if req.Body != nil {
-			req.Body.Close()
+	if id := t.o.replacesFor(req.Method, req.URL.String()); id != "" {
+		r, err := withReplaces(req, t.key, id)
+		if err != nil {
+			return nil, err
 		}
-		return nil, errGateClosed
+		req = r
 	}
 	ctx, cancel := context.WithCancel(req.Context())
 	stop := context.AfterFunc(t.ctx, cancel)

@@ -61,7 +61,8 @@ type Source struct {
 	covered    []string                    // names for the hint in logs
 	opts       Options
 	log        *slog.Logger
-	acme       *acmeManager // nil without ACME
+	acme       *acmeManager      // nil without ACME
+	selfSigned *x509.Certificate // the generated certificate's leaf; nil if none
 
 	// unknownMu guards unknownLogged.
 	unknownMu     sync.Mutex
@@ -91,6 +92,7 @@ func New(opts Options) (*Source, error) {
 			return nil, err
 		}
 		s.add(&cert)
+		s.selfSigned = cert.Leaf
 	}
 	if s.fallback == nil && (len(opts.Static) > 0 || opts.SelfSigned) {
 		return nil, errors.New("certs: no usable certificate")
@@ -173,20 +175,20 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 	}
 	if s.acme != nil {
 		if d := s.acme.domain(hello.ServerName); d != nil {
-			if c := s.acme.certificate(d); c != nil {
-				return c, nil
-			}
-			if s.fallback != nil {
-				return s.fallback, nil
-			}
-			return nil, fmt.Errorf("certs: the certificate for %q is not obtained yet", hello.ServerName)
+			return s.acmeCertificate(d)
 		}
 	}
-	// Clients dialling an IP send no SNI; a certificate with that IP in its SANs covers them.
+	// Clients dialling an IP send no SNI; a certificate with that IP in its SANs covers
+	// them: a static one, else the ACME one of tls.acme.ip_addresses.
 	if hello.ServerName == "" && hello.Conn != nil {
 		if host, _, err := net.SplitHostPort(hello.Conn.LocalAddr().String()); err == nil {
-			if c := s.Lookup(host); c != nil {
+			if c := s.Lookup(normalizeName(host)); c != nil {
 				return c, nil
+			}
+			if s.acme != nil {
+				if d := s.acme.domain(host); d != nil {
+					return s.acmeCertificate(d)
+				}
 			}
 		}
 	}
@@ -195,6 +197,18 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 		return s.fallback, nil
 	}
 	return nil, fmt.Errorf("certs: no certificate for server name %q", hello.ServerName)
+}
+
+// acmeCertificate is the certificate of an ACME name: its own, else (not obtained yet)
+// the default certificate, else an error.
+func (s *Source) acmeCertificate(d *acmeDomain) (*tls.Certificate, error) {
+	if c := s.acme.certificate(d); c != nil {
+		return c, nil
+	}
+	if s.fallback != nil {
+		return s.fallback, nil
+	}
+	return nil, fmt.Errorf("certs: the certificate for %s is not obtained yet", d.name)
 }
 
 func (s *Source) unknownName(name string) {

@@ -19,12 +19,22 @@ const LetsEncryptURL = "https://acme-v02.api.letsencrypt.org/directory"
 // generous and its certificates are not trusted by browsers.
 const LetsEncryptStagingURL = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
-// ACME configures automatic certificates. It is on when Domains is not empty.
+// ACME configures automatic certificates. It is on when Domains or IPAddresses is not
+// empty.
 type ACME struct {
 	// Domains are the exact DNS names to obtain certificates for, one certificate each.
-	// No IP addresses and no wildcards: the HTTP-01 and TLS-ALPN-01 challenges cannot
-	// prove them.
+	// No wildcards: the HTTP-01 and TLS-ALPN-01 challenges cannot prove them. IP
+	// addresses go in IPAddresses.
 	Domains []string `yaml:"domains"`
+	// IPAddresses are public IP addresses of this box to obtain certificates for (RFC
+	// 8738), one each, served to clients that connect to the address without a name:
+	// HTTPS for a box with an Elastic IP and no domain yet. Let's Encrypt issues them
+	// only in its six-day "shortlived" profile, so Profile must say so.
+	IPAddresses []string `yaml:"ip_addresses"`
+	// Profile is the CA's certificate profile to order, such as Let's Encrypt's
+	// "classic" (90 days), "tlsserver" (90, then 45 days) or "shortlived" (6 days); empty
+	// means the CA's default. `edgeproxy validate` checks it against the CA's directory.
+	Profile string `yaml:"profile"`
 	// Email is the contact address registered with the CA (expiry and incident notices);
 	// empty means none.
 	Email string `yaml:"email"`
@@ -42,8 +52,12 @@ type ACME struct {
 	RenewBefore time.Duration `yaml:"renew_before"`
 }
 
-// Enabled reports whether ACME is on, that is whether any domain is listed.
-func (a ACME) Enabled() bool { return len(a.Domains) > 0 }
+// Enabled reports whether ACME is on, that is whether any domain or IP address is listed.
+func (a ACME) Enabled() bool { return len(a.Domains)+len(a.IPAddresses) > 0 }
+
+// ShortlivedProfile is Let's Encrypt's six-day profile, the only one in which it issues
+// IP-address certificates.
+const ShortlivedProfile = "shortlived"
 
 // defaultACMECacheDir is the cache directory when tls.acme.cache_dir is empty.
 // STATE_DIRECTORY may list several directories separated by colons; the first is the
@@ -69,7 +83,7 @@ func (k *checker) acme() {
 	a := k.c.TLS.ACME
 	if !a.Enabled() {
 		if k.c.IsSet("tls.acme") {
-			k.errorf("tls.acme", "tls.acme is set but tls.acme.domains is empty: list the DNS names to obtain certificates for")
+			k.errorf("tls.acme", "tls.acme is set but tls.acme.domains and ip_addresses are empty: list the DNS names (or the box's public IP addresses) to obtain certificates for")
 		}
 		return
 	}
@@ -85,6 +99,10 @@ func (k *checker) acme() {
 			k.errorf(path, "tls.acme.domains: %q is listed twice (also at index %d)", d, j)
 		}
 		seen[name] = i
+	}
+	k.acmeIPAddresses(seen)
+	if p := a.Profile; p != "" && !validProfileName(p) {
+		k.errorf("tls.acme.profile", "tls.acme.profile %q is not a profile name such as classic, tlsserver or shortlived", p)
 	}
 	if e := a.Email; e != "" {
 		if strings.HasPrefix(e, "mailto:") || strings.ContainsAny(e, " \t,<>") || strings.Count(e, "@") != 1 ||
@@ -108,6 +126,50 @@ func (k *checker) acme() {
 	}
 }
 
+// acmeIPAddresses checks tls.acme.ip_addresses: IP addresses, listed once, with the
+// shortlived profile at Let's Encrypt. seen holds the domains, by lower-case name.
+func (k *checker) acmeIPAddresses(seen map[string]int) {
+	a := k.c.TLS.ACME
+	if len(a.IPAddresses) == 0 {
+		return
+	}
+	ips := map[netip.Addr]int{}
+	for i, s := range a.IPAddresses {
+		path := fmt.Sprintf("tls.acme.ip_addresses[%d]", i)
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Zone() != "" {
+			k.errorf(path, "tls.acme.ip_addresses: %q is not an IP address such as 203.0.113.7 (DNS names go in tls.acme.domains)", s)
+			continue
+		}
+		ip = ip.Unmap()
+		if j, dup := ips[ip]; dup {
+			k.errorf(path, "tls.acme.ip_addresses: %s is listed twice (also at index %d)", s, j)
+		}
+		ips[ip] = i
+		if !ip.IsGlobalUnicast() || ip.IsPrivate() {
+			k.warnf(path, "tls.acme.ip_addresses: %s is not a public address: a public CA validates it by connecting to it, and will not issue for it (on EC2 list the Elastic IP, not the private one)", s)
+		}
+	}
+	if a.Profile != ShortlivedProfile {
+		msg := "tls.acme.ip_addresses needs tls.acme.profile: %s: Let's Encrypt issues IP-address certificates only in its six-day profile"
+		if u, err := url.Parse(a.Directory); err == nil && strings.HasSuffix(u.Hostname(), ".letsencrypt.org") {
+			k.errorf("tls.acme.profile", msg, ShortlivedProfile)
+		} else {
+			k.warnf("tls.acme.ip_addresses", msg+" (if this CA issues them in another profile, ignore this)", ShortlivedProfile)
+		}
+	}
+}
+
+// validProfileName accepts the profile names CAs use: letters, digits, '-', '_' and '.'.
+func validProfileName(p string) bool {
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.", r)) {
+			return false
+		}
+	}
+	return len(p) <= 64
+}
+
 // checkACMEDomain accepts a DNS name with at least two labels, as ACME CAs require.
 func checkACMEDomain(d string) error {
 	switch {
@@ -117,12 +179,12 @@ func checkACMEDomain(d string) error {
 		return fmt.Errorf("%q is a wildcard: wildcard certificates need the DNS-01 challenge, which edgeproxy does not answer; list each name", d)
 	case strings.ContainsAny(d, "/:"):
 		if _, err := netip.ParseAddr(strings.Trim(d, "[]")); err == nil {
-			return fmt.Errorf("%q is an IP address: ACME certificates here are for DNS names (use tls.certificates for an IP)", d)
+			return fmt.Errorf("%q is an IP address: list it in tls.acme.ip_addresses", d)
 		}
 		return fmt.Errorf("%q is not a DNS name (write the name alone, without scheme, port or path)", d)
 	}
 	if _, err := netip.ParseAddr(d); err == nil {
-		return fmt.Errorf("%q is an IP address: ACME certificates here are for DNS names (use tls.certificates for an IP)", d)
+		return fmt.Errorf("%q is an IP address: list it in tls.acme.ip_addresses", d)
 	}
 	if !validDNSName(d) || strings.Contains(d, "_") {
 		return fmt.Errorf("%q is not a DNS name", d)

@@ -72,12 +72,12 @@ func TestParse_AcmeErrors(t *testing.T) {
 			name: "domains",
 			yaml: acmePool + "tls:\n  acme:\n    domains:\n      - 203.0.113.7\n      - \"*.example.com\"\n      - www.example.com\n      - WWW.example.com\n      - localhost\n      - \"https://a.example.com/\"\n      - \"2001:db8::1\"\n      - \"\"\n",
 			want: []string{
-				`c.yaml:5:9: tls.acme.domains: "203.0.113.7" is an IP address: ACME certificates here are for DNS names (use tls.certificates for an IP)`,
+				`c.yaml:5:9: tls.acme.domains: "203.0.113.7" is an IP address: list it in tls.acme.ip_addresses`,
 				`c.yaml:6:9: tls.acme.domains: "*.example.com" is a wildcard: wildcard certificates need the DNS-01 challenge, which edgeproxy does not answer; list each name`,
 				`c.yaml:8:9: tls.acme.domains: "WWW.example.com" is listed twice (also at index 2)`,
 				`c.yaml:9:9: tls.acme.domains: "localhost" has a single label: a public CA issues certificates only for names such as www.example.com`,
 				`c.yaml:10:9: tls.acme.domains: "https://a.example.com/" is not a DNS name (write the name alone, without scheme, port or path)`,
-				`c.yaml:11:9: tls.acme.domains: "2001:db8::1" is an IP address: ACME certificates here are for DNS names (use tls.certificates for an IP)`,
+				`c.yaml:11:9: tls.acme.domains: "2001:db8::1" is an IP address: list it in tls.acme.ip_addresses`,
 				`c.yaml:12:9: tls.acme.domains: empty name`,
 			},
 		},
@@ -98,10 +98,33 @@ func TestParse_AcmeErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "ip_addresses",
+			yaml: acmePool + "tls:\n  acme:\n    ip_addresses: [203.0.113.7, www.example.com, 203.0.113.7, \"fe80::1%eth0\"]\n    profile: shortlived\n",
+			want: []string{
+				`c.yaml:4:33: tls.acme.ip_addresses: "www.example.com" is not an IP address such as 203.0.113.7 (DNS names go in tls.acme.domains)`,
+				`c.yaml:4:50: tls.acme.ip_addresses: 203.0.113.7 is listed twice (also at index 0)`,
+				`c.yaml:4:63: tls.acme.ip_addresses: "fe80::1%eth0" is not an IP address such as 203.0.113.7 (DNS names go in tls.acme.domains)`,
+			},
+		},
+		{
+			name: "ip_addresses at Let's Encrypt without shortlived",
+			yaml: acmePool + "tls:\n  acme:\n    ip_addresses: [203.0.113.7]\n    profile: classic\n",
+			want: []string{
+				`c.yaml:5:14: tls.acme.ip_addresses needs tls.acme.profile: shortlived: Let's Encrypt issues IP-address certificates only in its six-day profile`,
+			},
+		},
+		{
+			name: "profile",
+			yaml: acmePool + "tls:\n  acme:\n    domains: [www.example.com]\n    profile: \"short lived\"\n",
+			want: []string{
+				`c.yaml:5:14: tls.acme.profile "short lived" is not a profile name such as classic, tlsserver or shortlived`,
+			},
+		},
+		{
 			name: "no domains",
 			yaml: acmePool + "tls:\n  acme:\n    email: ops@example.com\n",
 			want: []string{
-				`c.yaml:4:5: tls.acme is set but tls.acme.domains is empty: list the DNS names to obtain certificates for`,
+				`c.yaml:4:5: tls.acme is set but tls.acme.domains and ip_addresses are empty: list the DNS names (or the box's public IP addresses) to obtain certificates for`,
 			},
 		},
 		{

@@ -1,7 +1,9 @@
 // Package doctor runs `edgeproxy doctor`: from the box edgeproxy runs on, it checks the
 // set-up mistakes that make a first move to HTTPS fail, and says for each what to fix. The
 // configuration is valid; each listener can be bound (or is already bound by this
-// edgeproxy); each ACME domain resolves to this host; the ACME directory answers; the
+// edgeproxy); each ACME domain resolves to this host, and each ACME IP address is this
+// host's (a site on the self-signed certificate hears that IP-address certificates
+// exist); the ACME directory answers, and offers tls.acme.profile; the
 // ACME domains and pool.health_check.host are covered by a certificate that is not due
 // for renewal; each target passes the health check (and a 400 is explained as Django's
 // ALLOWED_HOSTS); and the last failed ACME order, if any, is translated into its likely
@@ -54,7 +56,8 @@ func (s Status) String() string {
 type Result struct {
 	Status Status
 	// Check names what was checked: "config", "listen.https", "dns:app.test",
-	// "acme.directory", "cert:app.test", "target:127.0.0.1:8000", "acme.last_error".
+	// "ip:203.0.113.7", "tls", "acme.directory", "cert:app.test", "target:127.0.0.1:8000",
+	// "acme.last_error".
 	Check string
 	// Detail is what was found and, unless Status is OK, the fix in a sentence.
 	Detail string
@@ -164,6 +167,12 @@ func (d *Doctor) Run(ctx context.Context, w io.Writer) []Result {
 	emit(d.checkListeners(ctx, s)...)
 	for _, name := range s.acmeDomains {
 		emit(d.checkDNS(ctx, name))
+	}
+	for _, ip := range s.acmeIPs {
+		emit(d.checkIP(ip))
+	}
+	if r := d.noDomainHint(s); r != nil {
+		emit(*r)
 	}
 	if cfg.TLS.ACME.Enabled() {
 		emit(d.checkDirectory(ctx, s))

@@ -11,11 +11,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"edgeproxy/certs"
 	"edgeproxy/config"
 	"edgeproxy/health"
 )
@@ -177,7 +179,7 @@ func (d *Doctor) checkDNS(ctx context.Context, name string) Result {
 	ips, err := d.resolver.LookupNetIP(ctx, "ip", name)
 	if err != nil || len(ips) == 0 {
 		r.Status = Fail
-		r.Detail = fmt.Sprintf("%s does not resolve%s: %v. Create an A record (and AAAA if this host has IPv6) pointing at this host's public address; the CA must reach it", name, via, lookupErr(err))
+		r.Detail = fmt.Sprintf("%s does not resolve%s: %v. Create an A record (and AAAA if this host has IPv6) pointing at this host's public address; the CA must reach it. No domain yet? tls.acme.ip_addresses gets a certificate for the box's IP address", name, via, lookupErr(err))
 		return r
 	}
 	local, err := d.opts.interfaceAddrs()
@@ -187,6 +189,57 @@ func (d *Doctor) checkDNS(ctx context.Context, name string) Result {
 		return r
 	}
 	return classifyDNS(name, via, ips, local, d.opts.PublicIP)
+}
+
+// checkIP checks that an address of tls.acme.ip_addresses is this host's: the CA
+// validates it by connecting to it.
+func (d *Doctor) checkIP(ip netip.Addr) Result {
+	r := Result{Check: "ip:" + ip.String()}
+	local, err := d.opts.interfaceAddrs()
+	switch {
+	case ip.IsLoopback() || slices.Contains(local, ip) || ip == d.opts.PublicIP:
+		r.Status = OK
+		r.Detail = fmt.Sprintf("%s is this host's: the CA validates it on port 443 (TLS-ALPN-01) or 80 (HTTP-01)", ip)
+	case d.opts.PublicIP.IsValid():
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s is not this host's public IP %s (-public-ip) nor an interface's: list this box's own address in tls.acme.ip_addresses", ip, d.opts.PublicIP)
+	case err != nil:
+		r.Status = Warn
+		r.Detail = fmt.Sprintf("this host's addresses are unknown (%v): make sure %s is this box's public IP", err, ip)
+	default:
+		r.Status = Warn
+		r.Detail = fmt.Sprintf("no interface of this host has %s. On EC2 the public (Elastic) IP is NATed and never on an interface, so this is fine if %s is this instance's (say so with -public-ip)", ip, ip)
+	}
+	return r
+}
+
+// noDomainHint is a line for a site served to the network only with the self-signed
+// certificate (or none): without a domain name yet, a trusted certificate for the box's
+// IP address is possible; nil when certificates are configured, or HTTPS is on loopback
+// (local use).
+func (d *Doctor) noDomainHint(s *site) *Result {
+	t := s.cfg.TLS
+	if s.cfg.Listen.HTTPS == "" || t.ACME.Enabled() || len(t.Certificates) > 0 {
+		return nil
+	}
+	if host, _, err := net.SplitHostPort(s.cfg.Listen.HTTPS); err == nil {
+		if ip, err := netip.ParseAddr(host); host == "localhost" || err == nil && ip.IsLoopback() {
+			return nil
+		}
+	}
+	ip := "PUBLIC_IP"
+	if d.opts.PublicIP.IsValid() {
+		ip = d.opts.PublicIP.String()
+	} else if local, err := d.opts.interfaceAddrs(); err == nil {
+		for _, a := range local {
+			if a.IsGlobalUnicast() && !a.IsPrivate() {
+				ip = a.String()
+				break
+			}
+		}
+	}
+	return &Result{Status: Warn, Check: "tls",
+		Detail: fmt.Sprintf("only the self-signed certificate answers: browsers warn on every visit. No domain name yet? Let's Encrypt issues trusted six-day certificates for IP addresses, renewed automatically: tls.acme: {ip_addresses: [%s], profile: shortlived} (with listen.https on port 443; see docs/acme.md)", ip)}
 }
 
 // classifyDNS judges the addresses name resolves to against this host's: its interfaces'
@@ -250,49 +303,95 @@ func lookupErr(err error) string {
 func (d *Doctor) checkDirectory(ctx context.Context, s *site) Result {
 	a := s.cfg.TLS.ACME
 	r := Result{Check: "acme.directory"}
-	tr := http.DefaultTransport.(*http.Transport).Clone() // the edge's ACME client honours HTTPS_PROXY too
-	if a.CARoots != "" {
-		roots, err := config.LoadCARoots(a.CARoots)
-		if err != nil {
-			r.Status = Fail
-			r.Detail = fmt.Sprintf("tls.acme.ca_roots: %v", err)
-			return r
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	client, err := ACMEClient(a)
+	if err != nil {
+		r.Status = Fail
+		r.Detail = err.Error()
+		return r
 	}
-	defer tr.CloseIdleConnections()
+	defer client.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, 2*d.opts.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.Directory, nil)
-	if err != nil {
+	dir, err := certs.FetchDirectory(ctx, a.Directory, client)
+	var unknown x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var urlErr *url.Error
+	switch {
+	case errors.As(err, &unknown) || errors.As(err, &hostErr):
 		r.Status = Fail
-		r.Detail = fmt.Sprintf("tls.acme.directory %q: %v", a.Directory, err)
+		r.Detail = fmt.Sprintf("%s: its certificate is not trusted (%v): for a private CA or Pebble, set tls.acme.ca_roots to its root", a.Directory, unwrapURLErr(err))
+		return r
+	case errors.As(err, &urlErr):
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s does not answer (%v): let this host make outbound HTTPS (port 443) connections (security group egress, firewall, HTTPS_PROXY), and check the URL", a.Directory, unwrapURLErr(err))
+		return r
+	case err != nil:
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%v: check tls.acme.directory (Let's Encrypt: %s)", err, config.LetsEncryptURL)
 		return r
 	}
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
+	if err := dir.CheckProfile(a.Profile); err != nil {
 		r.Status = Fail
-		var unknown x509.UnknownAuthorityError
-		var hostErr x509.HostnameError
-		switch {
-		case errors.As(err, &unknown) || errors.As(err, &hostErr):
-			r.Detail = fmt.Sprintf("%s: its certificate is not trusted (%v): for a private CA or Pebble, set tls.acme.ca_roots to its root", a.Directory, unwrapURLErr(err))
-		default:
-			r.Detail = fmt.Sprintf("%s does not answer (%v): let this host make outbound HTTPS (port 443) connections (security group egress, firewall, HTTPS_PROXY), and check the URL", a.Directory, unwrapURLErr(err))
-		}
-		return r
-	}
-	defer resp.Body.Close()
-	var dir map[string]any
-	err = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&dir)
-	if resp.StatusCode != http.StatusOK || err != nil || dir["newOrder"] == nil {
-		r.Status = Fail
-		r.Detail = fmt.Sprintf("%s answers %s, not an ACME directory: check tls.acme.directory (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory)", a.Directory, resp.Status)
+		r.Detail = "tls.acme.profile: " + err.Error()
 		return r
 	}
 	r.Status = OK
-	r.Detail = a.Directory + " answers"
+	r.Detail = a.Directory + " answers; " + describeDirectory(dir)
 	return r
+}
+
+// describeDirectory says what the CA offers of ARI and profiles.
+func describeDirectory(dir *certs.Directory) string {
+	var parts []string
+	if dir.RenewalInfo != "" {
+		parts = append(parts, "renewal information (ARI): renewals follow the CA's windows")
+	} else {
+		parts = append(parts, "no renewal information (ARI): renewals when a third of the lifetime remains")
+	}
+	if names := dir.ProfileNames(); len(names) > 0 {
+		parts = append(parts, "profiles: "+strings.Join(names, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// ACMEClient is an HTTP client for the CA of a (trusting tls.acme.ca_roots), as the
+// edge's ACME client: it honours HTTPS_PROXY too. `validate` and doctor use it.
+func ACMEClient(a config.ACME) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if a.CARoots != "" {
+		roots, err := config.LoadCARoots(a.CARoots)
+		if err != nil {
+			return nil, fmt.Errorf("tls.acme.ca_roots: %v", err)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{Transport: tr}, nil
+}
+
+// CheckACMEProfile asks the CA of cfg whether it offers tls.acme.profile, for `edgeproxy
+// validate`: nil when no profile is set or the CA offers it; an error Problem, listing the
+// CA's profiles, when it does not; a warning Problem when the CA cannot be asked.
+func CheckACMEProfile(ctx context.Context, cfg *config.Config) *config.Problem {
+	a := cfg.TLS.ACME
+	if !a.Enabled() || a.Profile == "" {
+		return nil
+	}
+	p := &config.Problem{File: cfg.File, Pos: cfg.PosOf("tls.acme.profile")}
+	client, err := ACMEClient(a)
+	if err == nil {
+		defer client.CloseIdleConnections()
+		var dir *certs.Directory
+		if dir, err = certs.FetchDirectory(ctx, a.Directory, client); err == nil {
+			if err := dir.CheckProfile(a.Profile); err != nil {
+				p.Message = "tls.acme.profile: " + err.Error()
+				return p
+			}
+			return nil
+		}
+	}
+	p.Warning = true
+	p.Message = fmt.Sprintf("tls.acme.profile %q not checked: cannot read %s (%v); `edgeproxy doctor` says why", a.Profile, a.Directory, unwrapURLErr(err))
+	return p
 }
 
 func unwrapURLErr(err error) error {

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,7 +22,8 @@ import (
 // certificates it would serve.
 type site struct {
 	cfg         *config.Config
-	acmeDomains []string // tls.acme.domains, lower case, without a trailing dot
+	acmeDomains []string     // tls.acme.domains, lower case, without a trailing dot
+	acmeIPs     []netip.Addr // tls.acme.ip_addresses
 	static      []staticCert
 	// acme holds the leaf of each ACME domain's cached certificate (in cache_dir);
 	// acmeErr why a domain's cache file exists but could not be read.
@@ -53,8 +56,14 @@ func (d *Doctor) newSite(cfg *config.Config) *site {
 		return s
 	}
 	for _, dom := range a.Domains {
-		name := normalize(dom)
-		s.acmeDomains = append(s.acmeDomains, name)
+		s.acmeDomains = append(s.acmeDomains, normalize(dom))
+	}
+	for _, ip := range a.IPAddresses {
+		if addr, err := netip.ParseAddr(ip); err == nil {
+			s.acmeIPs = append(s.acmeIPs, addr.Unmap())
+		}
+	}
+	for _, name := range s.acmeNames() {
 		switch leaf, err := cachedLeaf(a.CacheDir, name); {
 		case err == nil:
 			s.acme[name] = leaf
@@ -69,10 +78,21 @@ func (d *Doctor) newSite(cfg *config.Config) *site {
 	return s
 }
 
+// acmeNames are the names of the ACME certificates: the domains, then the IP addresses
+// (as edgeproxy names their cache files).
+func (s *site) acmeNames() []string {
+	out := slices.Clone(s.acmeDomains)
+	for _, ip := range s.acmeIPs {
+		out = append(out, ip.String())
+	}
+	return out
+}
+
 func normalize(name string) string { return strings.ToLower(strings.TrimSuffix(name, ".")) }
 
 // cachedLeaf reads the leaf certificate of name from an ACME cache directory (autocert's
-// DirCache format: the key, then the chain, all PEM, in a file named after the domain).
+// DirCache format: the key, then the chain, all PEM, in a file named after the domain or
+// IP address).
 func cachedLeaf(dir, name string) (*x509.Certificate, error) {
 	data, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
@@ -92,7 +112,7 @@ func cachedLeaf(dir, name string) (*x509.Certificate, error) {
 // names are the names a certificate must cover: the ACME domains and
 // pool.health_check.host (the site's name, when set).
 func (s *site) names() []string {
-	out := append([]string{}, s.acmeDomains...)
+	out := s.acmeNames()
 	if h := s.healthHost(); h != "" && !contains(out, h) {
 		out = append(out, h)
 	}
@@ -143,7 +163,7 @@ func (s *site) covered() []string {
 			out = append(out, ip.String())
 		}
 	}
-	for _, name := range s.acmeDomains {
+	for _, name := range s.acmeNames() {
 		if !contains(out, name) {
 			out = append(out, name+" (ACME)")
 		}
@@ -193,13 +213,16 @@ func (d *Doctor) checkCertificate(s *site, name string) Result {
 			break
 		}
 	}
-	isACME := contains(s.acmeDomains, name)
+	isACME := contains(s.acmeNames(), name)
 	if leaf == nil && isACME {
 		if c := s.acme[name]; c != nil {
 			leaf, source = c, "the ACME cache ("+filepath.Join(s.cfg.TLS.ACME.CacheDir, name)+")"
 		}
 	}
 	role := "tls.acme.domains"
+	if _, err := netip.ParseAddr(name); err == nil && isACME {
+		role = "tls.acme.ip_addresses"
+	}
 	if !isACME {
 		role = "pool.health_check.host"
 	}

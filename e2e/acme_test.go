@@ -41,6 +41,9 @@ type acmeSiteOptions struct {
 	http01 bool
 	// validity is the lifetime of Pebble's certificates; 0 means Pebble's default.
 	validity time.Duration
+	// ip orders a certificate for 127.0.0.1 (tls.acme.ip_addresses) in Pebble's
+	// six-day "shortlived" profile, instead of one for app.test.
+	ip bool
 }
 
 // acmeSite is Pebble, Django, and the configuration of an edge in front of Django that
@@ -65,6 +68,11 @@ func newACMESite(t *testing.T, opts acmeSiteOptions) *acmeSite {
 		// Every order validates: no authorization reused from an earlier order.
 		Env: []string{"PEBBLE_AUTHZREUSE=0"},
 	}
+	identifiers, site := "domains: ["+acmeDomain+"]", acmeDomain
+	if opts.ip {
+		po.Profiles = map[string]time.Duration{"shortlived": 6 * 24 * time.Hour}
+		identifiers, site = "ip_addresses: [127.0.0.1]\n    profile: shortlived", "127.0.0.1"
+	}
 	if opts.http01 {
 		s.httpAddr = testutil.LoopbackAddr(t, "127.0.0.1")
 		po.HTTPPort = acmePort(t, s.httpAddr)
@@ -75,7 +83,7 @@ func newACMESite(t *testing.T, opts acmeSiteOptions) *acmeSite {
 	s.pebble = testutil.StartPebble(t, po)
 	s.roots = s.pebble.Roots()
 	s.django = testutil.StartDjango(t, testutil.LoopbackAddr(t, "127.0.0.1"), testutil.DjangoOptions{
-		AllowedHosts: []string{acmeDomain}, Instance: "acme",
+		AllowedHosts: []string{site}, Instance: "acme",
 	})
 
 	listenHTTP := ""
@@ -87,7 +95,7 @@ func newACMESite(t *testing.T, opts acmeSiteOptions) *acmeSite {
 %s  metrics: %q
 tls:
   acme:
-    domains: [%s]
+    %s
     email: ops@%s
     directory: %q
     ca_roots: %q
@@ -95,7 +103,7 @@ tls:
 pool:
   targets: [%q]
   health_check: {host: %s, interval: 1s, healthy_threshold: 2}
-`, s.httpsAddr, listenHTTP, s.metric, acmeDomain, acmeDomain, s.pebble.DirectoryURL, s.pebble.CARootsFile, s.cacheDir, s.django.Addr, acmeDomain)
+`, s.httpsAddr, listenHTTP, s.metric, identifiers, acmeDomain, s.pebble.DirectoryURL, s.pebble.CARootsFile, s.cacheDir, s.django.Addr, site)
 	s.configFile = filepath.Join(t.TempDir(), "edgeproxy.yaml")
 	if err := os.WriteFile(s.configFile, []byte(config), 0o600); err != nil {
 		t.Fatal(err)

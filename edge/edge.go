@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -178,7 +179,8 @@ func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
 			}
 		}
 		opts.ACME = &certs.ACMEOptions{
-			Domains: a.Domains, Email: a.Email, DirectoryURL: a.Directory, RootCAs: roots,
+			Domains: a.Domains, IPAddresses: a.IPAddresses, Profile: a.Profile,
+			Email: a.Email, DirectoryURL: a.Directory, RootCAs: roots,
 			CacheDir: a.CacheDir, RenewBefore: a.RenewBefore, Observer: e.metrics,
 		}
 	}
@@ -356,7 +358,9 @@ func (e *Edge) bind() error {
 		if err != nil {
 			return err
 		}
-		admin := e.metrics.AdminHandler(func() any { return e.targetStatuses() })
+		admin := http.NewServeMux()
+		admin.Handle("/", e.metrics.AdminHandler(func() any { return e.targetStatuses() }))
+		admin.Handle("GET /certificates", telemetry.JSONHandler(func() any { return e.certSrc.Load().Certificates() }))
 		e.add(newServer(admin), ln)
 	}
 	return nil
@@ -532,7 +536,7 @@ func (e *Edge) summary() []any {
 		src = fmt.Sprintf("%d static certificate(s)", n)
 	}
 	if a := e.acme; a.Enabled() {
-		src = fmt.Sprintf("ACME for %s from %s", strings.Join(a.Domains, ", "), a.Directory)
+		src = fmt.Sprintf("ACME for %s from %s", strings.Join(append(slices.Clone(a.Domains), a.IPAddresses...), ", "), a.Directory)
 		if n := len(e.cfg.TLS.Certificates); n > 0 {
 			src += fmt.Sprintf(", and %d static certificate(s)", n)
 		}

@@ -29,6 +29,7 @@ type Metrics struct {
 	ejections         *prometheus.CounterVec
 	unknownServerName prometheus.Counter
 	certExpiry        *prometheus.GaugeVec
+	certRenewal       *prometheus.GaugeVec
 	acmeOrders        *prometheus.CounterVec
 	mixedContentPages prometheus.Counter
 	proxyErrors       *prometheus.CounterVec
@@ -77,7 +78,11 @@ func New() *Metrics {
 		}),
 		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "edgeproxy_certificate_expiry_timestamp_seconds",
-			Help: "Expiry (Unix time) of the ACME certificate served for each domain of tls.acme.domains.",
+			Help: "Expiry (Unix time) of the certificate served for each domain of tls.acme.domains (and IP address of tls.acme.ip_addresses).",
+		}, []string{"domain"}),
+		certRenewal: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgeproxy_certificate_renewal_timestamp_seconds",
+			Help: "When (Unix time) the ACME certificate of each domain or IP address will be renewed: a time in the CA's renewal window (ARI), else by its lifetime.",
 		}, []string{"domain"}),
 		acmeOrders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_acme_orders_total",
@@ -102,7 +107,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		m.requests, m.requestDuration, m.targetHealthy, m.healthChecks, m.failOpen, m.unknownServerName,
 		m.retries, m.ejections,
-		m.certExpiry, m.acmeOrders,
+		m.certExpiry, m.certRenewal, m.acmeOrders,
 		m.mixedContentPages, m.proxyErrors,
 	)
 	return m
@@ -200,6 +205,23 @@ func (m *Metrics) CertificateExpiry(domain string, notAfter time.Time) {
 	m.certExpiry.WithLabelValues(domain).Set(float64(notAfter.Unix()))
 }
 
+// CertificateRenewal sets when the certificate served for domain (a name of
+// tls.acme.domains or ip_addresses) will be renewed; it implements certs.ACMEObserver.
+func (m *Metrics) CertificateRenewal(domain string, at time.Time) {
+	m.certRenewal.WithLabelValues(domain).Set(float64(at.Unix()))
+}
+
+// JSONHandler serves the value of v, encoded as indented JSON at each request: the
+// admin listener's /targets and /certificates.
+func JSONHandler(v func() any) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(v())
+	})
+}
+
 // AdminHandler serves /metrics, /healthz and /targets. targets returns the value encoded
 // as JSON at /targets (the health checker's statuses).
 func (m *Metrics) AdminHandler(targets func() any) http.Handler {
@@ -209,11 +231,6 @@ func (m *Metrics) AdminHandler(targets func() any) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /targets", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(targets())
-	})
+	mux.Handle("GET /targets", JSONHandler(targets))
 	return mux
 }

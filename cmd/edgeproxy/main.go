@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"edgeproxy/config"
+	"edgeproxy/doctor"
 	"edgeproxy/edge"
 	"edgeproxy/internal/demo"
 	"edgeproxy/internal/sdnotify"
@@ -186,7 +187,7 @@ func reloadOnSignal(ctx context.Context, hup <-chan os.Signal, e *edge.Edge, log
 func validateCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("validate", "validate [-config FILE] [-syntax-only]", stderr)
 	file := fs.String("config", defaultConfig, "configuration `file`")
-	syntaxOnly := fs.Bool("syntax-only", false, "skip checks of this machine (files), for a config meant for another host")
+	syntaxOnly := fs.Bool("syntax-only", false, "skip checks of this machine (files) and of the ACME CA (tls.acme.profile), for a config meant for another host")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -208,6 +209,18 @@ func validateCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintln(stdout, w)
+	}
+	if !*syntaxOnly {
+		// The one check that asks the network: whether the CA offers tls.acme.profile.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		p := doctor.CheckACMEProfile(ctx, cfg)
+		cancel()
+		if p != nil {
+			fmt.Fprintln(stdout, p)
+			if !p.Warning {
+				return 1
+			}
+		}
 	}
 	fmt.Fprintf(stderr, "%s: ok\n", *file)
 	return 0

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"debug/buildinfo"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,6 +28,16 @@ import (
 // pebbleStartTimeout bounds how long StartPebble waits for Pebble and its DNS server.
 const pebbleStartTimeout = 20 * time.Second
 
+// PebbleModule and PebbleVersion are the Pebble the tests run, built from the Go module
+// proxy (`go install PebbleModule/cmd/pebble@PebbleVersion`, which .ci/run does): 2.8.0
+// has ACME Renewal Information and profiles, which Debian's 2.4.0 lacks, and still sends
+// the finalize response's Location header that golang.org/x/crypto/acme's order polling
+// needs (2.9.0 dropped it).
+const (
+	PebbleModule  = "github.com/letsencrypt/pebble/v2"
+	PebbleVersion = "v2.8.0"
+)
+
 // PebbleOptions configure StartPebble.
 type PebbleOptions struct {
 	// HTTPPort is the port Pebble connects to for HTTP-01 validations: the edge's plain
@@ -34,16 +46,20 @@ type PebbleOptions struct {
 	// TLSPort is the port Pebble connects to for TLS-ALPN-01 validations: the edge's HTTPS
 	// port. 0 means a free port that nothing listens on, so TLS-ALPN-01 fails.
 	TLSPort int
-	// CertificateValidity is the lifetime of the certificates Pebble issues, in whole
-	// seconds; 0 means Pebble's default (about five years).
+	// CertificateValidity is the lifetime of the certificates of Pebble's "default"
+	// profile, in whole seconds; 0 means Pebble's default (90 days).
 	CertificateValidity time.Duration
+	// Profiles are further profiles Pebble offers, by name, with the lifetime of their
+	// certificates (such as "shortlived": 6 days). Pebble picks a random profile for an
+	// order that names none: with Profiles, orders should name one.
+	Profiles map[string]time.Duration
 	// Env are extra environment variables for pebble (KEY=VALUE), such as
 	// "PEBBLE_AUTHZREUSE=0" so that every order needs a validation.
 	Env []string
 }
 
-// Pebble is a running Pebble ACME server (Let's Encrypt's test CA, Debian package
-// pebble) with pebble-challtestsrv as its DNS server, answering 127.0.0.1 for every name
+// Pebble is a running Pebble ACME server (Let's Encrypt's test CA, PebbleVersion) with
+// pebble-challtestsrv as its DNS server, answering 127.0.0.1 for every name
 // (and no AAAA), so that validations of any test domain reach the edge on loopback.
 // Validations happen for real: PEBBLE_VA_ALWAYS_VALID is never set, and
 // PEBBLE_VA_NOSLEEP=1 only removes Pebble's random waits before them. Pebble rejects no
@@ -80,8 +96,8 @@ type Pebble struct {
 // or fails in CI.
 func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	t.Helper()
-	pebbleBin := RequireTool(t, "pebble")
-	challBin := RequireTool(t, "pebble-challtestsrv")
+	pebbleBin := pebbleBinary(t, "pebble")
+	challBin := pebbleBinary(t, "pebble-challtestsrv")
 	dir := t.TempDir()
 
 	caFile, certFile, keyFile, pool := pebbleServerCert(t, dir)
@@ -96,7 +112,7 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	dnsMgmt := LoopbackAddr(t, "127.0.0.1")
 	dns := StartProcWith(t, ProcOptions{Name: "pebble-challtestsrv"}, challBin,
 		"-dns01", dnsAddr,
-		"-http01", "", "-https01", "", "-tlsalpn01", "",
+		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "",
 		"-management", dnsMgmt,
 		"-defaultIPv4", "127.0.0.1",
 		"-defaultIPv6", "",
@@ -117,9 +133,12 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 		"ocspResponderURL":               "",
 		"externalAccountBindingRequired": false,
 	}}
-	if v := opts.CertificateValidity; v > 0 {
-		cfg["pebble"].(map[string]any)["certificateValidityPeriod"] = int64(v / time.Second)
+	profiles := map[string]any{"default": map[string]any{
+		"description": "Pebble's default profile", "validityPeriod": int64(opts.CertificateValidity / time.Second)}}
+	for name, v := range opts.Profiles {
+		profiles[name] = map[string]any{"description": "profile " + name, "validityPeriod": int64(v / time.Second)}
 	}
+	cfg["pebble"].(map[string]any)["profiles"] = profiles
 	cfgData, _ := json.MarshalIndent(cfg, "", "  ")
 	cfgFile := filepath.Join(dir, "pebble-config.json")
 	if err := os.WriteFile(cfgFile, cfgData, 0o600); err != nil {
@@ -160,6 +179,41 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return p
+}
+
+// pebbleBinary finds the program name (pebble, pebble-challtestsrv) built from
+// PebbleModule at PebbleVersion (its Go build information says so), in GOBIN,
+// GOPATH/bin, ~/go/bin or PATH: Debian's pebble package may come first in PATH, and is
+// too old.
+func pebbleBinary(t testing.TB, name string) string {
+	t.Helper()
+	var candidates []string
+	if gobin := os.Getenv("GOBIN"); gobin != "" {
+		candidates = append(candidates, filepath.Join(gobin, name))
+	}
+	for _, d := range extraBinDirs() {
+		candidates = append(candidates, filepath.Join(d, name))
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		candidates = append(candidates, p)
+	}
+	var seen []string
+	for _, c := range candidates {
+		info, err := buildinfo.ReadFile(c)
+		if err != nil {
+			continue
+		}
+		if info.Main.Path == PebbleModule && info.Main.Version == PebbleVersion {
+			return c
+		}
+		seen = append(seen, fmt.Sprintf("%s is %s %s", c, info.Main.Path, info.Main.Version))
+	}
+	what := name + " " + PebbleVersion
+	if len(seen) > 0 {
+		what += " (found only: " + strings.Join(seen, "; ") + ")"
+	}
+	missing(t, what, InstallHint(name))
+	return ""
 }
 
 func (p *Pebble) getOK(url string) error {
@@ -207,6 +261,31 @@ func (p *Pebble) Roots() *x509.CertPool {
 // log, which names each request's handler).
 func (p *Pebble) Orders() int {
 	return strings.Count(p.proc.Output(), "POST /order-plz ->")
+}
+
+// OrdersReplacing returns how many orders Pebble accepted as the replacement of an
+// earlier certificate (an ARI "replaces" field it checked), counted in its log.
+func (p *Pebble) OrdersReplacing() int {
+	return strings.Count(p.proc.Output(), "ARI: order ")
+}
+
+// SetRenewalInfo makes Pebble answer the renewal-information (ARI) requests for cert
+// (PEM) with a window from start to end and no Retry-After, instead of its own window
+// (a third of the lifetime before expiry, ±1 day).
+func (p *Pebble) SetRenewalInfo(certPEM []byte, start, end time.Time) {
+	p.t.Helper()
+	window, _ := json.Marshal(map[string]any{"suggestedWindow": map[string]any{
+		"start": start.UTC().Format(time.RFC3339), "end": end.UTC().Format(time.RFC3339)}})
+	body, _ := json.Marshal(map[string]any{"certificate": string(certPEM), "ariResponse": string(window)})
+	resp, err := p.client.Post(p.ManagementURL+"/set-renewal-info/", "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		p.t.Fatalf("testutil: pebble set-renewal-info: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		p.t.Fatalf("testutil: pebble set-renewal-info: %s %s", resp.Status, msg)
+	}
 }
 
 // AddA makes the DNS server answer host's A queries with ips instead of 127.0.0.1. Pebble

@@ -42,8 +42,8 @@ import (
 
 // installHints maps a program name to how to install it on Debian.
 var installHints = map[string]string{
-	"pebble":                   "apt-get install -y pebble",
-	"pebble-challtestsrv":      "apt-get install -y pebble",
+	"pebble":                   "go install " + PebbleModule + "/cmd/pebble@" + PebbleVersion,
+	"pebble-challtestsrv":      "go install " + PebbleModule + "/cmd/pebble-challtestsrv@" + PebbleVersion,
 	"wrk":                      "apt-get install -y wrk",
 	"h2load":                   "apt-get install -y nghttp2-client",
 	"nghttp":                   "apt-get install -y nghttp2-client",
