@@ -308,6 +308,7 @@ func (e *Edge) bind() error {
 			return err
 		}
 		srv := newServer(handler)
+		proxy.ConformHTTP2(srv)
 		srv.TLSConfig = e.certs.TLSConfig()
 		srv.TLSConfig.GetCertificate = e.getCertificate // follows reloads
 		e.tickets.Attach(srv.TLSConfig)
