@@ -68,6 +68,8 @@ type ACMEObserver interface {
 	ACMEOrder(ok bool)
 	// CertificateExpiry records the expiry of the certificate now served for domain.
 	CertificateExpiry(domain string, notAfter time.Time)
+	// CertificateNotBefore records the start of validity of that certificate.
+	CertificateNotBefore(domain string, notBefore time.Time)
 }
 
 const (
@@ -281,6 +283,7 @@ func encodeCached(cert *tls.Certificate) ([]byte, error) {
 func (a *acmeManager) serve(d *acmeDomain, cert *tls.Certificate) {
 	if o := a.opts.Observer; o != nil {
 		o.CertificateExpiry(d.name, cert.Leaf.NotAfter)
+		o.CertificateNotBefore(d.name, cert.Leaf.NotBefore)
 	}
 	d.current.Store(&servedCert{cert: cert, renewAt: a.renewAt(cert.Leaf)})
 }

@@ -54,6 +54,8 @@ func (o *acmeObserver) CertificateExpiry(domain string, notAfter time.Time) {
 	o.expiry[domain] = notAfter
 }
 
+func (o *acmeObserver) CertificateNotBefore(string, time.Time) {}
+
 func (o *acmeObserver) counts() (ok, failed int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

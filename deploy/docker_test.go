@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"edgeproxy/internal/testutil"
 	"encoding/json"
 	"fmt"
@@ -322,6 +323,33 @@ func (s *imageSite) get(path string) (int, string, error) {
 	return resp.StatusCode, string(body), err
 }
 
+// leaf returns the certificate the edge serves for imageDomain.
+func (s *imageSite) leaf(t *testing.T) *x509.Certificate {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.https,
+		&tls.Config{ServerName: imageDomain, RootCAs: s.pebble.Roots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0]
+}
+
+// metricsText returns the edge's /metrics.
+func (s *imageSite) metricsText(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + s.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
 // runEdge starts the image as name with the site's config, the ACME CA and the named
 // volume "state" at the image's VOLUME, on the host's network (loopback only in the
 // config), and waits until it serves a certificate from Pebble.
@@ -366,6 +394,19 @@ func TestImage_BuiltAndRun(t *testing.T) {
 	for _, line := range strings.Split(string(status), "\n") {
 		if (strings.HasPrefix(line, "Uid:") || strings.HasPrefix(line, "Gid:")) && !slices.Equal(strings.Fields(line)[1:], []string{"65532", "65532", "65532", "65532"}) {
 			t.Errorf("edge process %s: %q; want 65532 for all", pid, line)
+		}
+	}
+
+	// The certificate's lifetime is exported for the alert on renewals (both ends).
+	leaf := s.leaf(t)
+	metrics := s.metricsText(t)
+	for name, want := range map[string]time.Time{
+		"edgeproxy_certificate_not_before_timestamp_seconds": leaf.NotBefore,
+		"edgeproxy_certificate_expiry_timestamp_seconds":     leaf.NotAfter,
+	} {
+		line := fmt.Sprintf("%s{domain=%q} %d", name, imageDomain, want.Unix())
+		if !strings.Contains(metrics, line) && !strings.Contains(metrics, fmt.Sprintf("%s{domain=%q} %s", name, imageDomain, strconv.FormatFloat(float64(want.Unix()), 'e', -1, 64))) {
+			t.Errorf("/metrics lacks %q", line)
 		}
 	}
 

@@ -148,6 +148,7 @@ func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
 		// as ACME's, so one alert covers both. Names come from the configured files.
 		for _, name := range c.Leaf.DNSNames {
 			e.metrics.CertificateExpiry(name, c.Leaf.NotAfter)
+			e.metrics.CertificateNotBefore(name, c.Leaf.NotBefore)
 		}
 	}
 	minVersion := uint16(tls.VersionTLS12)

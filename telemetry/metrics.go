@@ -29,6 +29,7 @@ type Metrics struct {
 	ejections         *prometheus.CounterVec
 	unknownServerName prometheus.Counter
 	certExpiry        *prometheus.GaugeVec
+	certNotBefore     *prometheus.GaugeVec
 	acmeOrders        *prometheus.CounterVec
 	mixedContentPages prometheus.Counter
 }
@@ -74,6 +75,10 @@ func New() *Metrics {
 			Name: "edgeproxy_certificate_expiry_timestamp_seconds",
 			Help: "Expiry (Unix time) of the ACME certificate served for each domain of tls.acme.domains.",
 		}, []string{"domain"}),
+		certNotBefore: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgeproxy_certificate_not_before_timestamp_seconds",
+			Help: "Start of validity (Unix time) of the certificate served for each domain: with the expiry, its lifetime.",
+		}, []string{"domain"}),
 		acmeOrders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_acme_orders_total",
 			Help: "ACME certificate order attempts, by result (ok, error).",
@@ -90,7 +95,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		m.requests, m.requestDuration, m.targetHealthy, m.healthChecks, m.failOpen, m.unknownServerName,
 		m.retries, m.ejections,
-		m.certExpiry, m.acmeOrders,
+		m.certExpiry, m.certNotBefore, m.acmeOrders,
 		m.mixedContentPages,
 	)
 	return m
@@ -182,6 +187,13 @@ func (m *Metrics) ACMEOrder(ok bool) {
 // tls.acme.domains); it implements certs.ACMEObserver.
 func (m *Metrics) CertificateExpiry(domain string, notAfter time.Time) {
 	m.certExpiry.WithLabelValues(domain).Set(float64(notAfter.Unix()))
+}
+
+// CertificateNotBefore sets the start of validity of the certificate served for domain,
+// so that alerts know its lifetime (deploy/prometheus/edgeproxy-alerts.yml); it implements
+// certs.ACMEObserver.
+func (m *Metrics) CertificateNotBefore(domain string, notBefore time.Time) {
+	m.certNotBefore.WithLabelValues(domain).Set(float64(notBefore.Unix()))
 }
 
 // AdminHandler serves /metrics, /healthz and /targets. targets returns the value encoded
