@@ -386,16 +386,7 @@ func TestImage_BuiltAndRun(t *testing.T) {
 	if code, body, err := s.get("/"); err != nil || code != http.StatusOK || body != "backend" {
 		t.Fatalf("GET / through the container: %d %q %v; want 200 \"backend\"", code, body, err)
 	}
-	pid := p.run("inspect", "--format", "{{.State.Pid}}", "edge")
-	status, err := os.ReadFile("/proc/" + pid + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if (strings.HasPrefix(line, "Uid:") || strings.HasPrefix(line, "Gid:")) && !slices.Equal(strings.Fields(line)[1:], []string{"65532", "65532", "65532", "65532"}) {
-			t.Errorf("edge process %s: %q; want 65532 for all", pid, line)
-		}
-	}
+	p.checkRunsAs65532("edge")
 
 	// The certificate's lifetime is exported for the alert on renewals (both ends).
 	leaf := s.leaf(t)

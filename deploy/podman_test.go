@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -159,4 +160,20 @@ func (p *podman) buildImage(tag string) {
 	p.run("build", "--quiet", "--format", "docker", "--tag", tag,
 		"--build-arg", "BINARY="+binary, "--build-arg", "BASE=scratch",
 		"--file", dockerfile, ctx)
+}
+
+// checkRunsAs65532 checks that the main process of the container name runs as the
+// image's user, 65532, for all its user and group IDs.
+func (p *podman) checkRunsAs65532(name string) {
+	p.t.Helper()
+	pid := p.run("inspect", "--format", "{{.State.Pid}}", name)
+	status, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if (strings.HasPrefix(line, "Uid:") || strings.HasPrefix(line, "Gid:")) && !slices.Equal(strings.Fields(line)[1:], []string{"65532", "65532", "65532", "65532"}) {
+			p.t.Errorf("%s: process %s: %q; want 65532 for all", name, pid, line)
+		}
+	}
 }
