@@ -373,6 +373,8 @@ CMD ["gunicorn", "mysite.wsgi", "--bind=0.0.0.0:8000"]
 func TestCompose_PodmanComposeUp(t *testing.T) {
 	p := newPodman(t)
 	composeBin := testutil.RequireTool(t, "podman-compose")
+	// Service names resolve on a CNI network with Debian's dnsname plugin.
+	testutil.RequireTool(t, "/usr/lib/cni/dnsname")
 	project := fmt.Sprintf("edgeproxytest%d", os.Getpid())
 	p.buildImage("localhost/edgeproxy:latest")
 	p.djangoStandin("localhost/" + project + "_django")

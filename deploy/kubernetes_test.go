@@ -159,6 +159,7 @@ func TestKubernetes_ManifestAgreesWithImageAndConfig(t *testing.T) {
 // target. The Service is left out: podman has no load balancer.
 func TestKubernetes_PlayKube(t *testing.T) {
 	p := newPodman(t)
+	testutil.RequireTool(t, "catatonit") // the pod's infra process
 	p.buildImage("localhost/edgeproxy:latest")
 	backend := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "backend") }),

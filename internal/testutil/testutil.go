@@ -65,6 +65,8 @@ var installHints = map[string]string{
 	"podman":                   "apt-get install -y podman",
 	"runc":                     "apt-get install -y runc",
 	"podman-compose":           "apt-get install -y podman-compose",
+	"catatonit":                "apt-get install -y catatonit",
+	"dnsname":                  "apt-get install -y golang-github-containernetworking-plugin-dnsname",
 	"h2spec":                   "cd .ci/h2spec && go install tool (h2spec pinned with its dependencies)",
 	"go":                       "the Go toolchain (see go.mod for the version)",
 }
