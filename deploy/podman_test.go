@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,6 +121,45 @@ func (p *podman) try(args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
+// static is the static edgeproxy binary the images hold, built once per test process in
+// a directory TestMain removes.
+var static struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if static.dir != "" {
+		_ = os.RemoveAll(static.dir)
+	}
+	os.Exit(code)
+}
+
+// staticEdgeproxy returns the path of edgeproxy built as the Dockerfile's build stage
+// builds it (CGO_ENABLED=0, -trimpath), for a base image without libc.
+func staticEdgeproxy(t *testing.T) string {
+	t.Helper()
+	goBin := testutil.RequireTool(t, "go")
+	static.once.Do(func() {
+		if static.dir, static.err = os.MkdirTemp("", "edgeproxy-static-"); static.err != nil {
+			return
+		}
+		static.path = filepath.Join(static.dir, "edgeproxy")
+		build := exec.Command(goBin, "build", "-trimpath", "-o", static.path, testutil.EdgeproxyPackage)
+		build.Dir = ".."
+		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+		if msg, err := build.CombinedOutput(); err != nil {
+			static.err = fmt.Errorf("go build: %v\n%s", err, msg)
+		}
+	})
+	if static.err != nil {
+		t.Fatal(static.err)
+	}
+	return static.path
+}
+
 // buildImage builds the root Dockerfile as tag, with its two build arguments pointing at
 // local stand-ins and everything else the Dockerfile's own:
 //
@@ -141,12 +181,12 @@ func (p *podman) buildImage(tag string) {
 			p.t.Fatal(err)
 		}
 	}
-	goBin := testutil.RequireTool(p.t, "go")
-	build := exec.Command(goBin, "build", "-trimpath", "-o", filepath.Join(out, "edgeproxy"), testutil.EdgeproxyPackage)
-	build.Dir = ".."
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-	if msg, err := build.CombinedOutput(); err != nil {
-		p.t.Fatalf("go build: %v\n%s", err, msg)
+	bin, err := os.ReadFile(staticEdgeproxy(p.t))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, "edgeproxy"), bin, 0o755); err != nil {
+		p.t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(ctx, "Containerfile"), []byte("FROM scratch\nCOPY out/ /out/\n"), 0o644); err != nil {
 		p.t.Fatal(err)
