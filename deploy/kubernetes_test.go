@@ -152,7 +152,8 @@ func TestKubernetes_ManifestAgreesWithImageAndConfig(t *testing.T) {
 // and a request through it reaches a backend.
 //
 // What the test changes, in a copy: the pod uses the host's network (hostNetwork, as
-// these machines run containers), so the sysctl (the host's, then, not the pod's) and the
+// these machines run containers; `--network host` too, or podman would create its
+// machine-wide kube network all the same), so the sysctl (the host's, then, not the pod's) and the
 // container ports (podman maps them only on a pod network) go, and the probes with them
 // (podman would run them inside the container, which has no curl); the config listens on
 // free loopback ports, with a self-signed certificate and the test's backend as its
@@ -206,7 +207,7 @@ func TestKubernetes_PlayKube(t *testing.T) {
 	if err := os.WriteFile(file, manifest.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p.run("play", "kube", file)
+	p.run("play", "kube", "--network", "host", file)
 	t.Cleanup(func() {
 		if t.Failed() {
 			out, _ := p.cmd("pod", "logs", "edgeproxy-pod-0").CombinedOutput()
