@@ -7,16 +7,15 @@
 # deploy/compose/docker-compose.yml runs it in front of Django. The config must set
 # listen.metrics: the HEALTHCHECK asks its /healthz.
 #
-# Two build arguments exist for machines that cannot pull images (the tests in deploy/,
-# see docs/operations.md): BINARY names the image or stage the binary comes from (/out, as
-# the build stage lays it out), BASE the final stage's base. Everything the final stage
-# sets (user, files, volume, HEALTHCHECK, entrypoint, command) is the same either way.
-ARG BINARY=build
+# Two build arguments name the base images, for machines that cannot pull them (the tests
+# in deploy/, see docs/operations.md): GO_IMAGE, the build stage's Go toolchain, and BASE,
+# the final stage's. Every instruction is the same either way.
+ARG GO_IMAGE=golang:1.26
 ARG BASE=gcr.io/distroless/static-debian12:nonroot
 
 # Build stage: a static binary (CGO_ENABLED=0: Go's own DNS resolver, no libc), without
 # paths of this machine (-trimpath).
-FROM golang:1.26 AS build
+FROM ${GO_IMAGE} AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
@@ -27,18 +26,15 @@ RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w -X main.version=
  && /out/edgeproxy version \
  && mkdir -p /out/state /out/etc/edgeproxy
 
-# The binary's stage: the build stage above unless BINARY names a local stand-in.
-FROM ${BINARY} AS binary
-
 # Final stage: distroless "static" has CA certificates, /etc/passwd with the nonroot user
 # (65532) and tzdata, and no shell: the HEALTHCHECK runs the binary itself.
 FROM ${BASE}
-COPY --from=binary /out/edgeproxy /edgeproxy
-COPY --from=binary /out/etc/edgeproxy /etc/edgeproxy
+COPY --from=build /out/edgeproxy /edgeproxy
+COPY --from=build /out/etc/edgeproxy /etc/edgeproxy
 # The certificate cache: owned by the runtime user, and Docker copies that ownership into
 # a new named volume mounted here. Configs may write ${STATE_DIRECTORY}, as under systemd;
 # tls.acme.cache_dir defaults to ${STATE_DIRECTORY}/acme.
-COPY --from=binary --chown=65532:65532 /out/state /var/lib/edgeproxy
+COPY --from=build --chown=65532:65532 /out/state /var/lib/edgeproxy
 ENV STATE_DIRECTORY=/var/lib/edgeproxy
 VOLUME ["/var/lib/edgeproxy"]
 USER 65532:65532

@@ -328,20 +328,8 @@ func targetState(t *testing.T, url, addr string) string {
 func (p *podman) djangoStandin(tag string) {
 	p.t.Helper()
 	ctx := filepath.Join(p.dir, "django-standin")
-	root := filepath.Join(ctx, "rootfs")
+	root := mergedUsrRoot(p.t, filepath.Join(ctx, "rootfs")) // /tmp: the SQLite database
 	if err := os.CopyFS(filepath.Join(root, "app"), os.DirFS("compose/django")); err != nil {
-		p.t.Fatal(err)
-	}
-	// Debian's merged /usr, as the links at its root; /tmp for the SQLite database.
-	for link, target := range map[string]string{"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"} {
-		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
-			p.t.Fatal(err)
-		}
-	}
-	if err := os.MkdirAll(filepath.Join(root, "tmp"), 0o755); err != nil {
-		p.t.Fatal(err)
-	}
-	if err := os.Chmod(filepath.Join(root, "tmp"), 0o1777); err != nil {
 		p.t.Fatal(err)
 	}
 	containerfile := `FROM scratch

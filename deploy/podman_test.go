@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -121,85 +120,80 @@ func (p *podman) try(args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// static is the static edgeproxy binary the images hold, built once per test process in
-// a directory TestMain removes.
-var static struct {
-	once      sync.Once
-	dir, path string
-	err       error
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if static.dir != "" {
-		_ = os.RemoveAll(static.dir)
-	}
-	os.Exit(code)
-}
-
-// staticEdgeproxy returns the path of edgeproxy built as the Dockerfile's build stage
-// builds it (CGO_ENABLED=0, -trimpath), for a base image without libc.
-func staticEdgeproxy(t *testing.T) string {
-	t.Helper()
-	goBin := testutil.RequireTool(t, "go")
-	static.once.Do(func() {
-		if static.dir, static.err = os.MkdirTemp("", "edgeproxy-static-"); static.err != nil {
-			return
-		}
-		static.path = filepath.Join(static.dir, "edgeproxy")
-		build := exec.Command(goBin, "build", "-trimpath", "-o", static.path, testutil.EdgeproxyPackage)
-		build.Dir = ".."
-		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-		if msg, err := build.CombinedOutput(); err != nil {
-			static.err = fmt.Errorf("go build: %v\n%s", err, msg)
-		}
-	})
-	if static.err != nil {
-		t.Fatal(static.err)
-	}
-	return static.path
-}
-
-// buildImage builds the root Dockerfile as tag, with its two build arguments pointing at
-// local stand-ins and everything else the Dockerfile's own:
+// buildImage builds the root Dockerfile as tag, every instruction as shipped, with its two
+// base images (which cannot be pulled here) replaced by local stand-ins:
 //
-//   - BINARY, for the build stage (FROM golang, which cannot be pulled here): an image
-//     holding /out as the build stage lays it out, with a static binary built on this
-//     machine with the build stage's flags (CGO_ENABLED=0, -trimpath);
-//   - BASE, for gcr.io/distroless/static-debian12:nonroot: scratch, which like distroless
-//     has no shell. The test configs need neither its CA bundle nor its /etc/passwd (the
-//     Dockerfile's USER is numeric).
+//   - GO_IMAGE, golang:1.26 for the build stage: an image of Debian's merged-/usr links,
+//     built with this machine's /usr mounted read-only, which has /bin/sh and Go in
+//     /usr/local/go, and this machine's module and build caches mounted where golang's
+//     image keeps them, so that the stage's `go mod download` and `go build` run as
+//     written, quickly;
+//   - BASE, gcr.io/distroless/static-debian12:nonroot for the final stage: scratch, which
+//     like distroless has no shell. The test configs need neither its CA bundle nor its
+//     /etc/passwd (the Dockerfile's USER is numeric).
 //
-// The final stage (user, files, volume, HEALTHCHECK, entrypoint, command) is built as
-// shipped, in the docker format that keeps the HEALTHCHECK.
+// The image is built in the docker format, which keeps the HEALTHCHECK.
 func (p *podman) buildImage(tag string) {
 	p.t.Helper()
-	ctx := filepath.Join(p.dir, "binary")
-	out := filepath.Join(ctx, "out")
-	for _, d := range []string{"state", "etc/edgeproxy"} {
-		if err := os.MkdirAll(filepath.Join(out, d), 0o755); err != nil {
+	goBin := testutil.RequireTool(p.t, "go")
+	if !strings.HasPrefix(goBin, "/usr/") {
+		p.t.Fatalf("go is %s; the Go stand-in image needs it under /usr (as /usr/local/go)", goBin)
+	}
+	caches := map[string]string{}
+	for _, v := range []string{"GOMODCACHE", "GOCACHE"} {
+		out, err := exec.Command(goBin, "env", v).Output()
+		if err != nil {
+			p.t.Fatalf("go env %s: %v", v, err)
+		}
+		caches[v] = strings.TrimSpace(string(out))
+		if err := os.MkdirAll(caches[v], 0o755); err != nil {
 			p.t.Fatal(err)
 		}
 	}
-	bin, err := os.ReadFile(staticEdgeproxy(p.t))
+	ctx := filepath.Join(p.dir, "go-standin")
+	root := mergedUsrRoot(p.t, filepath.Join(ctx, "rootfs"))
+	if err := os.MkdirAll(filepath.Join(root, "go"), 0o755); err != nil {
+		p.t.Fatal(err)
+	}
+	containerfile := `FROM scratch
+COPY rootfs/ /
+ENV GOPATH=/go GOCACHE=/root/.cache/go-build GOTOOLCHAIN=local \
+    PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+`
+	if err := os.WriteFile(filepath.Join(ctx, "Containerfile"), []byte(containerfile), 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	goImage := "localhost/golang-standin:test"
+	p.run("build", "--quiet", "--tag", goImage, ctx)
+	repo, err := filepath.Abs("..")
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(out, "edgeproxy"), bin, 0o755); err != nil {
-		p.t.Fatal(err)
+	p.run("build", "--quiet", "--format", "docker", "--tag", tag, "--network", "host",
+		"--build-arg", "GO_IMAGE="+goImage, "--build-arg", "BASE=scratch",
+		"--volume", "/usr:/usr:ro",
+		"--volume", caches["GOMODCACHE"]+":/go/pkg/mod",
+		"--volume", caches["GOCACHE"]+":/root/.cache/go-build",
+		"--file", filepath.Join(repo, "Dockerfile"), repo)
+}
+
+// mergedUsrRoot makes dir the root of an image meant to run with this machine's /usr
+// mounted: Debian's merged-/usr links (bin, sbin, lib, lib64) and a /tmp for everyone. It
+// returns dir.
+func mergedUsrRoot(t *testing.T, dir string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(ctx, "Containerfile"), []byte("FROM scratch\nCOPY out/ /out/\n"), 0o644); err != nil {
-		p.t.Fatal(err)
+	if err := os.Chmod(filepath.Join(dir, "tmp"), 0o1777); err != nil {
+		t.Fatal(err)
 	}
-	binary := "localhost/edgeproxy-binary-standin:test"
-	p.run("build", "--quiet", "--tag", binary, ctx)
-	dockerfile, err := filepath.Abs("../Dockerfile")
-	if err != nil {
-		p.t.Fatal(err)
+	for _, link := range []string{"bin", "sbin", "lib", "lib64"} {
+		if err := os.Symlink("usr/"+link, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	p.run("build", "--quiet", "--format", "docker", "--tag", tag,
-		"--build-arg", "BINARY="+binary, "--build-arg", "BASE=scratch",
-		"--file", dockerfile, ctx)
+	return dir
 }
 
 // checkRunsAs65532 checks that the main process of the container name runs as the
