@@ -6,10 +6,16 @@
 #
 # deploy/compose/docker-compose.yml runs it in front of Django. The config must set
 # listen.metrics: the HEALTHCHECK asks its /healthz.
+#
+# Two build arguments name the base images, for machines that cannot pull them (the tests
+# in deploy/, see docs/operations.md): GO_IMAGE, the build stage's Go toolchain, and BASE,
+# the final stage's. Every instruction is the same either way.
+ARG GO_IMAGE=golang:1.26
+ARG BASE=gcr.io/distroless/static-debian12:nonroot
 
 # Build stage: a static binary (CGO_ENABLED=0: Go's own DNS resolver, no libc), without
 # paths of this machine (-trimpath).
-FROM golang:1.26 AS build
+FROM ${GO_IMAGE} AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
@@ -22,7 +28,7 @@ RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w -X main.version=
 
 # Final stage: distroless "static" has CA certificates, /etc/passwd with the nonroot user
 # (65532) and tzdata, and no shell: the HEALTHCHECK runs the binary itself.
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM ${BASE}
 COPY --from=build /out/edgeproxy /edgeproxy
 COPY --from=build /out/etc/edgeproxy /etc/edgeproxy
 # The certificate cache: owned by the runtime user, and Docker copies that ownership into

@@ -92,6 +92,8 @@ type ACMEObserver interface {
 	// CertificateRenewal records when the certificate served for domain will be renewed
 	// (chosen from the CA's renewal information, or from its lifetime).
 	CertificateRenewal(domain string, at time.Time)
+	// CertificateNotBefore records the start of validity of that certificate.
+	CertificateNotBefore(domain string, notBefore time.Time)
 }
 
 const (
@@ -388,6 +390,7 @@ func encodeCached(cert *tls.Certificate) ([]byte, error) {
 func (a *acmeManager) serve(d *acmeDomain, cert *tls.Certificate, profile string, earliest time.Time) {
 	if o := a.opts.Observer; o != nil {
 		o.CertificateExpiry(d.name, cert.Leaf.NotAfter)
+		o.CertificateNotBefore(d.name, cert.Leaf.NotBefore)
 	}
 	sc := &servedCert{cert: cert, profile: profile, fallbackAt: a.fallbackRenewAt(cert.Leaf), earliest: earliest}
 	sc.ari.nextCheck = a.now()

@@ -63,6 +63,7 @@ func (o *acmeObserver) CertificateRenewal(domain string, at time.Time) {
 	}
 	o.renewal[domain] = at
 }
+func (o *acmeObserver) CertificateNotBefore(string, time.Time) {}
 
 func (o *acmeObserver) counts() (ok, failed int) {
 	o.mu.Lock()

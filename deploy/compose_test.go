@@ -1,14 +1,19 @@
 package deploy_test
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -35,6 +40,7 @@ type composeService struct {
 	Volumes     []string          `yaml:"volumes"`
 	DependsOn   []string          `yaml:"depends_on"`
 	Environment map[string]string `yaml:"environment"`
+	Sysctls     []string          `yaml:"sysctls"` // the list form: podman-compose 1.0 reads no other
 }
 
 type composeProject struct {
@@ -104,6 +110,9 @@ func TestCompose_Structure(t *testing.T) {
 		if !slices.Contains(edge.Ports, want) {
 			t.Errorf("edgeproxy ports %q: no %q", edge.Ports, want)
 		}
+	}
+	if !slices.Contains(edge.Sysctls, "net.ipv4.ip_unprivileged_port_start=0") {
+		t.Errorf("edgeproxy sysctls %q: no net.ipv4.ip_unprivileged_port_start=0 (uid 65532 binds 80 and 443)", edge.Sysctls)
 	}
 	if !slices.Contains(edge.DependsOn, "django") {
 		t.Errorf("edgeproxy depends_on %q: no django", edge.DependsOn)
@@ -308,4 +317,203 @@ func targetState(t *testing.T, url, addr string) string {
 		}
 	}
 	return ""
+}
+
+// djangoStandin builds, as tag, the image that stands for the django service's: its
+// Dockerfile starts FROM python:3.12-slim and pip-installs Django and gunicorn, which
+// need a registry and PyPI. The stand-in holds the example project at /app as that
+// Dockerfile copies it, runs as 1000:1000 from /app like it, and takes Python, Django and
+// gunicorn from Debian (python3-django, gunicorn) through the host's /usr, which the test
+// mounts read-only into the container. That is the one step it replaces.
+func (p *podman) djangoStandin(tag string) {
+	p.t.Helper()
+	ctx := filepath.Join(p.dir, "django-standin")
+	root := mergedUsrRoot(p.t, filepath.Join(ctx, "rootfs")) // /tmp: the SQLite database
+	if err := os.CopyFS(filepath.Join(root, "app"), os.DirFS("compose/django")); err != nil {
+		p.t.Fatal(err)
+	}
+	containerfile := `FROM scratch
+COPY rootfs/ /
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+USER 1000:1000
+EXPOSE 8000
+CMD ["gunicorn", "mysite.wsgi", "--bind=0.0.0.0:8000"]
+`
+	if err := os.WriteFile(filepath.Join(ctx, "Containerfile"), []byte(containerfile), 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	p.run("build", "--quiet", "--tag", tag, ctx)
+}
+
+// `podman-compose up` of deploy/compose: edgeproxy (the image from the root Dockerfile,
+// see buildImage) in front of the django service on the compose network, reached by its
+// service name, with the compose file's settings (read-only root, no capabilities, the
+// unprivileged-port sysctl, the certificate volume, the mounted config). An admin logs
+// in through the edge.
+//
+// What the test changes, in a copy of the compose file and of the config it mounts: the
+// host ports (free ones on 127.0.0.1, not 80, 443 and 9180 of this shared machine); the
+// build contexts (absolute, and both images are built beforehand: edgeproxy as
+// buildImage does, django as djangoStandin says); the host's /usr mounted into django;
+// the certificate (self-signed: no CA is reachable from the compose network) and a 1 s
+// health-check interval.
+func TestCompose_PodmanComposeUp(t *testing.T) {
+	p := newPodman(t)
+	composeBin := testutil.RequireTool(t, "podman-compose")
+	// Service names resolve on a CNI network with Debian's dnsname plugin.
+	testutil.RequireTool(t, "/usr/lib/cni/dnsname")
+	project := fmt.Sprintf("edgeproxytest%d", os.Getpid())
+	p.buildImage("localhost/edgeproxy:latest")
+	p.djangoStandin("localhost/" + project + "_django")
+	dir := t.TempDir()
+
+	// The config, as shipped but for the certificate and the check interval.
+	var cfg map[string]any
+	readYAML(t, composeConfig, &cfg)
+	cfg["tls"] = map[string]any{"self_signed": true}
+	cfg["pool"].(map[string]any)["health_check"].(map[string]any)["interval"] = "1s"
+	writeYAML(t, filepath.Join(dir, "edgeproxy.yaml"), cfg)
+
+	var doc map[string]any
+	readYAML(t, composeFile, &doc)
+	services := doc["services"].(map[string]any)
+	edge, django := services["edgeproxy"].(map[string]any), services["django"].(map[string]any)
+	https, metrics := testutil.FreePort(t, "127.0.0.1"), testutil.FreePort(t, "127.0.0.1")
+	edge["ports"] = []string{
+		fmt.Sprintf("127.0.0.1:%d:80", testutil.FreePort(t, "127.0.0.1")),
+		fmt.Sprintf("127.0.0.1:%d:443", https),
+		fmt.Sprintf("127.0.0.1:%d:9180", metrics),
+	}
+	var volumes []string
+	for _, v := range edge["volumes"].([]any) {
+		volumes = append(volumes, strings.Replace(v.(string), "./edgeproxy.yaml:", filepath.Join(dir, "edgeproxy.yaml")+":", 1))
+	}
+	edge["volumes"] = volumes
+	for _, svc := range []map[string]any{edge, django} {
+		build := svc["build"].(map[string]any)
+		abs, err := filepath.Abs(filepath.Join("compose", build["context"].(string)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		build["context"] = abs
+	}
+	django["volumes"] = []string{"/usr:/usr:ro"}
+	file := filepath.Join(dir, "docker-compose.yml")
+	writeYAML(t, file, doc)
+
+	compose := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), podmanCmdTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, composeBin, append([]string{"--project-name", project, "--file", file}, args...)...)
+		cmd.Env = append(os.Environ(), append(p.env, "DJANGO_SECRET_KEY=test-only-secret")...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := compose("logs")
+			t.Logf("podman-compose logs:\n%s", out)
+		}
+		if out, err := compose("down"); err != nil {
+			t.Logf("podman-compose down: %v\n%s", err, out)
+		}
+		if out, err := p.try("network", "rm", "--force", project+"_default"); err != nil {
+			t.Logf("cleanup: %v %s", err, out)
+		}
+	})
+	up, err := compose("up", "--detach")
+	if err != nil {
+		t.Fatalf("podman-compose up: %v\n%s", err, up)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("podman-compose up:\n%s", up)
+		}
+	})
+
+	// podman-compose goes on when a container fails to start: both must run.
+	for _, name := range []string{project + "_edgeproxy_1", project + "_django_1"} {
+		if state, err := p.try("inspect", "--format", "{{.State.Status}}", name); err != nil || state != "running" {
+			t.Fatalf("container %s: %q %v; want running", name, state, err)
+		}
+	}
+
+	// The target django:8000, found by name on the compose network, turns healthy.
+	targets := fmt.Sprintf("http://127.0.0.1:%d/targets", metrics)
+	deadline := time.Now().Add(60 * time.Second)
+	for state := ""; state != "healthy"; state = targetState(t, targets, "django:8000") {
+		if time.Now().After(deadline) {
+			t.Fatalf("target django:8000 did not turn healthy within 60s; last state %q", state)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+
+	// An admin logs in through the edge.
+	manage := []string{"exec", project + "_django_1", "python3", "manage.py"}
+	p.run(append(manage, "migrate", "--noinput")...)
+	p.run(append([]string{"exec", "--env", "DJANGO_SUPERUSER_PASSWORD=compose-test-pw"}, append(manage[1:], "createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com")...)...)
+	host := cfg["pool"].(map[string]any)["health_check"].(map[string]any)["host"].(string)
+	adminLogin(t, fmt.Sprintf("127.0.0.1:%d", https), host, "admin", "compose-test-pw")
+}
+
+func writeYAML(t *testing.T, file string, v any) {
+	t.Helper()
+	data, err := yaml.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// adminLogin logs in to Django's admin at https://host/ through the edge at addr
+// (certificate not checked) and checks that the admin index answers.
+func adminLogin(t *testing.T, addr, host, user, password string) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	c := &http.Client{
+		Jar: jar, Timeout: 20 * time.Second,
+		Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // self-signed
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return dialer.DialContext(ctx, network, addr)
+			},
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	do := func(method, path string, form url.Values) (*http.Response, string) {
+		t.Helper()
+		var body io.Reader
+		if form != nil {
+			body = strings.NewReader(form.Encode())
+		}
+		req, _ := http.NewRequest(method, "https://"+host+path, body)
+		if form != nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.Header.Set("Referer", "https://"+host+"/admin/login/")
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	_, page := do("GET", "/admin/login/?next=/admin/", nil)
+	m := regexp.MustCompile(`name="csrfmiddlewaretoken" value="([^"]+)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no CSRF token in the login page:\n%.400s", page)
+	}
+	form := url.Values{"csrfmiddlewaretoken": {m[1]}, "username": {user}, "password": {password}, "next": {"/admin/"}}
+	resp, body := do("POST", "/admin/login/?next=/admin/", form)
+	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != "/admin/" {
+		t.Fatalf("login: %d Location %q\n%.400s", resp.StatusCode, resp.Header.Get("Location"), body)
+	}
+	if resp, body := do("GET", "/admin/", nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "Site administration") {
+		t.Errorf("/admin/ after login: %d\n%.300s", resp.StatusCode, body)
+	}
 }

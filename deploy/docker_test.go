@@ -2,11 +2,26 @@ package deploy_test
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"edgeproxy/internal/testutil"
 	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // instruction is one Dockerfile instruction, continuation lines joined.
@@ -16,7 +31,8 @@ type instruction struct {
 	args string
 }
 
-// stage is one FROM and the instructions after it.
+// stage is one FROM and the instructions after it. The ARGs before the first FROM are
+// kept in a stage of their own, with from "".
 type stage struct {
 	from, name string
 	body       []instruction
@@ -82,7 +98,10 @@ func parseDockerfile(t *testing.T, file string) []stage {
 			continue
 		}
 		if len(stages) == 0 {
-			t.Fatalf("%s:%d: %s before FROM", file, start, in.cmd)
+			if in.cmd != "ARG" {
+				t.Fatalf("%s:%d: %s before FROM", file, start, in.cmd)
+			}
+			stages = append(stages, stage{})
 		}
 		stages[len(stages)-1].body = append(stages[len(stages)-1].body, in)
 	}
@@ -103,19 +122,30 @@ func execForm(t *testing.T, in instruction, args string) []string {
 	return out
 }
 
-// No Docker engine is reachable here, so the image is not built; this checks the shape the
-// README promises: a Go build stage making a static binary, a minimal final stage running
-// as non-root with the certificate cache on a volume and `edgeproxy healthcheck` as
-// HEALTHCHECK.
+// The shape the README promises, as users build it (TestImage_BuiltAndRun builds and runs
+// it): a Go build stage making a static binary, a minimal final stage running as non-root
+// with the certificate cache on a volume and `edgeproxy healthcheck` as HEALTHCHECK. The
+// build arguments GO_IMAGE and BASE default to golang and distroless, so that a plain
+// `docker build` needs neither.
 func TestDockerfile(t *testing.T) {
 	stages := parseDockerfile(t, "../Dockerfile")
-	if len(stages) < 2 {
-		t.Fatalf("got %d stages; want a build stage and a final stage", len(stages))
+	if len(stages) != 3 || stages[0].from != "" {
+		t.Fatalf("got %d stages; want global ARGs, a build stage and a final stage", len(stages))
 	}
-	build, final := stages[0], stages[len(stages)-1]
-
-	if !strings.HasPrefix(build.from, "golang:1.26") || build.name == "" {
-		t.Errorf("build stage: got FROM %s AS %q; want golang:1.26 AS <name>", build.from, build.name)
+	args, build, final := stages[0], stages[1], stages[2]
+	defaults := map[string]string{}
+	for _, in := range args.all("ARG") {
+		name, value, _ := strings.Cut(in.args, "=")
+		defaults[name] = value
+	}
+	if want := map[string]string{"GO_IMAGE": "golang:1.26", "BASE": "gcr.io/distroless/static-debian12:nonroot"}; !maps.Equal(defaults, want) {
+		t.Errorf("global ARGs %v; want %v", defaults, want)
+	}
+	if build.from != "${GO_IMAGE}" || build.name == "" {
+		t.Errorf("build stage: got FROM %s AS %q; want FROM ${GO_IMAGE} AS <name>", build.from, build.name)
+	}
+	if final.from != "${BASE}" {
+		t.Errorf("final stage: got FROM %s; want FROM ${BASE}", final.from)
 	}
 	var buildCmd string
 	for _, in := range build.all("RUN") {
@@ -129,9 +159,6 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 
-	if final.from != "scratch" && !strings.HasPrefix(final.from, "gcr.io/distroless/static") {
-		t.Errorf("final stage: got FROM %s; want scratch or distroless static", final.from)
-	}
 	if runs := final.all("RUN"); len(runs) > 0 {
 		t.Errorf("final stage: RUN at line %d; the final image has no shell", runs[0].line)
 	}
@@ -139,6 +166,9 @@ func TestDockerfile(t *testing.T) {
 	for _, in := range final.all("COPY") {
 		if strings.Contains(in.args, "--from="+build.name) && strings.HasSuffix(in.args, "/out/edgeproxy /edgeproxy") {
 			copied = true
+		}
+		if !strings.Contains(in.args, "--from="+build.name) {
+			t.Errorf("Dockerfile:%d: COPY %s: the final stage copies from the build stage only", in.line, in.args)
 		}
 	}
 	if !copied {
@@ -181,5 +211,275 @@ func TestDockerfile(t *testing.T) {
 	}
 	if got, want := execForm(t, hc, hcArgs), []string{"/edgeproxy", "healthcheck", "-config", config}; !slices.Equal(got, want) {
 		t.Errorf("HEALTHCHECK CMD %q; want %q (no shell or curl in the image)", got, want)
+	}
+}
+
+// imageSite is what TestImage_BuiltAndRun runs the image against: Pebble, a backend on
+// loopback, and the config and CA files the container mounts.
+type imageSite struct {
+	pebble                  *testutil.Pebble
+	https, metrics, backend string
+	configFile, caFile      string
+	backendHealthy          atomic.Bool
+	slowStarted             chan struct{}
+	slowRelease             chan struct{}
+}
+
+const imageDomain = "app.test" // pebble-challtestsrv resolves every name to 127.0.0.1
+
+func newImageSite(t *testing.T) *imageSite {
+	t.Helper()
+	s := &imageSite{
+		https:       testutil.LoopbackAddr(t, "127.0.0.1"),
+		metrics:     testutil.LoopbackAddr(t, "127.0.0.1"),
+		slowStarted: make(chan struct{}, 1),
+		slowRelease: make(chan struct{}),
+	}
+	s.backendHealthy.Store(true)
+	_, tlsPort, _ := net.SplitHostPort(s.https)
+	port, _ := strconv.Atoi(tlsPort)
+	// TLS-ALPN-01 on the edge's https port.
+	s.pebble = testutil.StartPebble(t, testutil.PebbleOptions{TLSPort: port})
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		if !s.backendHealthy.Load() {
+			http.NotFound(w, r)
+		}
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		s.slowStarted <- struct{}{}
+		<-s.slowRelease
+		_, _ = io.WriteString(w, "slow done")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "backend") })
+	ln, err := net.Listen("tcp", testutil.LoopbackAddr(t, "127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	s.backend = ln.Addr().String()
+
+	dir := t.TempDir()
+	// Files the container's user (65532) reads: world-readable.
+	ca, err := os.ReadFile(s.pebble.CARootsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.caFile = filepath.Join(dir, "acme-ca.pem")
+	s.configFile = filepath.Join(dir, "edgeproxy.yaml")
+	config := fmt.Sprintf(`listen:
+  https: %q
+  metrics: %q
+tls:
+  acme:
+    domains: [%s]
+    email: ops@%s
+    directory: %q
+    ca_roots: /etc/edgeproxy/acme-ca.pem
+    # cache_dir: the default, ${STATE_DIRECTORY}/acme, on the image's volume
+pool:
+  targets: [%q]
+  health_check: {path: /health, interval: 200ms, healthy_threshold: 1, unhealthy_threshold: 2}
+limits:
+  shutdown_timeout: 20s
+`, s.https, s.metrics, imageDomain, imageDomain, s.pebble.DirectoryURL, s.backend)
+	for file, data := range map[string][]byte{s.caFile: ca, s.configFile: []byte(config)} {
+		if err := os.WriteFile(file, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
+// client trusts Pebble's root and dials every name to the edge.
+func (s *imageSite) client() *http.Client {
+	dialer := &net.Dialer{Timeout: 3 * time.Second}
+	return &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: s.pebble.Roots()},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return dialer.DialContext(ctx, network, s.https)
+			},
+		},
+	}
+}
+
+// get fetches https://app.test/path through the edge.
+func (s *imageSite) get(path string) (int, string, error) {
+	resp, err := s.client().Get("https://" + imageDomain + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// leaf returns the certificate the edge serves for imageDomain.
+func (s *imageSite) leaf(t *testing.T) *x509.Certificate {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.https,
+		&tls.Config{ServerName: imageDomain, RootCAs: s.pebble.Roots()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0]
+}
+
+// metricsText returns the edge's /metrics.
+func (s *imageSite) metricsText(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + s.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+// runEdge starts the image as name with the site's config, the ACME CA and the named
+// volume "state" at the image's VOLUME, on the host's network (loopback only in the
+// config), and waits until it serves a certificate from Pebble.
+func (s *imageSite) runEdge(t *testing.T, p *podman, image, name string) {
+	t.Helper()
+	p.run("run", "--detach", "--name", name, "--network", "host",
+		"--volume", s.configFile+":/etc/edgeproxy/edgeproxy.yaml:ro",
+		"--volume", s.caFile+":/etc/edgeproxy/acme-ca.pem:ro",
+		"--volume", "state:/var/lib/edgeproxy",
+		image)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := p.cmd("logs", name).CombinedOutput()
+			t.Logf("podman logs %s:\n%s", name, logs)
+		}
+	})
+	testutil.WaitHTTPHost(t, "https://"+imageDomain+"/", "", s.client(), http.StatusOK, 60*time.Second)
+}
+
+// The image built from the Dockerfile's own final stage (see buildImage) runs as users
+// run it: as uid 65532, serving HTTPS with a mounted config and a certificate from ACME
+// (Pebble) cached on the image's volume, which a new container reuses without a new
+// order; its HEALTHCHECK passes while the edge serves, and still passes when the
+// targets' health endpoint is gone, since it promises the edge's liveness (/healthz),
+// not the backends' (restarting the edge would not mend a backend, and the edge fails
+// open); `podman stop` lets an in-flight request finish and the edge exits 0.
+func TestImage_BuiltAndRun(t *testing.T) {
+	p := newPodman(t)
+	const image = "localhost/edgeproxy:test"
+	p.buildImage(image)
+	s := newImageSite(t)
+	s.runEdge(t, p, image, "edge")
+
+	if code, body, err := s.get("/"); err != nil || code != http.StatusOK || body != "backend" {
+		t.Fatalf("GET / through the container: %d %q %v; want 200 \"backend\"", code, body, err)
+	}
+	p.checkRunsAs65532("edge")
+
+	// The certificate's lifetime is exported for the alert on renewals (both ends).
+	leaf := s.leaf(t)
+	metrics := s.metricsText(t)
+	for name, want := range map[string]time.Time{
+		"edgeproxy_certificate_not_before_timestamp_seconds": leaf.NotBefore,
+		"edgeproxy_certificate_expiry_timestamp_seconds":     leaf.NotAfter,
+	} {
+		line := fmt.Sprintf("%s{domain=%q} %d", name, imageDomain, want.Unix())
+		if !strings.Contains(metrics, line) && !strings.Contains(metrics, fmt.Sprintf("%s{domain=%q} %s", name, imageDomain, strconv.FormatFloat(float64(want.Unix()), 'e', -1, 64))) {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
+
+	// The ACME account and certificate are on the volume, written by the runtime user.
+	mount := p.run("volume", "inspect", "--format", "{{.Mountpoint}}", "state")
+	cached := 0
+	_ = filepath.WalkDir(filepath.Join(mount, "acme"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		cached++
+		if fi, err := d.Info(); err == nil && fi.Sys().(*syscall.Stat_t).Uid != 65532 {
+			t.Errorf("%s: owner uid %d; want 65532", path, fi.Sys().(*syscall.Stat_t).Uid)
+		}
+		return nil
+	})
+	if cached == 0 {
+		t.Errorf("no file under acme/ on the state volume (%s)", mount)
+	}
+
+	// HEALTHCHECK: healthy while serving; still healthy when the target fails its checks.
+	if out, err := p.try("healthcheck", "run", "edge"); err != nil {
+		t.Errorf("podman healthcheck run while serving: %v %s", err, out)
+	}
+	s.backendHealthy.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for targetState(t, "http://"+s.metrics+"/targets", s.backend) != "unhealthy" {
+		if time.Now().After(deadline) {
+			t.Fatalf("target did not turn unhealthy within 10s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, err := p.try("healthcheck", "run", "edge"); err != nil {
+		t.Errorf("podman healthcheck run with the target unhealthy: %v %s; want healthy (liveness only)", err, out)
+	}
+	s.backendHealthy.Store(true)
+
+	// podman stop (SIGTERM) while a request is in flight: it completes, the edge exits 0.
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, body, err := s.get("/slow")
+		done <- result{code, body, err}
+	}()
+	select {
+	case <-s.slowStarted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow request did not reach the backend within 10s")
+	}
+	stopped := make(chan error, 1)
+	go func() {
+		_, err := p.try("stop", "--time", "30", "edge")
+		stopped <- err
+	}()
+	// The stop signal has reached the edge once it stops accepting connections.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.https, time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the edge still accepts connections 10s after podman stop")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(s.slowRelease)
+	if r := <-done; r.err != nil || r.code != http.StatusOK || r.body != "slow done" {
+		t.Errorf("in-flight request across podman stop: %d %q %v; want 200 \"slow done\"", r.code, r.body, r.err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("podman stop: %v", err)
+	}
+	if code := p.run("inspect", "--format", "{{.State.ExitCode}}", "edge"); code != "0" {
+		t.Errorf("edge exit code after podman stop: %s; want 0", code)
+	}
+
+	// A new container on the same volume serves the cached certificate: no new order.
+	orders := s.pebble.Orders()
+	s.runEdge(t, p, image, "edge2")
+	if got := s.pebble.Orders(); got != orders {
+		t.Errorf("Pebble orders: %d after a new container on the volume; want %d (the cache reused)", got, orders)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,30 +24,34 @@ import (
 )
 
 const (
-	rulesFile     = "../deploy/prometheus/edgeproxy-rules.yml"
-	rulesTestFile = "../deploy/prometheus/edgeproxy-rules.test.yml"
-	dashboardFile = "../deploy/grafana/edgeproxy.json"
+	rulesFile      = "../deploy/prometheus/edgeproxy-rules.yml"
+	rulesTestFile  = "../deploy/prometheus/edgeproxy-rules.test.yml"
+	alertsFile     = "../deploy/prometheus/edgeproxy-alerts.yml"
+	alertsTestFile = "../deploy/prometheus/edgeproxy-alerts.test.yml"
+	dashboardFile  = "../deploy/grafana/edgeproxy.json"
 )
 
-// The recording rules and the Grafana dashboard in deploy/ answer from a real Prometheus
-// scraping a real edge under load, with node_exporter beside it: promtool accepts the
-// rules and passes their unit tests, every rule and every panel query returns data, and
-// the shares and per-request figures are in range. A rule that names a metric the edge
-// does not export, a join that never matches or a query that does not parse fails here,
-// not on an operator's dashboard.
+// The recording rules, the alerting rules and the Grafana dashboard in deploy/ answer
+// from a real Prometheus scraping a real edge under load, with node_exporter beside it:
+// promtool accepts the rules and passes their unit tests, every rule and every panel
+// query returns data, every alert evaluates without error on series the edge exports,
+// and the shares and per-request figures are in range. A rule that names a metric the
+// edge does not export, a join that never matches or a query that does not parse fails
+// here, not on an operator's dashboard or pager.
 func TestMonitoring_RulesAndDashboardAnswerFromARealPrometheus(t *testing.T) {
 	promtool := testutil.RequireTool(t, "promtool")
 	prometheus := testutil.RequireTool(t, "prometheus")
 	nodeExporter := testutil.RequireTool(t, "prometheus-node-exporter")
-	if out, err := exec.Command(promtool, "check", "rules", rulesFile).CombinedOutput(); err != nil {
+	if out, err := exec.Command(promtool, "check", "rules", rulesFile, alertsFile).CombinedOutput(); err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
-	unit := exec.Command(promtool, "test", "rules", filepath.Base(rulesTestFile))
+	unit := exec.Command(promtool, "test", "rules", filepath.Base(rulesTestFile), filepath.Base(alertsTestFile))
 	unit.Dir = filepath.Dir(rulesTestFile)
 	if out, err := unit.CombinedOutput(); err != nil {
 		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
-	rules := recordingRules(t)
+	rules := recordingRules(t, rulesFile)
+	alerts := recordingRules(t, alertsFile)
 
 	e, c := limitsEdge(t, "", "  max_header_bytes: 65536\n")
 	node := testutil.LoopbackAddr(t, "127.0.0.1")
@@ -60,6 +65,14 @@ func TestMonitoring_RulesAndDashboardAnswerFromARealPrometheus(t *testing.T) {
 	for _, r := range rules {
 		queries["rule "+r.Record] = r.Record
 	}
+	// Every series an alert reads exists (alerts on absent series never fire).
+	seriesName := regexp.MustCompile(`\b(edgeproxy_[a-z_]+|edgeproxy:[a-z_:]+|instance:[a-z0-9_:]+)\b`)
+	for _, r := range alerts {
+		for _, name := range seriesName.FindAllString(r.Expr, -1) {
+			queries["series "+name] = "count(" + name + ")"
+		}
+	}
+	queries["certificate lifetime"] = "edgeproxy_certificate_expiry_timestamp_seconds - edgeproxy_certificate_not_before_timestamp_seconds"
 	for title, expr := range dashboardQueries(t) {
 		// Grafana's variables: all instances, and a rate window of a few scrapes.
 		expr = strings.NewReplacer(`$instance`, `.*`, `$__rate_interval`, `10s`).Replace(expr)
@@ -91,6 +104,8 @@ func TestMonitoring_RulesAndDashboardAnswerFromARealPrometheus(t *testing.T) {
 	inRange("rule instance:edgeproxy_tls_cpu_machine_share:ratio_rate5m", 0, 1)
 	inRange("rule instance:edgeproxy_tls_record_cpu_seconds_per_byte:rate5m", 0, 1e-6)
 	inRange("panel Share of CPU that is TLS", 0, 1)
+	inRange("certificate lifetime", 3600, 400*86400)
+	prom.checkAlertRules(t, alerts)
 
 	// The dashboard's instance variable lists the edge.
 	var labels struct {
@@ -105,30 +120,32 @@ func TestMonitoring_RulesAndDashboardAnswerFromARealPrometheus(t *testing.T) {
 // recordingRule is one rule of the rules file.
 type recordingRule struct {
 	Record string `yaml:"record"`
+	Alert  string `yaml:"alert"`
 	Expr   string `yaml:"expr"`
 }
 
-// recordingRules reads the rules of every group of rulesFile.
-func recordingRules(t *testing.T) []recordingRule {
+// recordingRules reads the rules of every group of file (recording or alerting: Record
+// or Alert is set).
+func recordingRules(t *testing.T, file string) []recordingRule {
 	t.Helper()
-	raw, err := os.ReadFile(rulesFile)
+	raw, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var file struct {
+	var doc struct {
 		Groups []struct {
 			Rules []recordingRule `yaml:"rules"`
 		} `yaml:"groups"`
 	}
-	if err := yaml.Unmarshal(raw, &file); err != nil {
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
 		t.Fatal(err)
 	}
 	var rules []recordingRule
-	for _, g := range file.Groups {
+	for _, g := range doc.Groups {
 		rules = append(rules, g.Rules...)
 	}
 	if len(rules) == 0 {
-		t.Fatalf("no rules in %s", rulesFile)
+		t.Fatalf("no rules in %s", file)
 	}
 	return rules
 }
@@ -204,8 +221,17 @@ func startPrometheus(t *testing.T, bin, metricsAddr, nodeAddr string) *promProc 
 	if err := os.WriteFile(filepath.Join(dir, "rules.yml"), []byte(fast), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The alerts as shipped: their windows and `for:` are longer than a test, but they
+	// evaluate every second on what the edge exports.
+	alerts, err := os.ReadFile(alertsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "alerts.yml"), alerts, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	config := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
-rule_files: [rules.yml]
+rule_files: [rules.yml, alerts.yml]
 scrape_configs:
   - job_name: edgeproxy
     static_configs: [{targets: [%q]}]
@@ -223,6 +249,38 @@ scrape_configs:
 		"--log.level=warn")
 	testutil.WaitHTTP(t, "http://"+p.addr+"/-/ready", nil, http.StatusOK, 30*time.Second)
 	return p
+}
+
+// checkAlertRules checks that Prometheus has loaded every alert of want and evaluated
+// each without error.
+func (p *promProc) checkAlertRules(t *testing.T, want []recordingRule) {
+	t.Helper()
+	var answer struct {
+		Data struct {
+			Groups []struct {
+				Rules []struct {
+					Name      string `json:"name"`
+					Health    string `json:"health"`
+					LastError string `json:"lastError"`
+				} `json:"rules"`
+			} `json:"groups"`
+		} `json:"data"`
+	}
+	p.get(t, "/api/v1/rules?type=alert", &answer)
+	health := map[string]string{}
+	for _, g := range answer.Data.Groups {
+		for _, r := range g.Rules {
+			health[r.Name] = r.Health + " " + r.LastError
+		}
+	}
+	for _, r := range want {
+		if r.Alert == "" {
+			continue
+		}
+		if h, ok := health[r.Alert]; !ok || strings.TrimSpace(h) != "ok" {
+			t.Errorf("alert %s: loaded %v, health %q; want ok", r.Alert, ok, h)
+		}
+	}
 }
 
 // get decodes the JSON answer to an API path into v.

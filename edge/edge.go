@@ -153,6 +153,7 @@ func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
 		// as ACME's, so one alert covers both. Names come from the configured files.
 		for _, name := range c.Leaf.DNSNames {
 			e.metrics.CertificateExpiry(name, c.Leaf.NotAfter)
+			e.metrics.CertificateNotBefore(name, c.Leaf.NotBefore)
 		}
 	}
 	minVersion := uint16(tls.VersionTLS12)
@@ -317,6 +318,7 @@ func (e *Edge) bind() error {
 			return err
 		}
 		srv := newServer(handler)
+		proxy.ConformHTTP2(srv)
 		srv.TLSConfig = e.certs.TLSConfig()
 		srv.TLSConfig.GetCertificate = e.getCertificate // follows reloads
 		e.tickets.Attach(srv.TLSConfig)

@@ -30,6 +30,7 @@ type Metrics struct {
 	unknownServerName prometheus.Counter
 	certExpiry        *prometheus.GaugeVec
 	certRenewal       *prometheus.GaugeVec
+	certNotBefore     *prometheus.GaugeVec
 	acmeOrders        *prometheus.CounterVec
 	mixedContentPages prometheus.Counter
 	proxyErrors       *prometheus.CounterVec
@@ -84,6 +85,10 @@ func New() *Metrics {
 			Name: "edgeproxy_certificate_renewal_timestamp_seconds",
 			Help: "When (Unix time) the ACME certificate of each domain or IP address will be renewed: a time in the CA's renewal window (ARI), else by its lifetime.",
 		}, []string{"domain"}),
+		certNotBefore: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgeproxy_certificate_not_before_timestamp_seconds",
+			Help: "Start of validity (Unix time) of the certificate served for each domain: with the expiry, its lifetime.",
+		}, []string{"domain"}),
 		acmeOrders: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_acme_orders_total",
 			Help: "ACME certificate order attempts, by result (ok, error).",
@@ -107,7 +112,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		m.requests, m.requestDuration, m.targetHealthy, m.healthChecks, m.failOpen, m.unknownServerName,
 		m.retries, m.ejections,
-		m.certExpiry, m.certRenewal, m.acmeOrders,
+		m.certExpiry, m.certRenewal, m.certNotBefore, m.acmeOrders,
 		m.mixedContentPages, m.proxyErrors,
 	)
 	return m
@@ -220,6 +225,13 @@ func JSONHandler(v func() any) http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(v())
 	})
+}
+
+// CertificateNotBefore sets the start of validity of the certificate served for domain,
+// so that alerts know its lifetime (deploy/prometheus/edgeproxy-alerts.yml); it implements
+// certs.ACMEObserver.
+func (m *Metrics) CertificateNotBefore(domain string, notBefore time.Time) {
+	m.certNotBefore.WithLabelValues(domain).Set(float64(notBefore.Unix()))
 }
 
 // AdminHandler serves /metrics, /healthz and /targets. targets returns the value encoded

@@ -62,6 +62,12 @@ var installHints = map[string]string{
 	"chromium":                 "apt-get install -y chromium",
 	"systemd-analyze":          "apt-get install -y systemd",
 	"docker":                   "apt-get install -y docker.io",
+	"podman":                   "apt-get install -y podman",
+	"runc":                     "apt-get install -y runc",
+	"podman-compose":           "apt-get install -y podman-compose",
+	"catatonit":                "apt-get install -y catatonit",
+	"dnsname":                  "apt-get install -y golang-github-containernetworking-plugin-dnsname",
+	"h2spec":                   "cd .ci/h2spec && go install tool (h2spec pinned with its dependencies)",
 	"go":                       "the Go toolchain (see go.mod for the version)",
 }
 
