@@ -15,7 +15,7 @@ func TestGetCertificate_UnknownNameHintACMEOnly(t *testing.T) {
 	log, logs := testutil.NewLogger(t)
 	obs := &countObserver{}
 	src, err := New(Options{Logger: log, Observer: obs, ACME: &ACMEOptions{
-		Domains: []string{"django-devops.app.test", "www.app.test"}, DirectoryURL: "https://127.0.0.1:1/dir", CacheDir: t.TempDir(),
+		Domains: []string{"django-devops.app.test", "www.app.test"}, DirectoryURL: "https://" + testutil.DeadAddr(t) + "/dir", CacheDir: t.TempDir(),
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,10 @@
 // Package testutil holds the helpers that edgeproxy's tests share: finding
-// the real tools the tests drive (pebble, wrk, nginx, ...), free loopback
-// ports, a real Django site served by gunicorn, the edgeproxy binary built
-// once per test process, and child processes whose output is captured.
+// the real tools the tests drive (pebble, wrk, nginx, ...), free and dead
+// loopback addresses, throw-away certificates and their PEM files, a log
+// buffer to search, a real Django site served by gunicorn, the edgeproxy
+// binary built once per test process, and child processes whose output is
+// captured. The parts the benchmark commands need too live in its
+// subpackage fixture, which does not import testing.
 //
 // Policy for missing tools: when the environment variable CI is "true" a
 // missing tool fails the test (CI must install everything it needs), and the
