@@ -1,7 +1,6 @@
 package certs
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -69,37 +68,6 @@ func (o *acmeObserver) counts() (ok, failed int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.ok, o.failed
-}
-
-// logBuffer is a slog destination that tests can search.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) count(substr string) int { return strings.Count(l.String(), substr) }
-
-func newLogger(t *testing.T) (*slog.Logger, *logBuffer) {
-	t.Helper()
-	lb := &logBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("edgeproxy log:\n%s", lb.String())
-		}
-	})
-	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
 }
 
 // countingCA is a stand-in ACME server that counts the requests it gets and answers 503.
@@ -221,7 +189,7 @@ func TestAcmeBackoff_CappedExponential(t *testing.T) {
 // certificate yet. Only Start's loops do.
 func TestGetCertificate_AcmeHandshakesNeverContactTheCA(t *testing.T) {
 	ca, hits := countingCA(t)
-	log, logs := newLogger(t)
+	log, logs := testutil.NewLogger(t)
 	src, err := New(Options{Logger: log, ACME: &ACMEOptions{
 		Domains: []string{"app.test"}, DirectoryURL: ca.URL + "/dir", CacheDir: t.TempDir(),
 	}})
@@ -240,7 +208,7 @@ func TestGetCertificate_AcmeHandshakesNeverContactTheCA(t *testing.T) {
 	if n := hits.Load(); n != 0 {
 		t.Errorf("the CA got %d requests; want 0", n)
 	}
-	if n := logs.count("server name other.test, which no certificate covers"); n != 1 {
+	if n := strings.Count(logs.String(), "server name other.test, which no certificate covers"); n != 1 {
 		t.Errorf("unlisted name logged %d times; want once\n%s", n, logs)
 	}
 }
@@ -317,7 +285,7 @@ type pebbleSetup struct {
 	pebble *testutil.Pebble
 	src    *Source
 	obs    *acmeObserver
-	logs   *logBuffer
+	logs   *testutil.Buffer
 	dir    string
 	listen func() // starts the HTTPS listener
 	start  func() // starts the ACME loops (done by startPebbleACME unless it is given an HTTP port)
@@ -343,7 +311,7 @@ func startPebbleACME(t *testing.T, po testutil.PebbleOptions, opts ACMEOptions, 
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(roots)
-	log, logs := newLogger(t)
+	log, logs := testutil.NewLogger(t)
 	obs := &acmeObserver{}
 	dir := filepath.Join(t.TempDir(), "acme")
 	opts.Email, opts.DirectoryURL, opts.RootCAs, opts.CacheDir, opts.Observer = "ops@app.test", p.DirectoryURL, pool, dir, obs
@@ -481,7 +449,7 @@ func TestAcme_Pebble_FailureRetriedThenResolved(t *testing.T) {
 		t.Errorf("last error = %+v", le)
 	}
 	// Pebble 2.4 reports a refused connection as "unauthorized"; Let's Encrypt as "connection".
-	if n := s.logs.count("tls-alpn-01 challenge for app.test failed: urn:ietf:params:acme:error:"); n < 2 {
+	if n := strings.Count(s.logs.String(), "tls-alpn-01 challenge for app.test failed: urn:ietf:params:acme:error:"); n < 2 {
 		t.Errorf("CA problem logged %d times; want once per attempt\n%s", n, s.logs)
 	}
 	if _, err := s.src.GetCertificate(&tls.ClientHelloInfo{ServerName: "app.test"}); err == nil {
@@ -558,7 +526,7 @@ func TestNew_AcmeIgnoresUnusableCache(t *testing.T) {
 	}
 	writeCached(t, dir, "app.test", expired)
 	writeCached(t, dir, "b.test", mustSelfSigned(t, "not-b.test"))
-	log, logs := newLogger(t)
+	log, logs := testutil.NewLogger(t)
 	src, err := New(Options{Logger: log, ACME: &ACMEOptions{Domains: []string{"app.test", "b.test"}, CacheDir: dir}})
 	if err != nil {
 		t.Fatal(err)
@@ -568,7 +536,7 @@ func TestNew_AcmeIgnoresUnusableCache(t *testing.T) {
 			t.Errorf("GetCertificate(%q) = %v; want no certificate", name, c.Leaf.DNSNames)
 		}
 	}
-	if n := logs.count("ignoring cached certificate"); n != 2 {
+	if n := strings.Count(logs.String(), "ignoring cached certificate"); n != 2 {
 		t.Errorf("%d cached certificates reported as ignored; want 2\n%s", n, logs)
 	}
 }

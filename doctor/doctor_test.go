@@ -21,6 +21,7 @@ import (
 
 	"edgeproxy/certs"
 	"edgeproxy/config"
+	"edgeproxy/internal/testutil"
 	"edgeproxy/telemetry"
 )
 
@@ -108,19 +109,7 @@ func writeCert(t *testing.T, dir string, life time.Duration, names ...string) (c
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.MarshalECPrivateKey(c.PrivateKey.(*ecdsa.PrivateKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = filepath.Join(dir, names[0]+".crt")
-	keyFile = filepath.Join(dir, names[0]+".key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
+	return testutil.WriteCertFiles(t, dir, names[0], c)
 }
 
 func parseConfig(t *testing.T, yaml string) *config.Config {
@@ -191,9 +180,7 @@ func TestCheckListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	free, _ := net.Listen("tcp", "127.0.0.1:0")
-	freeAddr := free.Addr().String()
-	free.Close()
+	freeAddr := testutil.LoopbackAddr(t, "127.0.0.1")
 
 	cfg := parseConfig(t, fmt.Sprintf(`
 tls:
@@ -242,9 +229,7 @@ func TestCheckPassthroughTarget(t *testing.T) {
 	defer tlsBackend.Close()
 	plain := httptest.NewServer(http.NotFoundHandler())
 	defer plain.Close()
-	free, _ := net.Listen("tcp", "127.0.0.1:0")
-	freeAddr := free.Addr().String()
-	free.Close()
+	deadAddr := testutil.DeadAddr(t)
 
 	tlsAddr := tlsBackend.Listener.Addr().String()
 	tests := []struct {
@@ -259,7 +244,7 @@ func TestCheckPassthroughTarget(t *testing.T) {
 		{"another name", []string{"backend.test", "other.test"}, tlsAddr, time.Now(), Fail, "does not cover other.test (covers localhost, backend.test)"},
 		{"expired", []string{"backend.test"}, tlsAddr, time.Now().Add(91 * 24 * time.Hour), Fail, "EXPIRED"},
 		{"plain HTTP", []string{"backend.test"}, plain.Listener.Addr().String(), time.Now(), Fail, "does not speak TLS; a passthrough target terminates TLS itself"},
-		{"nothing listens", []string{"backend.test"}, freeAddr, time.Now(), Fail, "connection refused: nothing listens on " + freeAddr + "; start the TLS backend there or fix passthrough[0].targets"},
+		{"nothing listens", []string{"backend.test"}, deadAddr, time.Now(), Fail, "connection refused: nothing listens on " + deadAddr + "; start the TLS backend there or fix passthrough[0].targets"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -52,7 +52,7 @@ func addrsOf(ds []*testutil.Django) []string {
 // edgeConfig is an edge with a static certificate for app.test in front of targets.
 func edgeConfig(t *testing.T, targets []string, healthHost string, extra string) (string, *http.Client) {
 	t.Helper()
-	cert, key, _ := testCert(t, t.TempDir(), "app.test")
+	cert, key, _ := testutil.CertFiles(t, t.TempDir(), "app.test")
 	hostLine := ""
 	if healthHost != "" {
 		hostLine = "    host: " + healthHost + "\n"

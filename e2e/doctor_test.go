@@ -102,7 +102,7 @@ func TestDoctor(t *testing.T) {
 
 	// All is well: every line ok, exit 0.
 	t.Run("healthy", func(t *testing.T) {
-		cert, key, _ := testCert(t, t.TempDir(), "app.test")
+		cert, key, _ := testutil.CertFiles(t, t.TempDir(), "app.test")
 		file := writeConfig(t, fmt.Sprintf(`listen:
   https: "{{HTTPS}}"
   metrics: "{{METRICS}}"
@@ -129,7 +129,7 @@ pool:
 	// www.app.test; an ACME domain whose DNS points at another box; and the health check's
 	// Host, www.app.test, not in ALLOWED_HOSTS.
 	t.Run("wrong names", func(t *testing.T) {
-		cert, key, _ := testCert(t, t.TempDir(), "app.test")
+		cert, key, _ := testutil.CertFiles(t, t.TempDir(), "app.test")
 		file := writeConfig(t, fmt.Sprintf(`listen:
   https: "{{HTTPS}}"
   metrics: "{{METRICS}}"
@@ -219,7 +219,7 @@ pool:
 func TestTLS_UnknownServerNameHint(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer backend.Close()
-	cert, key, _ := testCert(t, t.TempDir(), "django-devops.app.test")
+	cert, key, _ := testutil.CertFiles(t, t.TempDir(), "django-devops.app.test")
 	e := startEdge(t, fmt.Sprintf(`listen:
   https: "{{HTTPS}}"
   metrics: "{{METRICS}}"

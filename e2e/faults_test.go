@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"edgeproxy/internal/testutil"
 )
 
 // counterValue reads one sample of a counter from /metrics text.
@@ -28,7 +30,7 @@ func TestFaults_KillBackendUnderLoadNoClientErrors(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		pool := djangoPool(t, 3)
 		certDir := t.TempDir()
-		cert, key, roots := testCert(t, certDir, "app.test")
+		cert, key, roots := testutil.CertFiles(t, certDir, "app.test")
 		e := startEdge(t, fmt.Sprintf(`listen:
   https: "{{HTTPS}}"
   metrics: "{{METRICS}}"

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"edgeproxy/internal/testutil"
 )
 
 // forEachEngine runs test once with the fast path and once with everything through
@@ -33,7 +35,7 @@ func limitsEdge(t *testing.T, engine, limits string) (*edgeProc, *http.Client) {
 	t.Helper()
 	backend := namedBackend(t, "127.0.0.2", "backend")
 	dir := t.TempDir()
-	cert, key, roots := testCert(t, dir, "app.test")
+	cert, key, roots := testutil.CertFiles(t, dir, "app.test")
 	e := startEdge(t, fmt.Sprintf(`listen:
   https: "{{HTTPS}}"
   metrics: "{{METRICS}}"

@@ -78,7 +78,7 @@ func TestMixedContent_Chromium(t *testing.T) {
 	django := testutil.StartDjango(t, testutil.LoopbackAddr(t, "127.0.0.1"), testutil.DjangoOptions{
 		AllowedHosts: []string{"app.test"}, Instance: "mixed",
 	})
-	cert, key, roots := testCert(t, t.TempDir(), "app.test")
+	cert, key, roots := testutil.CertFiles(t, t.TempDir(), "app.test")
 
 	for _, upgrade := range []bool{false, true} {
 		t.Run(fmt.Sprintf("upgrade_insecure_requests=%v", upgrade), func(t *testing.T) {

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"edgeproxy/internal/testutil"
 )
 
 // A passthrough entry routes its server name, unterminated, to a backend that speaks TLS
@@ -23,7 +25,7 @@ import (
 func TestPassthrough_RoutesBySNIToTLSBackend(t *testing.T) {
 	backend, ca, _ := tlsBackend(t, "127.0.0.2", "backend.test")
 	target := backend.Listener.Addr().String()
-	cert, key, edgeRoots := testCert(t, t.TempDir(), "app.test")
+	cert, key, edgeRoots := testutil.CertFiles(t, t.TempDir(), "app.test")
 	e := startEdge(t, fmt.Sprintf(`listen:
   https: "{{HTTPS}}"
   metrics: "{{METRICS}}"
@@ -119,7 +121,7 @@ passthrough:
 // pool.tls.ca, and new upstream connections resume their TLS sessions. The target closes
 // every connection after its response, so each request needs a new one.
 func TestReencrypt_FastPathResumesUpstreamSessions(t *testing.T) {
-	ca, certFile, keyFile := caSignedCert(t, t.TempDir(), "backend.test")
+	ca, certFile, keyFile, _ := testutil.CASignedFiles(t, t.TempDir(), "backend.test")
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +142,7 @@ func TestReencrypt_FastPathResumesUpstreamSessions(t *testing.T) {
 	backend.StartTLS()
 	t.Cleanup(backend.Close)
 	target := backend.Listener.Addr().String()
-	cert, key, roots := testCert(t, t.TempDir(), "app.test")
+	cert, key, roots := testutil.CertFiles(t, t.TempDir(), "app.test")
 	e := startEdge(t, fmt.Sprintf(`listen:
   https: "{{HTTPS}}"
   metrics: "{{METRICS}}"
@@ -182,7 +184,7 @@ log: {access: true}
 func TestPassthrough_Reload(t *testing.T) {
 	backend, _, _ := tlsBackend(t, "127.0.0.2", "backend.test")
 	target := backend.Listener.Addr().String()
-	cert, key, _ := testCert(t, t.TempDir(), "app.test")
+	cert, key, _ := testutil.CertFiles(t, t.TempDir(), "app.test")
 	config := func(name string) string {
 		return fmt.Sprintf(`listen:
   https: "{{HTTPS}}"

@@ -10,13 +10,15 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"edgeproxy/internal/testutil"
 )
 
 // tlsBackend is a target that speaks TLS with a certificate for name signed by a test CA;
 // it counts TLS sessions it resumed.
 func tlsBackend(t *testing.T, ip, name string) (srv *httptest.Server, caFile string, resumed *atomic.Int64) {
 	t.Helper()
-	ca, cert, key := caSignedCert(t, t.TempDir(), name)
+	ca, cert, key, _ := testutil.CASignedFiles(t, t.TempDir(), name)
 	pair, err := tls.LoadX509KeyPair(cert, key)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +51,7 @@ func tlsBackend(t *testing.T, ip, name string) (srv *httptest.Server, caFile str
 func TestReencrypt_VerifiesTargetsAndProxiesOverTLS(t *testing.T) {
 	backend, ca, _ := tlsBackend(t, "127.0.0.2", "backend.test")
 	dir := t.TempDir()
-	cert, key, roots := testCert(t, dir, "app.test")
+	cert, key, roots := testutil.CertFiles(t, dir, "app.test")
 	target := backend.Listener.Addr().String()
 	config := func(serverName string) string {
 		return fmt.Sprintf(`listen:

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"edgeproxy/internal/testutil"
 )
 
 // namedBackend is a Go test backend on its own loopback address that answers with its
@@ -87,7 +89,7 @@ func TestReload_UnderLoadChangesTargetsWithoutFailures(t *testing.T) {
 	b3 := namedBackend(t, "127.0.0.4", "b3")
 	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
 	dir := t.TempDir()
-	_, _, roots := testCert(t, dir, "app.test")
+	_, _, roots := testutil.CertFiles(t, dir, "app.test")
 
 	e := startEdge(t, reloadConfig(t, dir, addr(b1), addr(b2)))
 	e.waitState(t, addr(b1), "healthy", 5*time.Second)
@@ -180,7 +182,7 @@ func TestReload_DrainsRemovedTarget(t *testing.T) {
 	b2 := namedBackend(t, "127.0.0.3", "b2")
 	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
 	dir := t.TempDir()
-	_, _, roots := testCert(t, dir, "app.test")
+	_, _, roots := testutil.CertFiles(t, dir, "app.test")
 	e := startEdge(t, reloadConfig(t, dir, addr(b1)))
 	e.waitState(t, addr(b1), "healthy", 5*time.Second)
 	c := httpsClient(roots, e.HTTPS)

@@ -23,6 +23,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"edgeproxy/internal/testutil/fixture"
 )
 
 func main() {
@@ -45,15 +47,6 @@ func main() {
 	}
 }
 
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func run(bin string, n int, fastPath bool) error {
 	backend, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -61,7 +54,7 @@ func run(bin string, n int, fastPath bool) error {
 	}
 	go http.Serve(backend, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 
-	https, metrics := freeAddr(), freeAddr()
+	https, metrics := fixture.FreeAddr(), fixture.FreeAddr()
 	dir, err := os.MkdirTemp("", "idleconns")
 	if err != nil {
 		return err

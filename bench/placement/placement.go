@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"edgeproxy/bench/loadgen"
+	"edgeproxy/internal/testutil/fixture"
 )
 
 // Placements and workloads, in report order.
@@ -171,7 +172,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	backendPlain, backendTLS := freeAddr(), freeAddr()
+	backendPlain, backendTLS := fixture.FreeAddr(), fixture.FreeAddr()
 	backend, err := startProc("backend", o.BackendCPU, o.Binary, "bench", "-role", "backend",
 		"-plain", backendPlain, "-tls", backendTLS, "-cert", c.backendCert, "-key", c.backendKey)
 	if err != nil {
@@ -310,7 +311,7 @@ type edgeRun struct {
 // startEdge starts an edge configured for placement p and waits until it serves through
 // to the backend and its TLS cost calibration is done.
 func startEdge(ctx context.Context, o Options, dir string, c certFiles, p string, backendPlain, backendTLS string) (*edgeRun, error) {
-	https, httpAddr, metrics := freeAddr(), freeAddr(), freeAddr()
+	https, httpAddr, metrics := fixture.FreeAddr(), fixture.FreeAddr(), fixture.FreeAddr()
 	pool := fmt.Sprintf("  targets: [%q]\n", backendPlain)
 	passthrough := ""
 	target := clientTarget{addr: https, tls: true, sni: "edge.bench"}
@@ -448,16 +449,6 @@ func waitTCP(addr string, p *proc) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// freeAddr returns a 127.0.0.1 address with a port free a moment ago.
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // Machine describes this machine: lscpu's model name and the number of online CPUs.

@@ -2,21 +2,21 @@ package placement
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"edgeproxy/internal/testutil/fixture"
 )
 
 // proc is a child process of the benchmark.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *fixture.Buffer // stdout and stderr
 	done chan struct{}
 }
 
@@ -25,7 +25,7 @@ type proc struct {
 // the start: the whole child, every thread its runtime makes, is pinned from its first
 // instruction (and Go sets its GOMAXPROCS from it).
 func startProc(name string, cpu int, bin string, args ...string) (*proc, error) {
-	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &fixture.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = sysProcAttr()
 	err := withAffinity(cpu, p.cmd.Start)
@@ -110,23 +110,3 @@ func ProcCPU(pid int) (float64, error) {
 	}
 	return (utime + stime) / 100, nil
 }
-
-// lockedBuffer is an io.Writer safe for a child's stdout and stderr at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-var _ io.Writer = (*lockedBuffer)(nil)

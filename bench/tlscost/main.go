@@ -15,18 +15,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -35,11 +26,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"edgeproxy/bench/loadgen"
+	"edgeproxy/internal/testutil/fixture"
 )
 
 var (
@@ -142,8 +133,7 @@ func startBackend() (net.Listener, error) {
 type edge struct {
 	cmd                *exec.Cmd
 	https, http, admin string
-	stderr             *strings.Builder
-	errw               *syncWriter // guards stderr while the process runs
+	stderr             *fixture.Buffer // written by the running process, read meanwhile
 }
 
 type edgeOptions struct {
@@ -151,17 +141,8 @@ type edgeOptions struct {
 	cert    string // "" = self_signed; else a key type for a generated certificate file
 }
 
-func freePort() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func startEdge(dir, backend string, o edgeOptions) (*edge, error) {
-	e := &edge{https: freePort(), http: freePort(), admin: freePort(), stderr: &strings.Builder{}}
+	e := &edge{https: fixture.FreeAddr(), http: fixture.FreeAddr(), admin: fixture.FreeAddr(), stderr: &fixture.Buffer{}}
 	certs := "  self_signed: true\n"
 	if o.cert != "" {
 		cf, kf, err := writeCert(dir, o.cert)
@@ -194,8 +175,7 @@ log: {format: text}
 		args = append([]string{"taskset", "-c", strconv.Itoa(*edgeCPU)}, args...)
 	}
 	e.cmd = exec.Command(args[0], args[1:]...)
-	e.errw = &syncWriter{w: e.stderr}
-	e.cmd.Stderr = e.errw
+	e.cmd.Stderr = e.stderr
 	if err := e.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -216,17 +196,6 @@ log: {format: text}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
 
 func (e *edge) stop() {
@@ -410,17 +379,13 @@ func accuracy(dir, backend string) error {
 
 // logged reports whether the edge has logged a line containing s.
 func (e *edge) logged(s string) bool {
-	e.errw.mu.Lock()
-	defer e.errw.mu.Unlock()
 	return strings.Contains(e.stderr.String(), s)
 }
 
 // printCalibration prints what the edge measured at start-up (its "tlscost: calibrated"
 // log line): the handshake and data factors and the record costs.
 func printCalibration(e *edge) {
-	e.errw.mu.Lock()
 	logs := e.stderr.String()
-	e.errw.mu.Unlock()
 	for _, line := range strings.Split(logs, "\n") {
 		if strings.Contains(line, "tlscost: calibrated") {
 			fmt.Printf("edge start-up: %s\n\n", line[strings.Index(line, "handshake_factor"):])
@@ -566,46 +531,14 @@ func median(v []float64) float64 {
 }
 
 // writeCert writes a self-signed certificate for localhost/127.0.0.1 with an ECDSA P-256 or
-// RSA-2048 key, and returns the file names.
+// RSA-2048 key (kind "ecdsa" or "rsa"), and returns the file names.
 func writeCert(dir, kind string) (certFile, keyFile string, err error) {
-	var priv, pub any
-	switch kind {
-	case "rsa":
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			return "", "", err
-		}
-		priv, pub = k, &k.PublicKey
-	case "ecdsa":
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return "", "", err
-		}
-		priv, pub = k, &k.PublicKey
-	default:
+	if kind != "ecdsa" && kind != "rsa" {
 		return "", "", errors.New("unknown key type " + kind)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
+	c, err := fixture.SelfSigned(fixture.CertOptions{Hosts: []string{"localhost", "127.0.0.1"}, RSA: kind == "rsa"})
 	if err != nil {
 		return "", "", err
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		return "", "", err
-	}
-	certFile, keyFile = filepath.Join(dir, kind+".crt"), filepath.Join(dir, kind+".key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		return "", "", err
-	}
-	return certFile, keyFile, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return fixture.WriteFiles(dir, kind, c)
 }

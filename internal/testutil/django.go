@@ -164,7 +164,7 @@ type Django struct {
 	dir  string
 	args []string
 	env  []string
-	out  *syncBuffer
+	out  *Buffer
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -233,12 +233,12 @@ func StartDjango(t testing.TB, addr string, opts DjangoOptions) *Django {
 		dir:  dir,
 		args: args,
 		env:  env,
-		out:  newSyncBuffer(),
+		out:  &Buffer{},
 	}
 	t.Cleanup(func() {
 		d.Kill() // no need to be graceful at the end, and faster
 		if t.Failed() {
-			t.Logf("output of Django %s:\n%s", addr, d.out.tail(logTail))
+			t.Logf("output of Django %s:\n%s", addr, d.out.Tail(logTail))
 		}
 	})
 	if opts.Migrate {
@@ -275,7 +275,7 @@ func (d *Django) migrate() {
 		err := cmd.Run()
 		cancel()
 		if err != nil {
-			d.t.Fatalf("testutil: %s %s failed: %v\n%s", PythonPath, strings.Join(argv, " "), err, d.out.tail(logTail))
+			d.t.Fatalf("testutil: %s %s failed: %v\n%s", PythonPath, strings.Join(argv, " "), err, d.out.Tail(logTail))
 		}
 	}
 }
@@ -319,7 +319,7 @@ func (d *Django) Start() {
 	start := time.Now()
 	if err := d.waitReady(djangoStartTimeout, done); err != nil {
 		d.Kill()
-		d.t.Fatalf("testutil: Django on %s not ready: %v\noutput:\n%s", d.Addr, err, d.out.tail(logTail))
+		d.t.Fatalf("testutil: Django on %s not ready: %v\noutput:\n%s", d.Addr, err, d.out.Tail(logTail))
 	}
 	fmt.Fprintf(d.out, "--- testutil: Django on %s ready after %v\n", d.Addr, time.Since(start).Round(time.Millisecond))
 }

@@ -1,19 +1,12 @@
 package testutil
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"debug/buildinfo"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -100,7 +93,9 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	challBin := pebbleBinary(t, "pebble-challtestsrv")
 	dir := t.TempDir()
 
-	caFile, certFile, keyFile, pool := pebbleServerCert(t, dir)
+	// Pebble's HTTPS certificate, from a CA of its own (Debian's pebble package does not
+	// ship the test certificates of Pebble's source tree).
+	caFile, certFile, keyFile, pool := CASignedFiles(t, dir, "localhost", "127.0.0.1")
 	if opts.HTTPPort == 0 {
 		opts.HTTPPort = FreePort(t, "127.0.0.1")
 	}
@@ -318,57 +313,4 @@ func (p *Pebble) Stop() {
 	if _, err := p.proc.Wait(10 * time.Second); err != nil {
 		p.t.Fatalf("testutil: stopping pebble: %v", err)
 	}
-}
-
-// pebbleServerCert makes a CA and, signed by it, Pebble's HTTPS certificate for
-// 127.0.0.1 and localhost. (Debian's pebble package does not ship the test certificates
-// of Pebble's source tree.) It returns the file names and a pool trusting the CA.
-func pebbleServerCert(t testing.TB, dir string) (caFile, certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	must := func(err error) {
-		if err != nil {
-			t.Fatalf("testutil: Pebble's HTTPS certificate: %v", err)
-		}
-	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(err)
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "edgeproxy test CA for Pebble's HTTPS"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(7 * 24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	must(err)
-	ca, err := x509.ParseCertificate(caDER)
-	must(err)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(7 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	must(err)
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	must(err)
-	caFile = filepath.Join(dir, "pebble-https-ca.pem")
-	certFile = filepath.Join(dir, "pebble-https-cert.pem")
-	keyFile = filepath.Join(dir, "pebble-https-key.pem")
-	must(os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600))
-	must(os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	must(os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
-	pool = x509.NewCertPool()
-	pool.AddCert(ca)
-	return caFile, certFile, keyFile, pool
 }

@@ -33,7 +33,7 @@ type ProcOptions struct {
 type Proc struct {
 	cmd  *exec.Cmd
 	name string
-	out  *syncBuffer
+	out  *Buffer
 	done chan struct{} // closed when the process has exited
 
 	mu    sync.Mutex
@@ -60,7 +60,7 @@ func StartProcWith(t testing.TB, opts ProcOptions, bin string, args ...string) *
 	if name == "" {
 		name = baseName(bin)
 	}
-	p := &Proc{cmd: cmd, name: name, out: newSyncBuffer(), done: make(chan struct{})}
+	p := &Proc{cmd: cmd, name: name, out: &Buffer{}, done: make(chan struct{})}
 	cmd.Stdout = p.out
 	cmd.Stderr = p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -93,7 +93,7 @@ func StartProcWith(t testing.TB, opts ProcOptions, bin string, args ...string) *
 			killGroup(cmd.Process.Pid)
 		}
 		if t.Failed() {
-			t.Logf("output of %s %s:\n%s", p.name, strings.Join(args, " "), p.out.tail(logTail))
+			t.Logf("output of %s %s:\n%s", p.name, strings.Join(args, " "), p.out.Tail(logTail))
 		}
 	})
 	return p
@@ -142,7 +142,7 @@ func (p *Proc) WaitForOutput(substr string, timeout time.Duration) bool {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
-		out, changed := p.out.snapshot()
+		out, changed := p.out.Snapshot()
 		if strings.Contains(out, substr) {
 			return true
 		}

@@ -1,7 +1,10 @@
 // Package testutil holds the helpers that edgeproxy's tests share: finding
-// the real tools the tests drive (pebble, wrk, nginx, ...), free loopback
-// ports, a real Django site served by gunicorn, the edgeproxy binary built
-// once per test process, and child processes whose output is captured.
+// the real tools the tests drive (pebble, wrk, nginx, ...), free and dead
+// loopback addresses, throw-away certificates and their PEM files, a log
+// buffer to search, a real Django site served by gunicorn, the edgeproxy
+// binary built once per test process, and child processes whose output is
+// captured. The parts the benchmark commands need too live in its
+// subpackage fixture, which does not import testing.
 //
 // Policy for missing tools: when the environment variable CI is "true" a
 // missing tool fails the test (CI must install everything it needs), and the
@@ -31,6 +34,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +42,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"edgeproxy/internal/testutil/fixture"
 )
 
 // installHints maps a program name to how to install it on Debian.
@@ -166,14 +172,10 @@ func checkLoopback(t testing.TB, ip string) net.IP {
 // that start servers on it should fail clearly when binding fails.
 func FreePort(t testing.TB, ip string) int {
 	t.Helper()
-	parsed := checkLoopback(t, ip)
-	ln, err := net.Listen("tcp", net.JoinHostPort(parsed.String(), "0"))
+	addr, _ := netip.AddrFromSlice(checkLoopback(t, ip))
+	port, err := fixture.FreePort(addr.Unmap())
 	if err != nil {
-		t.Fatalf("testutil: no free port on %s: %v", ip, err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		t.Fatalf("testutil: closing probe listener: %v", err)
+		t.Fatalf("testutil: %v", err)
 	}
 	return port
 }
@@ -184,6 +186,14 @@ func LoopbackAddr(t testing.TB, ip string) string {
 	t.Helper()
 	parsed := checkLoopback(t, ip)
 	return net.JoinHostPort(parsed.String(), strconv.Itoa(FreePort(t, ip)))
+}
+
+// DeadAddr returns a 127.0.0.1 address where nothing listens, so that a
+// connection to it is refused at once: a target that is down. The port was
+// free a moment ago (see FreePort).
+func DeadAddr(t testing.TB) string {
+	t.Helper()
+	return LoopbackAddr(t, "127.0.0.1")
 }
 
 // WaitTCP waits until addr accepts TCP connections, polling every 25 ms, and
