@@ -225,7 +225,7 @@ func TestReload_DeregistrationDelayEndsInFlightRequests(t *testing.T) {
 	b2 := namedBackend(t, "127.0.0.3", "b2")
 	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
 	dir := t.TempDir()
-	_, _, roots := testCert(t, dir, "app.test")
+	_, _, roots := testutil.CertFiles(t, dir, "app.test")
 	config := func(target string) string {
 		return strings.Replace(reloadConfig(t, dir, target), "deregistration_delay: 5s", "deregistration_delay: 1s", 1)
 	}
