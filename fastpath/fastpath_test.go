@@ -164,7 +164,7 @@ func TestFastPath_RelaysEarlyHints(t *testing.T) {
 
 // The fast path answers failures with the same status and body as the net/http path.
 func TestFastPath_Errors(t *testing.T) {
-	dead := deadAddr(t)
+	dead := testutil.DeadAddr(t)
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-time.After(2 * time.Second):
@@ -203,7 +203,7 @@ func TestFastPath_Errors(t *testing.T) {
 func TestFastPath_RetriesRefusedConnection(t *testing.T) {
 	var hits atomic.Int64
 	live := testutil.EchoBackend(t, &hits)
-	b := pool(deadAddr(t), live.Listener.Addr().String())
+	b := pool(testutil.DeadAddr(t), live.Listener.Addr().String())
 	s := startServer(t, true, Options{Picker: b, Passive: b, Retries: 1}, false)
 	for i := 0; i < 4; i++ {
 		c, br := dialRaw(t, s.addr)
@@ -285,7 +285,7 @@ func benchmarkFastPath(b *testing.B, obs proxy.Observer, useTLS bool) {
 	var c net.Conn
 	var err error
 	if useTLS {
-		cert, _ := selfSignedForTest()
+		cert := testutil.SelfSignedCert(b, "localhost")
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
 		go s.Serve(ln)
 		c, err = tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})

@@ -1,10 +1,8 @@
 package fastpath
 
 import (
-	"net"
 	"net/http"
 	"strconv"
-	"testing"
 	"time"
 
 	"edgeproxy/balancer"
@@ -29,17 +27,6 @@ func pool(addrs ...string) *balancer.Balancer {
 	}
 	b.SetPassive(&balancer.Passive{ConsecutiveFailures: 3, EjectionTime: time.Minute})
 	return b
-}
-
-// deadAddr is a loopback address nothing listens on.
-func deadAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // errorBody is the body of the edge's error page for code.

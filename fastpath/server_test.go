@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"edgeproxy/certs"
+	"edgeproxy/internal/testutil"
 	"edgeproxy/proxy"
 )
 
@@ -150,24 +150,7 @@ func normalizeResponse(resp *http.Response) string {
 
 type testServer struct {
 	addr string
-	logs *syncBuf
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs *testutil.Buffer
 }
 
 // startServer runs a Server with the fast path on or off in front of the targets.
@@ -183,7 +166,7 @@ func startServerTimeout(t *testing.T, fast bool, opts Options, useTLS bool, head
 	if opts.Transport == nil {
 		opts.Transport = proxy.NewTransport(5*time.Second, headerTimeout, nil)
 	}
-	logs := &syncBuf{}
+	logs := &testutil.Buffer{}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	}
@@ -199,7 +182,7 @@ func startServerTimeout(t *testing.T, fast bool, opts Options, useTLS bool, head
 		t.Fatal(err)
 	}
 	if useTLS {
-		cert, _ := selfSignedForTest()
+		cert := testutil.SelfSignedCert(t, "localhost")
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}})
 	}
 	go s.Serve(ln)
@@ -322,5 +305,3 @@ func TestDifferential_FastPathMatchesNetHTTP(t *testing.T) {
 		}
 	}
 }
-
-func selfSignedForTest() (tls.Certificate, error) { return certs.SelfSigned(nil, time.Hour) }

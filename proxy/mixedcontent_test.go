@@ -1,37 +1,18 @@
 package proxy
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
+	"edgeproxy/internal/testutil"
 	"edgeproxy/mixedcontent"
 )
-
-// logBuffer is a slog handler's output, safe for concurrent writes.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 type mixedCounter struct{ n atomic.Int64 }
 
@@ -62,7 +43,7 @@ func TestMixedContent(t *testing.T) {
 	}))
 	defer backend.Close()
 	counter := &mixedCounter{}
-	logs := &logBuffer{}
+	logs := &testutil.Buffer{}
 	mc := &mixedcontent.Policy{UpgradeInsecureRequests: true, Report: true, Observer: counter, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	front := frontend(t, Options{Picker: pickerFor(backend), MixedContent: mc})
 	plain := httptest.NewServer(New(Options{Picker: pickerFor(backend), MixedContent: mc}))

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -116,9 +115,7 @@ func TestForwardingHeaders_TrustedProxyKept(t *testing.T) {
 }
 
 func TestErrors(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadAddr := ln.Addr().String()
-	ln.Close()
+	deadAddr := testutil.DeadAddr(t)
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-time.After(2 * time.Second):

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -22,16 +21,6 @@ func pool(addrs ...string) *balancer.Balancer {
 	}
 	b.SetPassive(&balancer.Passive{ConsecutiveFailures: 3, EjectionTime: time.Minute})
 	return b
-}
-
-func deadAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 func do(t *testing.T, h http.Handler, method, body string) (int, string) {
@@ -56,7 +45,7 @@ func do(t *testing.T, h http.Handler, method, body string) (int, string) {
 func TestRetry_RefusedConnectionGoesToAnotherTarget(t *testing.T) {
 	var hits atomic.Int64
 	live := testutil.EchoBackend(t, &hits)
-	b := pool(deadAddr(t), live.Listener.Addr().String())
+	b := pool(testutil.DeadAddr(t), live.Listener.Addr().String())
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
 	for i := 0; i < 4; i++ {
 		if code, body := do(t, h, "POST", "payload"); code != 200 || body != "ok:payload" {
@@ -100,7 +89,7 @@ func TestRetry_IdempotentResetIsRetried(t *testing.T) {
 func TestRetry_OffWhenZero(t *testing.T) {
 	var hits atomic.Int64
 	live := testutil.EchoBackend(t, &hits)
-	b := pool(deadAddr(t), live.Listener.Addr().String())
+	b := pool(testutil.DeadAddr(t), live.Listener.Addr().String())
 	b.Next()
 	b.Next()
 	h := New(Options{Picker: b, Retries: 0})
@@ -131,7 +120,7 @@ func TestRetryBudget_BoundsRetries(t *testing.T) {
 func TestPassive_EjectsAfterConsecutiveFailures(t *testing.T) {
 	var hits atomic.Int64
 	live := testutil.EchoBackend(t, &hits)
-	dead := deadAddr(t)
+	dead := testutil.DeadAddr(t)
 	b := pool(dead, live.Listener.Addr().String())
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
 	for i := 0; i < 6; i++ {
