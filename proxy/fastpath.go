@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"edgeproxy/balancer"
+	"edgeproxy/pool"
 	"edgeproxy/proxy/h1"
 )
 
@@ -57,9 +57,9 @@ type fastConn struct {
 	bodyStreamed bool
 	bodyDone     bool
 	respHead     int
-	scan         *mixedScan       // the mixed-content scan of this response, or nil
-	target       *balancer.Target // the request's target, counted in flight
-	one          [1]byte          // waitRequest's read, here so as not to allocate
+	scan         *mixedScan   // the mixed-content scan of this response, or nil
+	target       *pool.Target // the request's target, counted in flight
+	one          [1]byte      // waitRequest's read, here so as not to allocate
 }
 
 func (c *fastConn) endTarget() {
@@ -360,7 +360,7 @@ func isTimeout(err error) bool {
 // request reached the target, which decides whether it may be retried. A pooled
 // connection that turns out closed is replaced by a new one once, transparently, when
 // nothing of the request body was streamed yet.
-func (h *Handler) exchange(c *fastConn, t *balancer.Target) (up *upstreamConn, sent bool, err error) {
+func (h *Handler) exchange(c *fastConn, t *pool.Target) (up *upstreamConn, sent bool, err error) {
 	u := h.upstream
 	for attempt := 0; ; attempt++ {
 		up, err = u.get(t.Addr)

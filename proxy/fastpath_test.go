@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"edgeproxy/balancer"
+	"edgeproxy/pool"
 	"edgeproxy/telemetry"
 )
 
@@ -200,7 +200,7 @@ func TestFastPath_Errors(t *testing.T) {
 func TestFastPath_RetriesRefusedConnection(t *testing.T) {
 	var hits atomic.Int64
 	live := echoBackend(t, &hits)
-	b := pool(deadAddr(t), live.Listener.Addr().String())
+	b := healthyPool(deadAddr(t), live.Listener.Addr().String())
 	s := startServer(t, true, Options{Picker: b, Passive: b, Retries: 1}, false)
 	for i := 0; i < 4; i++ {
 		c, br := dialRaw(t, s.addr)
@@ -272,8 +272,7 @@ func BenchmarkFastPath_TLS(b *testing.B) {
 
 func benchmarkFastPath(b *testing.B, obs Observer, useTLS bool) {
 	target := cannedTarget(b, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
-	bal := balancer.New([]string{target})
-	bal.SetHealthy(target, true)
+	bal := pool.New(pool.Config{Name: "test", Targets: []string{target}}, pool.Options{})
 	h := New(Options{Picker: bal, Passive: bal, Retries: 1, Observer: obs})
 	s := NewServer(ServerOptions{Handler: func() *Handler { return h }, HTTP: &http.Server{Handler: h}, FastPath: true,
 		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10})
@@ -338,7 +337,7 @@ func TestFastPath_RetryRules(t *testing.T) {
 			var resetHits, liveHits atomic.Int64
 			dying := resettingBackend(t, &resetHits)
 			live := echoBackend(t, &liveHits)
-			b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
+			b := healthyPool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 			b.Next()
 			b.Next()
 			s := startServer(t, true, Options{Picker: b, Passive: b, Retries: 1}, false)

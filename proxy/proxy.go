@@ -22,22 +22,22 @@ import (
 	"sync"
 	"time"
 
-	"edgeproxy/balancer"
+	"edgeproxy/pool"
 	"edgeproxy/proxy/h1"
 )
 
-// Picker chooses the target of each request; *balancer.Balancer implements it.
+// Picker chooses the target of each request; *pool.Pool implements it.
 type Picker interface {
-	Next() balancer.Pick
+	Next() pool.Pick
 	// NextExcept picks a target other than t if there is one, for a retry.
-	NextExcept(t *balancer.Target) balancer.Pick
+	NextExcept(t *pool.Target) pool.Pick
 }
 
 // PassiveReporter learns the outcome of every attempt on a target, for passive outlier
 // detection. A failure is a connection refused or reset, or a response-head timeout.
 type PassiveReporter interface {
-	ReportSuccess(t *balancer.Target)
-	ReportFailure(t *balancer.Target) (ejected bool)
+	ReportSuccess(t *pool.Target)
+	ReportFailure(t *pool.Target) (ejected bool)
 }
 
 // Observer receives one call per answered request, for metrics. A nil Observer is valid.
@@ -156,7 +156,7 @@ type attemptKey struct{}
 
 // attempt is the request's current target; a retry moves it to another one.
 type attempt struct {
-	target *balancer.Target
+	target *pool.Target
 	tries  int
 	cancel context.CancelFunc
 	stop   func() bool // unhooks cancel from target.Retired()
@@ -164,7 +164,7 @@ type attempt struct {
 
 // moveTo makes t the attempt's target: counted in flight there, and cancelled if t is
 // retired by a reload while the request runs (its deregistration delay is over).
-func (a *attempt) moveTo(t *balancer.Target) {
+func (a *attempt) moveTo(t *pool.Target) {
 	if a.target != nil {
 		a.stop()
 		a.target.End()

@@ -10,17 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"edgeproxy/balancer"
+	"edgeproxy/pool"
 )
 
-// pool returns a balancer over addrs, all healthy, with passive detection after 3 failures.
-func pool(addrs ...string) *balancer.Balancer {
-	b := balancer.New(addrs)
-	for _, a := range addrs {
-		b.SetHealthy(a, true)
-	}
-	b.SetPassive(&balancer.Passive{ConsecutiveFailures: 3, EjectionTime: time.Minute})
-	return b
+// healthyPool returns a pool over addrs, all healthy, with passive detection after 3 failures.
+func healthyPool(addrs ...string) *pool.Pool {
+	return pool.New(pool.Config{Name: "test", Targets: addrs, Passive: pool.Passive{ConsecutiveFailures: 3, EjectionTime: time.Minute}}, pool.Options{})
 }
 
 func deadAddr(t *testing.T) string {
@@ -83,7 +78,7 @@ func do(t *testing.T, h http.Handler, method, body string) (int, string) {
 func TestRetry_RefusedConnectionGoesToAnotherTarget(t *testing.T) {
 	var hits atomic.Int64
 	live := echoBackend(t, &hits)
-	b := pool(deadAddr(t), live.Listener.Addr().String())
+	b := healthyPool(deadAddr(t), live.Listener.Addr().String())
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
 	for i := 0; i < 4; i++ {
 		if code, body := do(t, h, "POST", "payload"); code != 200 || body != "ok:payload" {
@@ -97,7 +92,7 @@ func TestRetry_NeverReplaysNonIdempotentBody(t *testing.T) {
 	var resetHits, liveHits atomic.Int64
 	dying := resettingBackend(t, &resetHits)
 	live := echoBackend(t, &liveHits)
-	b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
+	b := healthyPool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 	b.Next() // so that the next pick is the dying target
 	b.Next()
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
@@ -112,7 +107,7 @@ func TestRetry_IdempotentResetIsRetried(t *testing.T) {
 	var resetHits, liveHits atomic.Int64
 	dying := resettingBackend(t, &resetHits)
 	live := echoBackend(t, &liveHits)
-	b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
+	b := healthyPool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 	b.Next()
 	b.Next()
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
@@ -127,7 +122,7 @@ func TestRetry_IdempotentResetIsRetried(t *testing.T) {
 func TestRetry_OffWhenZero(t *testing.T) {
 	var hits atomic.Int64
 	live := echoBackend(t, &hits)
-	b := pool(deadAddr(t), live.Listener.Addr().String())
+	b := healthyPool(deadAddr(t), live.Listener.Addr().String())
 	b.Next()
 	b.Next()
 	h := New(Options{Picker: b, Retries: 0})
@@ -159,7 +154,7 @@ func TestPassive_EjectsAfterConsecutiveFailures(t *testing.T) {
 	var hits atomic.Int64
 	live := echoBackend(t, &hits)
 	dead := deadAddr(t)
-	b := pool(dead, live.Listener.Addr().String())
+	b := healthyPool(dead, live.Listener.Addr().String())
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
 	for i := 0; i < 6; i++ {
 		do(t, h, "GET", "")

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/certs"
+	"edgeproxy/pool"
 )
 
 // rawBackend is a target that records every request it reads (normalized by
@@ -231,7 +231,7 @@ func exchange(t *testing.T, addr string, raw string, useTLS bool, method string)
 	}
 }
 
-func pickerForAddr(addr string) staticPicker { return staticPicker{&balancer.Target{Addr: addr}} }
+func pickerForAddr(addr string) staticPicker { return staticPicker{&pool.Target{Addr: addr}} }
 
 // The differential test: every request of the corpus goes through the fast path and
 // through net/http (fast path off), each in front of its own recording target. Both

@@ -57,7 +57,7 @@ func NewUpstream(connectTimeout, responseHeaderTimeout time.Duration, tlsConfig 
 
 // AbortTarget breaks the fast path's connections busy with addr (their requests fail),
 // for a target removed by a reload whose deregistration delay is over. net/http's
-// requests to it are cancelled through balancer.Target.Retired.
+// requests to it are cancelled through pool.Target.Retired.
 func (u *Upstream) AbortTarget(addr string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
