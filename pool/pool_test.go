@@ -167,7 +167,9 @@ func TestUpdate_DrainEndsAtZeroInFlight(t *testing.T) {
 		t.Fatal("retired with a request in flight before the delay ended")
 	}
 	tb.End()
-	waitFor(t, "retirement", 2*time.Second, func() bool { return retired.Load() == b })
+	waitFor(t, "retirement", 2*time.Second, func() bool {
+		return retired.Load() == b && len(logs.matching("target "+b+" removed and drained")) == 1
+	})
 	if context.Cause(tb.Retired()) != ErrDeregistered {
 		t.Errorf("Retired cause %v; want ErrDeregistered", context.Cause(tb.Retired()))
 	}
@@ -300,5 +302,35 @@ func TestNoActiveChecks_TargetsHealthy(t *testing.T) {
 		if got := p.Next().Target.Addr; got != addrs(2)[1] {
 			t.Errorf("picked %s; want only the target not ejected", got)
 		}
+	}
+}
+
+// An address removed and added back while it drains is a new target; the drain of the
+// old one ends without OnRetire, which would break the new one's connections.
+func TestUpdate_AddressBackWhileDraining(t *testing.T) {
+	a, b := "127.0.0.1:8001", "127.0.0.1:8002"
+	var retired atomic.Int32
+	logs := &logRecorder{}
+	cfg := checkedConfig([]string{a, b})
+	cfg.DeregistrationDelay = 50 * time.Millisecond
+	p := New(cfg, Options{Logger: slog.New(logs), OnRetire: func(string) { retired.Add(1) }})
+	old := p.Lookup(b)
+	old.Begin()
+	defer old.End()
+	cfg.Targets = []string{a}
+	p.Update(cfg)
+	cfg.Targets = []string{a, b}
+	p.Update(cfg)
+	if p.Lookup(b) == old {
+		t.Fatal("the draining target came back; want a new one")
+	}
+	if st := p.Statuses(); len(st) != 2 || st[1].State != health.Initial {
+		t.Errorf("statuses %+v; want %s once, as the new target", st, b)
+	}
+	waitFor(t, "the old target cut off at the delay", 5*time.Second, func() bool {
+		return len(logs.matching("target "+b+" removed and drained")) == 1
+	})
+	if n := retired.Load(); n != 0 {
+		t.Errorf("OnRetire called %d times; want none while the address is back", n)
 	}
 }
