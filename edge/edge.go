@@ -1,7 +1,7 @@
 // Package edge assembles a running edgeproxy from a configuration: it binds the listeners,
-// builds the certificate source, balancer, health checker, proxy and metrics, connects them
-// (health feeds the balancer, everything reports to telemetry) and serves until its context
-// ends, then drains.
+// builds the certificate source, the pool (balancing, health checks, draining), the proxy
+// and metrics, connects them (everything reports to telemetry) and serves until its
+// context ends, then drains.
 //
 // It exists so that cmd/edgeproxy only parses flags and handles signals, and so that tests
 // and `edgeproxy demo` can run an edge in-process.
@@ -22,14 +22,15 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/certs"
 	"edgeproxy/config"
 	"edgeproxy/fastpath"
 	"edgeproxy/health"
 	"edgeproxy/mixedcontent"
 	"edgeproxy/passthrough"
+	"edgeproxy/pool"
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
 	"edgeproxy/telemetry/tlscost"
@@ -39,8 +40,7 @@ import (
 type Edge struct {
 	log     *slog.Logger
 	metrics *telemetry.Metrics
-	bal     *balancer.Balancer
-	checker *health.Checker
+	pool    *pool.Pool    // pool.targets; Reload updates it in place
 	certs   *certs.Source // the source the listeners were built with
 
 	// reloadMu serialises Reload; cfg is the configuration in effect.
@@ -50,11 +50,17 @@ type Edge struct {
 	// Reload swaps these; the request path reads them without a lock.
 	certSrc atomic.Pointer[certs.Source]
 	backend atomic.Pointer[fastpath.Backend]
-	// upstream and transport are reused across reloads that keep the pool's timeouts,
-	// so that keep-alive connections to targets survive a reload: the fast path's and
-	// net/http's.
-	upstream  *fastpath.Upstream
-	transport *http.Transport
+	// upstream is reused across reloads that keep the pool's timeouts, so that
+	// keep-alive connections to targets survive a reload; prevUpstream is the one a
+	// reload replaced, which may still carry requests to a draining target. Reload
+	// writes both holding upstreamMu too; retireTarget reads them under it.
+	upstreamMu   sync.Mutex
+	upstream     *upstream
+	prevUpstream *upstream
+
+	// beforeCommit, when set (by tests), is the last step of building a reload: its
+	// error fails the reload before anything is committed.
+	beforeCommit func() error
 
 	// tickets rotates the HTTPS listener's session ticket keys. That listener's tls.Config
 	// outlives reloads, so clients keep resuming across them.
@@ -66,18 +72,12 @@ type Edge struct {
 	// configuration at start had no passthrough entries.
 	passthrough *passthrough.Router
 
-	runCtx context.Context // set by Run; bounds drains
-
 	// acme is the tls.acme in effect: e.certs obtains and renews its certificates, and
 	// sources built by reloads share them (a change of tls.acme needs a restart).
 	acme config.ACME
 
 	servers   []server
 	listeners []net.Listener
-
-	// failOpenMu guards failingOpen, so that entering and leaving fail-open is logged once.
-	failOpenMu  sync.Mutex
-	failingOpen bool
 }
 
 // New builds the parts from cfg and binds every listener, so that a taken or forbidden
@@ -107,37 +107,36 @@ func (e *Edge) build() error {
 	if err != nil {
 		return err
 	}
-	e.bal = balancer.New(cfg.Pool.Targets)
-	opts := healthOptions(cfg, upTLS)
-	opts.Observer, opts.Logger, opts.OnChange, opts.OnProven = e.metrics, e.log, e.healthChanged, e.healthProven
-	e.checker = health.New(opts)
+	e.pool = pool.New(poolConfig(cfg, upTLS), pool.Options{Observer: e.metrics, Logger: e.log, OnRetire: e.retireTarget})
 	e.passthrough = e.newPassthrough(cfg)
-	e.backend.Store(e.newBackend(cfg, upTLS))
+	e.upstream = e.upstreamFor(cfg, upTLS)
+	e.backend.Store(e.newBackend(cfg, e.upstream))
 	return nil
 }
 
-// healthProven ends a passive ejection once active checks have passed healthy_threshold
-// times in a row since it began.
-func (e *Edge) healthProven(addr string) {
-	if t := e.bal.Lookup(addr); t != nil && t.Ejected() {
-		e.bal.Restore(t)
-		e.log.Info("target "+addr+" back from passive ejection: active checks pass", "target", addr)
+// poolConfig is the configuration of the pool of pool.targets, named "pool" as /targets
+// shows it.
+func poolConfig(cfg *config.Config, upstreamTLS *tls.Config) pool.Config {
+	return pool.Config{
+		Name: "pool", Targets: cfg.Pool.Targets, Health: healthOptions(cfg, upstreamTLS),
+		Passive:             pool.Passive{ConsecutiveFailures: cfg.Pool.Passive.ConsecutiveFailures, EjectionTime: cfg.Pool.Passive.EjectionTime},
+		DeregistrationDelay: cfg.Pool.DeregistrationDelay,
 	}
 }
 
-// passiveHealth is the proxy's PassiveReporter: the balancer's outlier detection, plus the
-// metric and the restart of the target's count of passing checks on each ejection.
-type passiveHealth struct{ e *Edge }
-
-func (p passiveHealth) ReportSuccess(t *balancer.Target) { p.e.bal.ReportSuccess(t) }
-
-func (p passiveHealth) ReportFailure(t *balancer.Target) bool {
-	if !p.e.bal.ReportFailure(t) {
-		return false
+// retireTarget is the pool's OnRetire: it breaks the fast path's connections still busy
+// with a target whose deregistration delay ended (the pool cancelled net/http's through
+// Target.Retired) and forgets the target's metrics.
+func (e *Edge) retireTarget(addr string) {
+	e.upstreamMu.Lock()
+	ups := []*upstream{e.upstream, e.prevUpstream}
+	e.upstreamMu.Unlock()
+	for _, u := range ups {
+		if u != nil {
+			u.AbortTarget(addr)
+		}
 	}
-	p.e.metrics.PassiveEjection(t.Addr)
-	p.e.checker.ResetPasses(t.Addr)
-	return true
+	e.metrics.ForgetTarget(addr)
 }
 
 // newCertSource loads the certificates cfg names.
@@ -219,38 +218,57 @@ func (e *Edge) upstreamTLS(cfg *config.Config) (*tls.Config, error) {
 	return conf, nil
 }
 
-// newBackend builds the proxy for cfg, reusing the upstreams (and their pooled
-// connections) when the pool's timeouts and TLS settings are unchanged.
-func (e *Edge) newBackend(cfg *config.Config, upstreamTLS *tls.Config) *fastpath.Backend {
-	if e.upstream == nil || e.cfg == nil ||
-		cfg.Pool.ConnectTimeout != e.cfg.Pool.ConnectTimeout ||
-		cfg.Pool.ResponseHeaderTimeout != e.cfg.Pool.ResponseHeaderTimeout ||
-		!reflect.DeepEqual(cfg.Pool.TLS, e.cfg.Pool.TLS) {
-		if e.upstream != nil {
-			oldUp, oldTransport := e.upstream, e.transport
-			// Requests in flight keep their connections; idle ones of the old settings go.
-			defer oldUp.CloseIdle()
-			defer oldTransport.CloseIdleConnections()
-		}
-		e.upstream = fastpath.NewUpstream(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
-		e.transport = proxy.NewTransport(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
+// upstreamFor returns the upstream for cfg: the one in use (and its pooled connections)
+// when the pool's timeouts and TLS settings are unchanged, else a new one. It changes
+// nothing: Reload commits a new one (setUpstream).
+func (e *Edge) upstreamFor(cfg *config.Config, upstreamTLS *tls.Config) *upstream {
+	if e.upstream != nil && e.cfg != nil &&
+		cfg.Pool.ConnectTimeout == e.cfg.Pool.ConnectTimeout &&
+		cfg.Pool.ResponseHeaderTimeout == e.cfg.Pool.ResponseHeaderTimeout &&
+		reflect.DeepEqual(cfg.Pool.TLS, e.cfg.Pool.TLS) {
+		return e.upstream
 	}
+	return newUpstream(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
+}
+
+// upstream is how the edge reaches the pool's targets on both data paths: the fast path's
+// pool of keep-alive connections and net/http's transport, built from one set of timeouts
+// and TLS settings. A reload that keeps those settings keeps it, and its connections.
+type upstream struct {
+	fast      *fastpath.Upstream
+	transport *http.Transport
+}
+
+func newUpstream(connectTimeout, responseHeaderTimeout time.Duration, tlsConfig *tls.Config) *upstream {
+	return &upstream{
+		fast:      fastpath.NewUpstream(connectTimeout, responseHeaderTimeout, tlsConfig),
+		transport: proxy.NewTransport(connectTimeout, responseHeaderTimeout, tlsConfig),
+	}
+}
+
+// CloseIdle closes the idle connections of both paths.
+func (u *upstream) CloseIdle() {
+	u.fast.CloseIdle()
+	u.transport.CloseIdleConnections()
+}
+
+// AbortTarget breaks the fast path's connections busy with addr; net/http's requests to
+// it are cancelled through the target's Retired context.
+func (u *upstream) AbortTarget(addr string) { u.fast.AbortTarget(addr) }
+
+// newBackend builds the proxy for cfg over up and the edge's pool.
+func (e *Edge) newBackend(cfg *config.Config, up *upstream) *fastpath.Backend {
 	var trusted []netip.Prefix
 	for _, s := range cfg.Forwarding.TrustedProxies {
 		p, _ := config.ParsePrefix(s) // validated by config
 		trusted = append(trusted, p)
 	}
-	if pc := cfg.Pool.Passive; pc.ConsecutiveFailures > 0 {
-		e.bal.SetPassive(&balancer.Passive{ConsecutiveFailures: pc.ConsecutiveFailures, EjectionTime: pc.EjectionTime})
-	} else {
-		e.bal.SetPassive(nil)
-	}
 	h := proxy.New(proxy.Options{
-		Picker:         e.bal,
-		Passive:        passiveHealth{e},
+		Picker:         e.pool,
+		Passive:        e.pool,
 		TargetTLS:      cfg.Pool.TLS != nil,
 		Retries:        cfg.Pool.Retries,
-		Transport:      e.transport,
+		Transport:      up.transport,
 		TrustedProxies: trusted,
 		HSTS:           cfg.Headers.HSTS,
 		MaxBodyBytes:   cfg.Limits.MaxBodyBytes,
@@ -265,7 +283,7 @@ func (e *Edge) newBackend(cfg *config.Config, upstreamTLS *tls.Config) *fastpath
 			Logger:                  e.log,
 		},
 	})
-	return &fastpath.Backend{Handler: h, Upstream: e.upstream}
+	return &fastpath.Backend{Handler: h, Upstream: up.fast}
 }
 
 // serveProxy hands each request to the handler of the configuration in effect.
@@ -276,26 +294,6 @@ func (e *Edge) serveProxy(w http.ResponseWriter, r *http.Request) {
 // getCertificate asks the certificate source of the configuration in effect.
 func (e *Edge) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return e.certSrc.Load().GetCertificate(hello)
-}
-
-// healthChanged publishes a health transition to the balancer and logs entering and
-// leaving fail-open (no healthy target: traffic goes to all, as on an ALB).
-func (e *Edge) healthChanged(addr string, healthy bool) {
-	e.bal.SetHealthy(addr, healthy)
-	anyHealthy := false
-	for _, t := range e.bal.Targets() {
-		anyHealthy = anyHealthy || t.Healthy()
-	}
-	e.failOpenMu.Lock()
-	defer e.failOpenMu.Unlock()
-	switch {
-	case !anyHealthy && !e.failingOpen:
-		e.failingOpen = true
-		e.log.Warn("no healthy target: failing open, requests go to all targets")
-	case anyHealthy && e.failingOpen:
-		e.failingOpen = false
-		e.log.Info("a target is healthy again: fail-open over")
-	}
 }
 
 func (e *Edge) bind() error {
@@ -380,8 +378,8 @@ type targetStatus struct {
 // targetStatuses lists the pool's targets, then the passthrough targets.
 func (e *Edge) targetStatuses() []targetStatus {
 	out := []targetStatus{} // [], not null, when there are none
-	for _, s := range e.checker.Statuses() {
-		out = append(out, targetStatus{Pool: "pool", Status: s})
+	for _, s := range e.pool.Statuses() {
+		out = append(out, targetStatus{Pool: e.pool.Name(), Status: s})
 	}
 	for _, s := range e.passthrough.Statuses() {
 		out = append(out, targetStatus{Pool: "passthrough", Status: s})
@@ -465,16 +463,14 @@ func (e *Edge) Metrics() *telemetry.Metrics { return e.metrics }
 // in-flight requests finish within limits.shutdown_timeout, and returns. It returns an
 // error only if a listener fails or the drain times out.
 func (e *Edge) Run(ctx context.Context) error {
-	e.reloadMu.Lock()
-	e.runCtx = ctx
-	e.reloadMu.Unlock()
+	// Checks and drains outlive ctx until the servers have drained.
 	checkCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {
 		stopChecks()
-		e.checker.Wait()
+		e.pool.Wait()
 		e.passthrough.Wait()
 	}()
-	e.checker.Start(checkCtx, e.cfg.Pool.Targets)
+	e.pool.Start(checkCtx)
 	e.passthrough.Start(checkCtx)
 	go e.tickets.Run(checkCtx)
 

@@ -1,29 +1,50 @@
 package edge
 
 import (
-	"context"
 	"fmt"
 	"reflect"
 	"slices"
-	"time"
 
-	"edgeproxy/balancer"
+	"edgeproxy/certs"
 	"edgeproxy/config"
-	"edgeproxy/fastpath"
 )
 
 // Reload applies a new configuration without closing a listener or failing a request:
 // targets, health-check settings, certificates and the proxy's settings change in place.
-// Targets that stay keep their health state; new ones are probed at once and join after
-// their first pass; removed ones get no new requests and drain (see drain). Settings that
+// Targets that stay keep their state (health, passive ejection, place in the rotation);
+// new ones are probed at once and join after their first pass; removed ones get no new
+// requests and drain within pool.deregistration_delay (see package pool). Settings that
 // belong to a bound listener (listen addresses, server timeouts and limits) need a
-// restart: they are kept, with a warning. On error nothing has changed.
+// restart: they are kept, with a warning.
+//
+// Everything new is built first and committed only once all of it built: on error
+// nothing has changed.
 func (e *Edge) Reload(cfg *config.Config) error {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
 	old := e.cfg
-	oldUpstream := e.upstream // busy with the requests a drain may have to break
 
+	// Build. Nothing here changes what serves.
+	var src *certs.Source // nil: the certificates stay
+	if !reflect.DeepEqual(old.TLS, cfg.TLS) {
+		var err error
+		if src, err = e.newCertSource(cfg); err != nil {
+			return fmt.Errorf("edge: reload: %w", err)
+		}
+	}
+	upTLS, err := e.upstreamTLS(cfg)
+	if err != nil {
+		return fmt.Errorf("edge: reload: %w", err)
+	}
+	upstream := e.upstreamFor(cfg, upTLS)
+	backend := e.newBackend(cfg, upstream)
+	if e.beforeCommit != nil {
+		if err := e.beforeCommit(); err != nil {
+			return fmt.Errorf("edge: reload: %w", err)
+		}
+	}
+
+	// Commit.
 	if !reflect.DeepEqual(old.Listen, cfg.Listen) {
 		e.log.Warn("reload: listen addresses changed; they take effect only after a restart")
 	}
@@ -33,73 +54,46 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	if limitsNeedRestart(old.Limits, cfg.Limits) {
 		e.log.Warn("reload: server limits (timeouts, header size, connections) changed; they take effect only after a restart")
 	}
-	if !reflect.DeepEqual(old.TLS, cfg.TLS) {
-		src, err := e.newCertSource(cfg)
-		if err != nil {
-			return fmt.Errorf("edge: reload: %w", err)
-		}
+	if src != nil {
 		e.certSrc.Store(src)
 	}
-
-	upTLS, err := e.upstreamTLS(cfg)
-	if err != nil {
-		return fmt.Errorf("edge: reload: %w", err)
-	}
-	backend := e.newBackend(cfg, upTLS)
-	opts := healthOptions(cfg, upTLS)
-	e.checker.Reconfigure(opts)
-	removed := e.bal.SetTargets(cfg.Pool.Targets)
-	e.checker.SetTargets(cfg.Pool.Targets)
+	e.setUpstream(upstream)
+	e.pool.Update(poolConfig(cfg, upTLS))
 	e.reloadPassthrough(cfg)
 	e.backend.Store(backend)
 	e.cfg = cfg
 
-	var added []string
+	var added, removed []string
 	for _, a := range cfg.Pool.Targets {
 		if !slices.Contains(old.Pool.Targets, a) {
 			added = append(added, a)
 		}
 	}
-	var gone []string
-	for _, t := range removed {
-		gone = append(gone, t.Addr)
-		go e.drain(e.runCtx, t, cfg.Pool.DeregistrationDelay, oldUpstream)
+	for _, a := range old.Pool.Targets {
+		if !slices.Contains(cfg.Pool.Targets, a) {
+			removed = append(removed, a)
+		}
 	}
-	e.log.Info("reloaded configuration", "targets", cfg.Pool.Targets, "added", added, "removed", gone)
+	e.log.Info("reloaded configuration", "targets", cfg.Pool.Targets, "added", added, "removed", removed)
 	return nil
+}
+
+// setUpstream makes u the upstream in use. One it replaces keeps the connections of
+// requests in flight (a drain may still break some, see retireTarget); its idle ones go.
+func (e *Edge) setUpstream(u *upstream) {
+	e.upstreamMu.Lock()
+	old := e.upstream
+	if u != old {
+		e.upstream, e.prevUpstream = u, old
+	}
+	e.upstreamMu.Unlock()
+	if u != old && old != nil {
+		old.CloseIdle()
+	}
 }
 
 func limitsNeedRestart(a, b config.Limits) bool {
 	a.MaxBodyBytes, b.MaxBodyBytes = 0, 0 // applied by the proxy, reloadable
 	a.ShutdownTimeout, b.ShutdownTimeout = 0, 0
 	return a != b
-}
-
-// drain waits until a removed target has no request in flight, or its deregistration delay
-// is over (then cancels what still runs), and forgets it.
-func (e *Edge) drain(ctx context.Context, t *balancer.Target, delay time.Duration, upstream *fastpath.Upstream) {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	deadline := time.NewTimer(delay)
-	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	start := time.Now()
-wait:
-	for t.InFlight() > 0 {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			e.log.Warn(fmt.Sprintf("target %s removed: deregistration delay %v over, cancelling %d request(s) still in flight", t.Addr, delay, t.InFlight()))
-			break wait
-		case <-ctx.Done():
-			break wait
-		}
-	}
-	t.Retire()                   // cancels the net/http path's requests to t
-	upstream.AbortTarget(t.Addr) // and breaks the fast path's
-	e.checker.Forget(t.Addr)
-	e.metrics.ForgetTarget(t.Addr)
-	e.log.Info(fmt.Sprintf("target %s removed and drained after %v", t.Addr, time.Since(start).Round(time.Millisecond)), "target", t.Addr)
 }

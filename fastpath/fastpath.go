@@ -12,8 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/mixedcontent"
+	"edgeproxy/pool"
 	"edgeproxy/proxy"
 	"edgeproxy/proxy/h1"
 )
@@ -289,7 +289,7 @@ func (c *fastConn) Describe() (method, uri string) {
 }
 
 // Send is the core's Sender: it sends the request to t and reads the response head.
-func (c *fastConn) Send(t *balancer.Target) (bodySent bool, err error) {
+func (c *fastConn) Send(t *pool.Target) (bodySent bool, err error) {
 	up, sent, err := c.exchange(t)
 	c.sent = c.sent || sent
 	c.up = up
@@ -301,7 +301,7 @@ func (c *fastConn) Send(t *balancer.Target) (bodySent bool, err error) {
 // request reached the target, which decides whether it may be retried. A pooled
 // connection that turns out closed is replaced by a new one once, transparently, when
 // nothing of the request body was streamed yet.
-func (c *fastConn) exchange(t *balancer.Target) (up *upstreamConn, sent bool, err error) {
+func (c *fastConn) exchange(t *pool.Target) (up *upstreamConn, sent bool, err error) {
 	u := c.upstream
 	for attempt := 0; ; attempt++ {
 		up, err = u.get(t.Addr)

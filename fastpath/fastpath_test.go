@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/internal/testutil"
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
@@ -203,7 +202,7 @@ func TestFastPath_Errors(t *testing.T) {
 func TestFastPath_RetriesRefusedConnection(t *testing.T) {
 	var hits atomic.Int64
 	live := testutil.EchoBackend(t, &hits)
-	b := pool(testutil.DeadAddr(t), live.Listener.Addr().String())
+	b := healthyPool(testutil.DeadAddr(t), live.Listener.Addr().String())
 	s := startServer(t, true, Options{Picker: b, Passive: b, Retries: 1}, false)
 	for i := 0; i < 4; i++ {
 		c, br := dialRaw(t, s.addr)
@@ -275,8 +274,7 @@ func BenchmarkFastPath_TLS(b *testing.B) {
 
 func benchmarkFastPath(b *testing.B, obs proxy.Observer, useTLS bool) {
 	target := cannedTarget(b, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
-	bal := balancer.New([]string{target})
-	bal.SetHealthy(target, true)
+	bal := healthyPool(target)
 	h := proxy.New(Options{Picker: bal, Passive: bal, Retries: 1, Observer: obs})
 	backend := &Backend{Handler: h, Upstream: NewUpstream(5*time.Second, time.Minute, nil)}
 	s := NewServer(ServerOptions{Backend: func() *Backend { return backend }, HTTP: &http.Server{Handler: h}, FastPath: true,
@@ -343,7 +341,7 @@ func TestFastPath_RetryRules(t *testing.T) {
 			var resetHits, liveHits atomic.Int64
 			dying := testutil.ResettingBackend(t, &resetHits)
 			live := testutil.EchoBackend(t, &liveHits)
-			b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
+			b := healthyPool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 			b.Next()
 			b.Next()
 			s := startServer(t, true, Options{Picker: b, Passive: b, Retries: 1}, false)

@@ -5,28 +5,24 @@ import (
 	"strconv"
 	"time"
 
-	"edgeproxy/balancer"
+	"edgeproxy/pool"
 	"edgeproxy/proxy"
 )
 
 // Options are the proxy options of a test server.
 type Options = proxy.Options
 
-type staticPicker struct{ t *balancer.Target }
+type staticPicker struct{ t *pool.Target }
 
-func (p staticPicker) Next() balancer.Pick                       { return balancer.Pick{Target: p.t} }
-func (p staticPicker) NextExcept(*balancer.Target) balancer.Pick { return p.Next() }
+func (p staticPicker) Next() pool.Pick                   { return pool.Pick{Target: p.t} }
+func (p staticPicker) NextExcept(*pool.Target) pool.Pick { return p.Next() }
 
-func pickerForAddr(addr string) staticPicker { return staticPicker{&balancer.Target{Addr: addr}} }
+func pickerForAddr(addr string) staticPicker { return staticPicker{&pool.Target{Addr: addr}} }
 
-// pool is a balancer over addrs, all healthy, with passive health on.
-func pool(addrs ...string) *balancer.Balancer {
-	b := balancer.New(addrs)
-	for _, a := range addrs {
-		b.SetHealthy(a, true)
-	}
-	b.SetPassive(&balancer.Passive{ConsecutiveFailures: 3, EjectionTime: time.Minute})
-	return b
+// healthyPool returns a pool over addrs, all healthy, with passive detection after 3
+// failures.
+func healthyPool(addrs ...string) *pool.Pool {
+	return pool.New(pool.Config{Name: "test", Targets: addrs, Passive: pool.Passive{ConsecutiveFailures: 3, EjectionTime: time.Minute}}, pool.Options{})
 }
 
 // errorBody is the body of the edge's error page for code.

@@ -2,8 +2,12 @@
 // AWS ALB target group: a GET of a path with a given Host header, an interval, a timeout,
 // healthy and unhealthy thresholds and a status matcher, redirects not followed.
 //
-// The checker only writes state and reports changes (through Options.OnChange and the
-// Observer); it never selects targets or proxies requests.
+// The package probes and judges; it does not keep the targets. A Target is one target's
+// health (its threshold state machine and last check) and has exactly one owner: the
+// pool package holds one per pooled target, next to that target's balancing state, and
+// a Checker runs the probe loop of each Target it is given, feeding results into it and
+// reporting transitions through Hooks and the Observer. The checker never selects targets
+// or proxies requests.
 package health
 
 import (
@@ -17,7 +21,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,13 +52,6 @@ type Options struct {
 	HealthyThreshold   int
 	UnhealthyThreshold int
 	Matcher            Matcher
-	// OnChange is called, from the target's check goroutine, whenever a target becomes
-	// healthy or stops being healthy. Nil means no one is told.
-	OnChange func(addr string, healthy bool)
-	// OnProven is called after every check that brings the target's passes in a row to
-	// HealthyThreshold or more: the evidence that ends a passive ejection (see
-	// ResetPasses). Nil means no one is told.
-	OnProven func(addr string)
 	// Observer receives results for metrics; nil means none.
 	Observer Observer
 	// Logger receives transitions; nil means no logging.
@@ -83,22 +79,18 @@ type Status struct {
 	ConsecutiveFailures int       `json:"consecutive_failures"`
 }
 
-// Checker checks a set of targets, one goroutine per target. Use New, then Start.
+// Checker probes targets with one set of options, one goroutine per target (see Run). It
+// keeps no target state of its own: that is each Target's. Use New.
 type Checker struct {
 	opts atomic.Pointer[Options] // replaced whole by Reconfigure
 	log  *slog.Logger
-
-	// mu guards targets and ctx.
-	mu      sync.Mutex
-	ctx     context.Context
-	targets map[string]*target
-	wg      sync.WaitGroup
 }
 
-// target is one target's checking loop and its state.
-type target struct {
-	addr   string
-	cancel context.CancelFunc
+// Target is one target's health: the threshold state machine and the last check, as
+// /targets shows them. It is the only copy of that state; its owner (a pool) keeps it for
+// as long as the target is configured, across reloads. Use NewTarget.
+type Target struct {
+	healthy atomic.Bool // state == Healthy, for readers that take no lock
 
 	// mu guards m and status.
 	mu     sync.Mutex
@@ -106,7 +98,69 @@ type target struct {
 	status Status
 }
 
-// New returns a checker with the given options. It checks nothing until Start.
+// NewTarget returns the health of a new target at addr, in state Initial.
+func NewTarget(addr string) *Target {
+	return &Target{m: machine{state: Initial}, status: Status{Address: addr, State: Initial, Reason: ReasonNone}}
+}
+
+// Healthy reports whether the target is in state Healthy.
+func (t *Target) Healthy() bool { return t.healthy.Load() }
+
+// Status returns the target's state and last check.
+func (t *Target) Status() Status {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.status
+}
+
+// Set puts the target in state s without a check, keeping its counts and last check:
+// Healthy for a target of a pool without active checks, Draining for one a reload
+// removed.
+func (t *Target) Set(s State) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.m.state = s
+	t.status.State = s
+	t.healthy.Store(s == Healthy)
+}
+
+// ResetPasses restarts the count of passes in a row, without changing the state: after
+// a passive ejection, only checks from then on count as evidence of health.
+func (t *Target) ResetPasses() {
+	t.mu.Lock()
+	t.m.passes = 0
+	t.status.ConsecutivePasses = 0
+	t.mu.Unlock()
+}
+
+// record applies one probe result and returns the state before, the machine after and
+// whether the state changed.
+func (t *Target) record(r result, opts *Options) (prev State, m machine, changed bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	prev = t.m.state
+	changed = t.m.observe(r.pass, opts.HealthyThreshold, opts.UnhealthyThreshold)
+	m = t.m
+	t.status = Status{
+		Address: t.status.Address, State: m.state, LastCheck: time.Now().UTC(), LastStatus: r.status,
+		Reason: r.reason, Detail: r.detail, ConsecutivePasses: m.passes, ConsecutiveFailures: m.fails,
+	}
+	t.healthy.Store(m.state == Healthy)
+	return prev, m, changed
+}
+
+// Hooks tell the owner of a Target what its checks found. Nil hooks are not called.
+type Hooks struct {
+	// OnChange is called, from the target's check goroutine, whenever the target
+	// becomes healthy or stops being healthy.
+	OnChange func(healthy bool)
+	// OnProven is called after every check that brings the target's passes in a row to
+	// HealthyThreshold or more: the evidence that ends a passive ejection (see
+	// Target.ResetPasses).
+	OnProven func()
+}
+
+// New returns a checker with the given options. It checks nothing until Run.
 func New(opts Options) *Checker {
 	if opts.Transport == nil {
 		opts.Transport = probeTransport(opts)
@@ -115,7 +169,7 @@ func New(opts Options) *Checker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Checker{log: log, targets: map[string]*target{}}
+	c := &Checker{log: log}
 	c.opts.Store(&opts)
 	return c
 }
@@ -134,11 +188,11 @@ func probeTransport(opts Options) *http.Transport {
 
 // Reconfigure applies new check settings (path, host, interval, timeout, thresholds,
 // matcher, TLS) from the next check on; targets keep their state and counts. The
-// OnChange, OnProven, Observer and Logger of the original options stay, and so does the
-// Transport unless the TLS settings changed.
+// Observer and Logger of the original options stay, and so does the Transport unless
+// the TLS settings changed.
 func (c *Checker) Reconfigure(opts Options) {
 	old := c.opts.Load()
-	opts.OnChange, opts.OnProven, opts.Observer, opts.Logger = old.OnChange, old.OnProven, old.Observer, old.Logger
+	opts.Observer, opts.Logger = old.Observer, old.Logger
 	if opts.Transport == nil {
 		opts.Transport = old.Transport
 		if opts.TLSConfig != old.TLSConfig {
@@ -148,101 +202,21 @@ func (c *Checker) Reconfigure(opts Options) {
 	c.opts.Store(&opts)
 }
 
-// Start begins checking addrs; checks stop when ctx is done. Each target is checked at once
-// (spread over a short random delay, so that many targets are never checked in step).
-func (c *Checker) Start(ctx context.Context, addrs []string) {
-	c.mu.Lock()
-	c.ctx = ctx
-	c.mu.Unlock()
-	c.SetTargets(addrs)
-}
-
-// SetTargets changes the set of checked targets: new ones are checked at once and start in
-// state Initial; removed ones stop being checked and show as Draining until Forget; the
-// others keep their state.
-func (c *Checker) SetTargets(addrs []string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	keep := map[string]bool{}
-	for _, a := range addrs {
-		keep[a] = true
-		if t := c.targets[a]; t != nil && !t.draining() {
-			continue
-		}
-		ctx, cancel := context.WithCancel(c.ctx)
-		t := &target{addr: a, cancel: cancel, m: machine{state: Initial}}
-		t.status = Status{Address: a, State: Initial, Reason: ReasonNone}
-		c.targets[a] = t
-		if o := c.opts.Load().Observer; o != nil {
-			o.TargetHealthy(a, false)
-		}
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			c.loop(ctx, t)
-		}()
+// Run checks t, whose address is addr, until ctx is done, feeding every result into t
+// and telling h of its transitions. It first reports t's state to the Observer. The
+// first check comes at once (after a short random delay, so that many targets are never
+// checked in step).
+func (c *Checker) Run(ctx context.Context, addr string, t *Target, h Hooks) {
+	if o := c.opts.Load().Observer; o != nil {
+		o.TargetHealthy(addr, t.Healthy())
 	}
-	for a, t := range c.targets {
-		if !keep[a] {
-			t.cancel()
-			t.mu.Lock()
-			t.status.State = Draining
-			t.mu.Unlock()
-		}
-	}
-}
-
-// ResetPasses restarts addr's count of passes in a row, without changing its state: after
-// a passive ejection, only checks from then on count as evidence of health.
-func (c *Checker) ResetPasses(addr string) {
-	c.mu.Lock()
-	t := c.targets[addr]
-	c.mu.Unlock()
-	if t == nil {
-		return
-	}
-	t.mu.Lock()
-	t.m.passes = 0
-	t.status.ConsecutivePasses = 0
-	t.mu.Unlock()
-}
-
-// Forget drops a drained target from the statuses.
-func (c *Checker) Forget(addr string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t := c.targets[addr]; t != nil && t.draining() {
-		delete(c.targets, addr)
-	}
-}
-
-func (t *target) draining() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.status.State == Draining
-}
-
-// Wait blocks until every check goroutine has returned (after the Start context is done).
-func (c *Checker) Wait() { c.wg.Wait() }
-
-// Statuses returns every target's status, sorted by address.
-func (c *Checker) Statuses() []Status {
-	c.mu.Lock()
-	out := make([]Status, 0, len(c.targets))
-	for _, t := range c.targets {
-		t.mu.Lock()
-		out = append(out, t.status)
-		t.mu.Unlock()
-	}
-	c.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
-	return out
+	c.loop(ctx, addr, t, h)
 }
 
 // loop checks t every interval until ctx is done. The first check comes after a random
 // delay below a quarter of the interval (at most 250ms); later ones every interval with ±5%
 // jitter, so that targets drift apart instead of being checked in step.
-func (c *Checker) loop(ctx context.Context, t *target) {
+func (c *Checker) loop(ctx context.Context, addr string, t *Target, h Hooks) {
 	timer := time.NewTimer(firstCheckDelay(c.opts.Load().Interval))
 	defer timer.Stop()
 	for {
@@ -251,7 +225,7 @@ func (c *Checker) loop(ctx context.Context, t *target) {
 			return
 		case <-timer.C:
 		}
-		c.checkOnce(ctx, t)
+		c.checkOnce(ctx, addr, t, h)
 		timer.Reset(nextCheckDelay(c.opts.Load().Interval))
 	}
 }
@@ -275,48 +249,40 @@ type result struct {
 	detail string // for logs: "status 400 not in 200-399"
 }
 
-func (c *Checker) checkOnce(ctx context.Context, t *target) {
+func (c *Checker) checkOnce(ctx context.Context, addr string, t *Target, h Hooks) {
 	opts := c.opts.Load()
-	r := c.probe(ctx, opts, t.addr)
+	r := c.probe(ctx, opts, addr)
 	if ctx.Err() != nil {
 		return // stopped mid-check: not the target's fault
 	}
-	t.mu.Lock()
-	prev := t.m.state
-	changed := t.m.observe(r.pass, opts.HealthyThreshold, opts.UnhealthyThreshold)
-	m := t.m
-	t.status = Status{
-		Address: t.addr, State: m.state, LastCheck: time.Now().UTC(), LastStatus: r.status,
-		Reason: r.reason, Detail: r.detail, ConsecutivePasses: m.passes, ConsecutiveFailures: m.fails,
-	}
-	t.mu.Unlock()
+	prev, m, changed := t.record(r, opts)
 
 	if o := opts.Observer; o != nil {
-		o.HealthCheck(t.addr, r.pass, r.reason)
+		o.HealthCheck(addr, r.pass, r.reason)
 	}
-	if r.pass && m.passes >= opts.HealthyThreshold && opts.OnProven != nil {
-		opts.OnProven(t.addr)
+	if r.pass && m.passes >= opts.HealthyThreshold && h.OnProven != nil {
+		h.OnProven()
 	}
 	if !changed {
 		if !r.pass {
-			c.log.Debug("health check failed", "target", t.addr, "reason", r.reason, "detail", r.detail, "in_a_row", m.fails)
+			c.log.Debug("health check failed", "target", addr, "reason", r.reason, "detail", r.detail, "in_a_row", m.fails)
 		}
 		return
 	}
 	healthy := m.state == Healthy
 	switch {
 	case healthy && prev == Initial:
-		c.log.Info(fmt.Sprintf("target %s healthy: first check passed (status %d)", t.addr, r.status), "target", t.addr, "state", m.state)
+		c.log.Info(fmt.Sprintf("target %s healthy: first check passed (status %d)", addr, r.status), "target", addr, "state", m.state)
 	case healthy:
-		c.log.Info(fmt.Sprintf("target %s healthy: status %d (%d in a row)", t.addr, r.status, m.passes), "target", t.addr, "state", m.state)
+		c.log.Info(fmt.Sprintf("target %s healthy: status %d (%d in a row)", addr, r.status, m.passes), "target", addr, "state", m.state)
 	default:
-		c.log.Warn(fmt.Sprintf("target %s unhealthy: %s (%d in a row)", t.addr, r.detail, m.fails), "target", t.addr, "state", m.state, "reason", r.reason)
+		c.log.Warn(fmt.Sprintf("target %s unhealthy: %s (%d in a row)", addr, r.detail, m.fails), "target", addr, "state", m.state, "reason", r.reason)
 	}
 	if o := opts.Observer; o != nil {
-		o.TargetHealthy(t.addr, healthy)
+		o.TargetHealthy(addr, healthy)
 	}
-	if opts.OnChange != nil {
-		opts.OnChange(t.addr, healthy)
+	if h.OnChange != nil {
+		h.OnChange(healthy)
 	}
 }
 

@@ -122,20 +122,21 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 	}
 }
 
-func start(t *testing.T, c *Checker, addrs ...string) {
+// start runs c's checks of addrs until the test ends, with hooks h, and returns their
+// health, in the order of addrs.
+func start(t *testing.T, c *Checker, h Hooks, addrs ...string) []*Target {
 	ctx, cancel := context.WithCancel(context.Background())
-	c.Start(ctx, addrs)
-	t.Cleanup(func() { cancel(); c.Wait() })
+	var wg sync.WaitGroup
+	targets := make([]*Target, len(addrs))
+	for i, a := range addrs {
+		targets[i] = NewTarget(a)
+		wg.Go(func() { c.Run(ctx, a, targets[i], h) })
+	}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return targets
 }
 
-func stateOf(c *Checker, addr string) State {
-	for _, s := range c.Statuses() {
-		if s.Address == addr {
-			return s.State
-		}
-	}
-	return ""
-}
+func stateOf(target *Target) State { return target.Status().State }
 
 // The classic ALB-and-Django trap: a check that sends the target address as Host gets 400
 // from ALLOWED_HOSTS; with host set it passes. The log says which Host to set.
@@ -153,11 +154,11 @@ func TestChecker_HostHeaderAndAllowedHostsHint(t *testing.T) {
 	addr := backend.Listener.Addr().String()
 
 	c, obs, logs := newChecker(t, Options{Path: "/admin/login/"})
-	start(t, c, addr)
+	target := start(t, c, Hooks{}, addr)[0]
 	want := "target " + addr + " unhealthy: status 400 not in 200-399"
 	// The transition is logged just after the state changes: wait for the line itself.
 	waitFor(t, "the unhealthy transition logged", 2*time.Second, func() bool { return strings.Contains(logs.String(), want) })
-	if stateOf(c, addr) != Unhealthy || !strings.Contains(logs.String(), "ALLOWED_HOSTS") {
+	if stateOf(target) != Unhealthy || !strings.Contains(logs.String(), "ALLOWED_HOSTS") {
 		t.Errorf("log lacks %q and the ALLOWED_HOSTS hint:\n%s", want, logs)
 	}
 	if r := obs.reasons(); r[0] != ReasonResponseCodeMismatch {
@@ -165,8 +166,8 @@ func TestChecker_HostHeaderAndAllowedHostsHint(t *testing.T) {
 	}
 
 	fixed, _, _ := newChecker(t, Options{Path: "/admin/login/", Host: "app.test"})
-	start(t, fixed, addr)
-	waitFor(t, "healthy", 2*time.Second, func() bool { return stateOf(fixed, addr) == Healthy })
+	fixedTarget := start(t, fixed, Hooks{}, addr)[0]
+	waitFor(t, "healthy", 2*time.Second, func() bool { return stateOf(fixedTarget) == Healthy })
 }
 
 // Redirects are results: Django's /admin/ answers 302, which 200-399 accepts and 200 does not.
@@ -182,12 +183,12 @@ func TestChecker_DoesNotFollowRedirects(t *testing.T) {
 	addr := backend.Listener.Addr().String()
 	only200, _ := config.ParseMatcher("200")
 	c, _, _ := newChecker(t, Options{Path: "/admin/", Matcher: only200})
-	start(t, c, addr)
-	waitFor(t, "unhealthy", 2*time.Second, func() bool { return stateOf(c, addr) == Unhealthy })
+	target := start(t, c, Hooks{}, addr)[0]
+	waitFor(t, "unhealthy", 2*time.Second, func() bool { return stateOf(target) == Unhealthy })
 	if followed.Load() {
 		t.Error("the checker followed the redirect")
 	}
-	s := c.Statuses()[0]
+	s := target.Status()
 	if s.LastStatus != http.StatusFound || s.Reason != ReasonResponseCodeMismatch {
 		t.Errorf("got status %d reason %s; want 302 %s", s.LastStatus, s.Reason, ReasonResponseCodeMismatch)
 	}
@@ -213,7 +214,7 @@ func TestChecker_ReasonCodes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, obs, _ := newChecker(t, Options{})
-			start(t, c, tc.addr)
+			start(t, c, Hooks{}, tc.addr)
 			waitFor(t, "a failed check", 2*time.Second, func() bool { return len(obs.reasons()) > 0 })
 			if got := obs.reasons()[0]; got != tc.reason {
 				t.Errorf("reason %q; want %q", got, tc.reason)
@@ -235,23 +236,23 @@ func TestChecker_TransitionsWithinThresholdTime(t *testing.T) {
 	addr := backend.Listener.Addr().String()
 	var mu sync.Mutex
 	var changes []bool
-	c, _, _ := newChecker(t, Options{OnChange: func(a string, healthy bool) {
+	c, _, _ := newChecker(t, Options{})
+	target := start(t, c, Hooks{OnChange: func(healthy bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		changes = append(changes, healthy)
-	}})
-	start(t, c, addr)
-	waitFor(t, "healthy", time.Second, func() bool { return stateOf(c, addr) == Healthy })
+	}}, addr)[0]
+	waitFor(t, "healthy", time.Second, func() bool { return stateOf(target) == Healthy })
 
 	failing.Store(true)
 	t0 := time.Now()
-	waitFor(t, "unhealthy", time.Second, func() bool { return stateOf(c, addr) == Unhealthy })
+	waitFor(t, "unhealthy", time.Second, func() bool { return stateOf(target) == Unhealthy })
 	bound := 2*105*time.Millisecond + 80*time.Millisecond + 150*time.Millisecond // slack
 	if d := time.Since(t0); d > bound {
 		t.Errorf("unhealthy after %v; want within %v", d, bound)
 	}
 	failing.Store(false)
-	waitFor(t, "healthy again", time.Second, func() bool { return stateOf(c, addr) == Healthy })
+	waitFor(t, "healthy again", time.Second, func() bool { return stateOf(target) == Healthy })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(changes) != 3 || !changes[0] || changes[1] || !changes[2] {

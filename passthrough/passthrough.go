@@ -5,9 +5,10 @@
 // replayed, not consumed), splices a connection for a listed name to a healthy target as
 // raw TCP, and hands every other connection, untouched, to the TLS listener above it.
 //
-// Targets are chosen round robin among the healthy ones (balancer, with its fail-open),
-// and checked by TCP connect (health, with TCPConnect) with the pool's interval and
-// thresholds.
+// Each entry (Route) is a pool of its own (package pool): targets chosen round robin
+// among the healthy ones, with its fail-open, and checked by TCP connect (health, with
+// TCPConnect) with the configured interval and thresholds. A reload keeps each entry's
+// pool, and so each target's health and the rotation.
 package passthrough
 
 import (
@@ -18,12 +19,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/health"
+	"edgeproxy/pool"
 )
 
 // Route sends the connections for ServerNames to Targets.
@@ -57,7 +59,7 @@ type Options struct {
 	// DialTimeout bounds connecting to a target. Zero means 5s.
 	DialTimeout time.Duration
 	// Health holds the check interval, timeout and thresholds; New makes the checks TCP
-	// connects and sets their Observer, Logger and OnChange.
+	// connects and sets their Observer and Logger.
 	Health health.Options
 	// Observer receives metrics; nil means none.
 	Observer Observer
@@ -70,10 +72,13 @@ type Options struct {
 // Router is the SNI router. A nil *Router is valid and routes nothing: its Listener
 // returns the inner listener, and its other methods do nothing. Use New.
 type Router struct {
-	opts    Options
-	log     *slog.Logger
-	checker *health.Checker
-	table   atomic.Pointer[table] // swapped whole by Update
+	opts  Options
+	log   *slog.Logger
+	table atomic.Pointer[table] // swapped whole by Update
+
+	// poolsMu serialises Start and Update, and guards ctx.
+	poolsMu sync.Mutex
+	ctx     context.Context // set by Start
 
 	// mu guards conns, the spliced connections (client side), and closed.
 	mu     sync.Mutex
@@ -82,11 +87,11 @@ type Router struct {
 	wg     sync.WaitGroup // spliced connections
 }
 
-// table maps a server name to the balancer over its route's targets. It is never
-// modified once published.
+// table maps a server name to the pool of its route. It is never modified once
+// published.
 type table struct {
-	byName map[string]*balancer.Balancer
-	addrs  []string // every target, once, for the checker
+	byName map[string]*pool.Pool
+	pools  []*pool.Pool // one per route, in order
 }
 
 // New returns a router for opts.Routes. It checks nothing until Start.
@@ -102,46 +107,66 @@ func New(opts Options) *Router {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Router{opts: opts, log: log, conns: map[net.Conn]struct{}{}}
-	r.checker = health.New(r.healthOptions(opts.Health))
-	r.table.Store(r.newTable(opts.Routes))
+	r.table.Store(r.newTable(opts.Routes, opts.Health, &table{}))
 	return r
 }
 
-func (r *Router) healthOptions(h health.Options) health.Options {
+// newTable builds the routing table for routes. A route keeps the pool of the old route
+// that served one of its names (Update applies the route to it, so its targets keep
+// their state); other routes get a new pool.
+func (r *Router) newTable(routes []Route, h health.Options, old *table) *table {
 	h.TCPConnect = true
-	if r.opts.Observer != nil {
-		h.Observer = r.opts.Observer
+	oldPool := map[*pool.Pool]bool{}
+	for _, p := range old.pools {
+		oldPool[p] = true
 	}
-	h.Logger = r.log.With("passthrough", true)
-	h.OnChange = r.healthChanged
-	h.OnProven = nil
-	return h
-}
-
-// newTable builds the routing table for routes, each target starting with the health
-// the checker knows for it (unknown: not healthy, so fail-open until the first check).
-func (r *Router) newTable(routes []Route) *table {
-	t := &table{byName: map[string]*balancer.Balancer{}}
-	healthy := map[string]bool{}
-	for _, s := range r.checker.Statuses() {
-		healthy[s.Address] = s.State == health.Healthy
-	}
-	seen := map[string]bool{}
+	t := &table{byName: map[string]*pool.Pool{}}
 	for _, rt := range routes {
-		b := balancer.New(rt.Targets)
-		for _, a := range rt.Targets {
-			b.SetHealthy(a, healthy[a])
-			if !seen[a] {
-				seen[a] = true
-				t.addrs = append(t.addrs, a)
+		cfg := pool.Config{Name: "passthrough", Targets: rt.Targets, Health: h}
+		if len(rt.ServerNames) > 0 {
+			cfg.Name += " " + normalName(rt.ServerNames[0])
+		}
+		var p *pool.Pool
+		for _, n := range rt.ServerNames {
+			if q := old.byName[normalName(n)]; q != nil && oldPool[q] {
+				p = q
+				break
 			}
 		}
-		for _, n := range rt.ServerNames {
-			t.byName[normalName(n)] = b
+		if p != nil {
+			delete(oldPool, p) // claimed: no other route takes it
+			p.Update(cfg)
+		} else {
+			p = pool.New(cfg, r.poolOptions())
+			if r.ctx != nil {
+				p.Start(r.ctx)
+			}
 		}
+		t.pools = append(t.pools, p)
+		for _, n := range rt.ServerNames {
+			t.byName[normalName(n)] = p
+		}
+	}
+	for p := range oldPool { // routes gone: their pools stop checking and empty
+		p.Update(pool.Config{Health: h})
+		p.Wait()
 	}
 	return t
 }
+
+func (r *Router) poolOptions() pool.Options {
+	opts := pool.Options{Logger: r.log.With("passthrough", true)}
+	if r.opts.Observer != nil {
+		opts.Observer = poolObserver{r.opts.Observer}
+	}
+	return opts
+}
+
+// poolObserver is the pool.Observer of the passthrough pools: they report no passive
+// ejections, as spliced connections are not judged.
+type poolObserver struct{ health.Observer }
+
+func (poolObserver) PassiveEjection(string) {}
 
 func normalName(n string) string {
 	b := []byte(n)
@@ -156,19 +181,17 @@ func normalName(n string) string {
 	return string(b)
 }
 
-// healthChanged publishes a target's health to every route that lists it.
-func (r *Router) healthChanged(addr string, healthy bool) {
-	for _, b := range r.table.Load().byName {
-		b.SetHealthy(addr, healthy)
-	}
-}
-
 // Start begins the TCP-connect checks of the targets; they stop when ctx is done.
 func (r *Router) Start(ctx context.Context) {
 	if r == nil {
 		return
 	}
-	r.checker.Start(ctx, r.table.Load().addrs)
+	r.poolsMu.Lock()
+	defer r.poolsMu.Unlock()
+	r.ctx = ctx
+	for _, p := range r.table.Load().pools {
+		p.Start(ctx)
+	}
 }
 
 // Wait blocks until the checks have stopped (after the Start context is done).
@@ -176,32 +199,43 @@ func (r *Router) Wait() {
 	if r == nil {
 		return
 	}
-	r.checker.Wait()
+	for _, p := range r.table.Load().pools {
+		p.Wait()
+	}
 }
 
-// Update applies new routes and check settings (a reload). Targets that stay keep their
-// health; connections already spliced are not touched.
+// Update applies new routes and check settings (a reload). Each route keeps its pool
+// (matched by server name), and targets that stay keep their health and their place in
+// the rotation; connections already spliced are not touched.
 func (r *Router) Update(routes []Route, h health.Options) {
 	if r == nil {
 		return
 	}
-	r.checker.Reconfigure(r.healthOptions(h))
-	t := r.newTable(routes)
-	r.table.Store(t)
-	r.checker.SetTargets(t.addrs)
-	for _, s := range r.checker.Statuses() {
-		if s.State == health.Draining {
-			r.checker.Forget(s.Address)
-		}
-	}
+	r.poolsMu.Lock()
+	defer r.poolsMu.Unlock()
+	r.table.Store(r.newTable(routes, h, r.table.Load()))
 }
 
-// Statuses returns the passthrough targets' health, as health.Checker.Statuses.
+// Statuses returns the passthrough targets' health, each address once (a target of
+// several routes is checked by each), sorted by address.
 func (r *Router) Statuses() []health.Status {
 	if r == nil {
 		return nil
 	}
-	return r.checker.Statuses()
+	byAddr := map[string]health.Status{}
+	for _, p := range r.table.Load().pools {
+		for _, s := range p.Statuses() {
+			if prev, ok := byAddr[s.Address]; !ok || prev.State == health.Draining {
+				byAddr[s.Address] = s
+			}
+		}
+	}
+	out := make([]health.Status, 0, len(byAddr))
+	for _, s := range byAddr {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out
 }
 
 // Shutdown waits for the spliced connections to end until ctx is done, then closes
@@ -232,8 +266,8 @@ func (r *Router) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// route returns the balancer for a server name, or nil.
-func (r *Router) route(name string) *balancer.Balancer {
+// route returns the pool for a server name, or nil.
+func (r *Router) route(name string) *pool.Pool {
 	if name == "" {
 		return nil
 	}
@@ -242,7 +276,7 @@ func (r *Router) route(name string) *balancer.Balancer {
 
 // splice relays c, whose first bytes hello were already read from it, to a target of b,
 // until both sides are done. It owns c.
-func (r *Router) splice(c net.Conn, hello []byte, name string, b *balancer.Balancer) {
+func (r *Router) splice(c net.Conn, hello []byte, name string, b *pool.Pool) {
 	if !r.track(c) {
 		c.Close()
 		return
@@ -275,10 +309,10 @@ func (r *Router) splice(c net.Conn, hello []byte, name string, b *balancer.Balan
 
 // dial connects to the next target of b, trying each target at most once: a refused
 // connection has carried nothing yet, so another target may take it.
-func (r *Router) dial(b *balancer.Balancer) (net.Conn, string, error) {
+func (r *Router) dial(b *pool.Pool) (net.Conn, string, error) {
 	d := net.Dialer{Timeout: r.opts.DialTimeout, KeepAlive: 30 * time.Second}
 	var errs []error
-	tried := map[*balancer.Target]bool{}
+	tried := map[*pool.Target]bool{}
 	target := "none"
 	for range len(b.Targets()) {
 		t := b.Next().Target

@@ -290,6 +290,32 @@ func TestRouter_HealthAndUpdate(t *testing.T) {
 	}
 }
 
+// A reload that keeps a route keeps its pool: each target that stays keeps its state
+// (health, ejection, connections counted) and the rotation goes on where it was, instead
+// of starting again at the first target.
+func TestRouter_UpdateKeepsTargetStateAndRotation(t *testing.T) {
+	a, b := tlsBackend(t, "a.test"), tlsBackend(t, "b.test")
+	route := Route{ServerNames: []string{"pass.test"}, Targets: []string{a, b}}
+	r := newRouter(t, nil, route)
+	addr := edge(t, r)
+	waitFor(t, func() bool {
+		return r.route("pass.test").Lookup(a).Healthy() && r.route("pass.test").Lookup(b).Healthy()
+	})
+	before := r.route("pass.test").Lookup(a)
+	if body, _, err := get(t, addr, "pass.test"); err != nil || body != "backend a.test" {
+		t.Fatalf("first connection: got %q, %v; want a's answer", body, err)
+	}
+
+	r.Update([]Route{route, {ServerNames: []string{"other.test"}, Targets: []string{a}}},
+		health.Options{Interval: time.Hour, Timeout: time.Second, HealthyThreshold: 1, UnhealthyThreshold: 1})
+	if got := r.route("pass.test").Lookup(a); got != before || !got.Healthy() {
+		t.Errorf("after Update, %s has a new state (same: %v, healthy: %v); want the one it had", a, got == before, got.Healthy())
+	}
+	if body, _, err := get(t, addr, "pass.test"); err != nil || body != "backend b.test" {
+		t.Errorf("connection after Update: got %q, %v; want b's answer (the rotation's next)", body, err)
+	}
+}
+
 // Shutdown waits for spliced connections, then closes those left when its context ends.
 func TestRouter_Shutdown(t *testing.T) {
 	// A target that holds the connection open and says nothing.

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"edgeproxy/balancer"
+	"edgeproxy/pool"
 )
 
 // The data-path core: what happens to a request between its head being read and its
@@ -34,7 +34,7 @@ import (
 // connection, so that a request allocates nothing here.
 type Exchange struct {
 	start  time.Time
-	target *balancer.Target
+	target *pool.Target
 	tries  int
 
 	// watch is set by the net/http path: the attempt's context is cancelled, with
@@ -46,11 +46,11 @@ type Exchange struct {
 }
 
 // Target is the target of the exchange's current attempt, nil before Begin picked one.
-func (x *Exchange) Target() *balancer.Target { return x.target }
+func (x *Exchange) Target() *pool.Target { return x.target }
 
 // moveTo makes t the exchange's target: counted in flight there and, on the net/http path,
 // watched for its retirement.
-func (x *Exchange) moveTo(t *balancer.Target) {
+func (x *Exchange) moveTo(t *pool.Target) {
 	x.leave()
 	x.target = t
 	t.Begin()
@@ -80,7 +80,7 @@ var errDeregistered = errors.New("proxy: deregistration delay ended: the target 
 type Sender interface {
 	// Send sends the request to t and reads the response head. bodySent reports whether
 	// any of the request body may have reached t: such a request is never replayed.
-	Send(t *balancer.Target) (bodySent bool, err error)
+	Send(t *pool.Target) (bodySent bool, err error)
 	Describer
 }
 
@@ -198,7 +198,7 @@ var reasonStatus = map[string]int{
 }
 
 // classify says why an exchange on t failed with err.
-func classify(t *balancer.Target, err error) string {
+func classify(t *pool.Target, err error) string {
 	var maxBytes *http.MaxBytesError
 	var ce ClientError
 	switch {

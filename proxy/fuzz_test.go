@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"edgeproxy/balancer"
+	"edgeproxy/pool"
 )
 
 // captureTransport records the request that would reach the target.
@@ -31,7 +31,7 @@ func FuzzHeaderRewriting(f *testing.F) {
 			return // net/http refuses such a request before any handler sees it
 		}
 		ct := &captureTransport{}
-		h := New(Options{Picker: staticPicker{&balancer.Target{Addr: "127.0.0.1:8000"}}, Transport: ct})
+		h := New(Options{Picker: staticPicker{&pool.Target{Addr: "127.0.0.1:8000"}}, Transport: ct})
 		req := httptest.NewRequest("GET", "/", nil)
 		req.RemoteAddr = "192.0.2.1:4242"
 		req.Host = host

@@ -25,23 +25,23 @@ import (
 	"sync"
 	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/mixedcontent"
+	"edgeproxy/pool"
 	"edgeproxy/proxy/h1"
 )
 
-// Picker chooses the target of each request; *balancer.Balancer implements it.
+// Picker chooses the target of each request; *pool.Pool implements it.
 type Picker interface {
-	Next() balancer.Pick
+	Next() pool.Pick
 	// NextExcept picks a target other than t if there is one, for a retry.
-	NextExcept(t *balancer.Target) balancer.Pick
+	NextExcept(t *pool.Target) pool.Pick
 }
 
 // PassiveReporter learns the outcome of every attempt on a target, for passive outlier
 // detection. A failure is a connection refused or reset, or a response-head timeout.
 type PassiveReporter interface {
-	ReportSuccess(t *balancer.Target)
-	ReportFailure(t *balancer.Target) (ejected bool)
+	ReportSuccess(t *pool.Target)
+	ReportFailure(t *pool.Target) (ejected bool)
 }
 
 // Observer receives one call per answered request, for metrics; telemetry.Metrics
@@ -151,8 +151,8 @@ func (nopObserver) ProxyError(string)                  {}
 
 type nopPassive struct{}
 
-func (nopPassive) ReportSuccess(*balancer.Target)      {}
-func (nopPassive) ReportFailure(*balancer.Target) bool { return false }
+func (nopPassive) ReportSuccess(*pool.Target)      {}
+func (nopPassive) ReportFailure(*pool.Target) bool { return false }
 
 // AccessLog reports whether the handler writes an access log line per request.
 func (h *Handler) AccessLog() bool { return h.opts.AccessLog }

@@ -13,18 +13,18 @@ import (
 	"testing"
 	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/internal/testutil"
+	"edgeproxy/pool"
 )
 
 // staticPicker always picks the same target.
-type staticPicker struct{ t *balancer.Target }
+type staticPicker struct{ t *pool.Target }
 
-func (p staticPicker) Next() balancer.Pick                       { return balancer.Pick{Target: p.t} }
-func (p staticPicker) NextExcept(*balancer.Target) balancer.Pick { return p.Next() }
+func (p staticPicker) Next() pool.Pick                   { return pool.Pick{Target: p.t} }
+func (p staticPicker) NextExcept(*pool.Target) pool.Pick { return p.Next() }
 
 func pickerFor(srv *httptest.Server) staticPicker {
-	return staticPicker{&balancer.Target{Addr: srv.Listener.Addr().String()}}
+	return staticPicker{&pool.Target{Addr: srv.Listener.Addr().String()}}
 }
 
 type countingObserver struct {
@@ -130,7 +130,7 @@ func TestErrors(t *testing.T) {
 		body   string
 		status int
 	}{
-		{"dead target is 502", Options{Picker: staticPicker{&balancer.Target{Addr: deadAddr}}}, "", http.StatusBadGateway},
+		{"dead target is 502", Options{Picker: staticPicker{&pool.Target{Addr: deadAddr}}}, "", http.StatusBadGateway},
 		{"response header timeout is 504", Options{Picker: pickerFor(slow), Transport: NewTransport(time.Second, 100*time.Millisecond, nil)}, "", http.StatusGatewayTimeout},
 		{"empty pool is 503", Options{Picker: staticPicker{}}, "", http.StatusServiceUnavailable},
 		{"body over the limit is 413", Options{Picker: pickerFor(slow), MaxBodyBytes: 4}, "too long", http.StatusRequestEntityTooLarge},
@@ -274,7 +274,7 @@ func (staticTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 func BenchmarkServeHTTP(b *testing.B) {
-	h := New(Options{Picker: staticPicker{&balancer.Target{Addr: "127.0.0.1:1"}}, Transport: staticTransport{}})
+	h := New(Options{Picker: staticPicker{&pool.Target{Addr: "127.0.0.1:1"}}, Transport: staticTransport{}})
 	req := httptest.NewRequest("GET", "/", nil)
 	req.RemoteAddr = "192.0.2.1:1234"
 	b.ReportAllocs()

@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"sync/atomic"
 
-	"edgeproxy/balancer"
+	"edgeproxy/pool"
 )
 
 // retryTransport is the net/http wire format's Sender: ReverseProxy calls it once per
@@ -44,7 +44,7 @@ type transportSender struct {
 	resp  *http.Response
 }
 
-func (s *transportSender) Send(t *balancer.Target) (bodySent bool, err error) {
+func (s *transportSender) Send(t *pool.Target) (bodySent bool, err error) {
 	if s.req.URL.Host != t.Addr { // a retry: the same request, to another target
 		retry := *s.req
 		u := *s.req.URL

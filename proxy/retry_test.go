@@ -9,18 +9,15 @@ import (
 	"testing"
 	"time"
 
-	"edgeproxy/balancer"
 	"edgeproxy/internal/testutil"
+	"edgeproxy/pool"
 )
 
 // pool returns a balancer over addrs, all healthy, with passive detection after 3 failures.
-func pool(addrs ...string) *balancer.Balancer {
-	b := balancer.New(addrs)
-	for _, a := range addrs {
-		b.SetHealthy(a, true)
-	}
-	b.SetPassive(&balancer.Passive{ConsecutiveFailures: 3, EjectionTime: time.Minute})
-	return b
+// healthyPool returns a pool over addrs, all healthy, with passive detection after 3
+// failures.
+func healthyPool(addrs ...string) *pool.Pool {
+	return pool.New(pool.Config{Name: "test", Targets: addrs, Passive: pool.Passive{ConsecutiveFailures: 3, EjectionTime: time.Minute}}, pool.Options{})
 }
 
 func do(t *testing.T, h http.Handler, method, body string) (int, string) {
@@ -45,7 +42,7 @@ func do(t *testing.T, h http.Handler, method, body string) (int, string) {
 func TestRetry_RefusedConnectionGoesToAnotherTarget(t *testing.T) {
 	var hits atomic.Int64
 	live := testutil.EchoBackend(t, &hits)
-	b := pool(testutil.DeadAddr(t), live.Listener.Addr().String())
+	b := healthyPool(testutil.DeadAddr(t), live.Listener.Addr().String())
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
 	for i := 0; i < 4; i++ {
 		if code, body := do(t, h, "POST", "payload"); code != 200 || body != "ok:payload" {
@@ -59,7 +56,7 @@ func TestRetry_NeverReplaysNonIdempotentBody(t *testing.T) {
 	var resetHits, liveHits atomic.Int64
 	dying := testutil.ResettingBackend(t, &resetHits)
 	live := testutil.EchoBackend(t, &liveHits)
-	b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
+	b := healthyPool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 	b.Next() // so that the next pick is the dying target
 	b.Next()
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
@@ -74,7 +71,7 @@ func TestRetry_IdempotentResetIsRetried(t *testing.T) {
 	var resetHits, liveHits atomic.Int64
 	dying := testutil.ResettingBackend(t, &resetHits)
 	live := testutil.EchoBackend(t, &liveHits)
-	b := pool(dying.Listener.Addr().String(), live.Listener.Addr().String())
+	b := healthyPool(dying.Listener.Addr().String(), live.Listener.Addr().String())
 	b.Next()
 	b.Next()
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
@@ -89,7 +86,7 @@ func TestRetry_IdempotentResetIsRetried(t *testing.T) {
 func TestRetry_OffWhenZero(t *testing.T) {
 	var hits atomic.Int64
 	live := testutil.EchoBackend(t, &hits)
-	b := pool(testutil.DeadAddr(t), live.Listener.Addr().String())
+	b := healthyPool(testutil.DeadAddr(t), live.Listener.Addr().String())
 	b.Next()
 	b.Next()
 	h := New(Options{Picker: b, Retries: 0})
@@ -121,7 +118,7 @@ func TestPassive_EjectsAfterConsecutiveFailures(t *testing.T) {
 	var hits atomic.Int64
 	live := testutil.EchoBackend(t, &hits)
 	dead := testutil.DeadAddr(t)
-	b := pool(dead, live.Listener.Addr().String())
+	b := healthyPool(dead, live.Listener.Addr().String())
 	h := New(Options{Picker: b, Passive: b, Retries: 1})
 	for i := 0; i < 6; i++ {
 		do(t, h, "GET", "")

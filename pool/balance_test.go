@@ -1,9 +1,12 @@
-package balancer
+package pool
 
 import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
+
+	"edgeproxy/health"
 )
 
 func addrs(n int) []string {
@@ -14,10 +17,30 @@ func addrs(n int) []string {
 	return out
 }
 
-func healthyBalancer(n int) *Balancer {
-	b := New(addrs(n))
+// checkedConfig is a pool of addrs with active checks configured; tests that do not
+// Start the pool set the health themselves (setHealthy).
+func checkedConfig(addrs []string) Config {
+	return Config{Name: "test", Targets: addrs, Health: health.Options{Interval: time.Hour, Timeout: time.Second, HealthyThreshold: 2, UnhealthyThreshold: 2}}
+}
+
+// unchecked returns a pool over addrs, not started: every target is initial.
+func unchecked(addrs []string) *Pool { return New(checkedConfig(addrs), Options{}) }
+
+// setHealthy puts addr's target in state healthy or unhealthy, as checks would, and
+// republishes.
+func setHealthy(p *Pool, addr string, healthy bool) {
+	s := health.Unhealthy
+	if healthy {
+		s = health.Healthy
+	}
+	p.Lookup(addr).health.Set(s)
+	p.healthChanged()
+}
+
+func healthyBalancer(n int) *Pool {
+	b := unchecked(addrs(n))
 	for _, a := range addrs(n) {
-		b.SetHealthy(a, true)
+		setHealthy(b, a, true)
 	}
 	return b
 }
@@ -63,7 +86,7 @@ func TestRoundRobin_SpreadsEvenly(t *testing.T) {
 
 func TestRoundRobin_SkipsUnhealthy(t *testing.T) {
 	b := healthyBalancer(3)
-	b.SetHealthy("127.0.0.2:8000", false)
+	setHealthy(b, "127.0.0.2:8000", false)
 	for i := 0; i < 100; i++ {
 		p := b.Next()
 		if p.Target.Addr == "127.0.0.2:8000" || p.FailOpen {
@@ -74,7 +97,7 @@ func TestRoundRobin_SkipsUnhealthy(t *testing.T) {
 
 // With no healthy target, traffic goes to all targets, as an ALB fails open.
 func TestRoundRobin_FailsOpenWhenNoneHealthy(t *testing.T) {
-	b := New(addrs(2))
+	b := unchecked(addrs(2))
 	seen := map[string]bool{}
 	for i := 0; i < 4; i++ {
 		p := b.Next()
@@ -89,15 +112,15 @@ func TestRoundRobin_FailsOpenWhenNoneHealthy(t *testing.T) {
 }
 
 func TestNext_EmptyPool(t *testing.T) {
-	if p := New(nil).Next(); p.Target != nil {
+	if p := unchecked(nil).Next(); p.Target != nil {
 		t.Errorf("got %v; want no target", p.Target)
 	}
 }
 
 // A reload keeps the health of targets that stay; new ones start unhealthy.
-func TestSetTargets_KeepsHealthOfRemainingTargets(t *testing.T) {
+func TestUpdate_KeepsHealthOfRemainingTargets(t *testing.T) {
 	b := healthyBalancer(2)
-	b.SetTargets([]string{"127.0.0.2:8000", "127.0.0.9:8000"})
+	b.Update(checkedConfig([]string{"127.0.0.2:8000", "127.0.0.9:8000"}))
 	ts := b.Targets()
 	if !ts[0].Healthy() || ts[1].Healthy() {
 		t.Errorf("got healthy %v,%v; want true,false", ts[0].Healthy(), ts[1].Healthy())
