@@ -39,6 +39,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"edgeproxy/balance"
 	"edgeproxy/health"
 )
 
@@ -62,6 +63,14 @@ type Config struct {
 	Passive Passive
 	// DeregistrationDelay bounds how long a removed target's requests may run on.
 	DeregistrationDelay time.Duration
+	// Balance is the selection policy; "" means round robin.
+	Balance balance.Name
+	// Weights are the targets' weights by address for the weighted policy (and the least
+	// outstanding one); an address not listed weighs 1.
+	Weights map[string]int
+	// SlowStart ramps the share of a target that joins or comes back healthy; the zero
+	// value is off.
+	SlowStart balance.SlowStart
 }
 
 // Passive configures outlier detection from real traffic, as Envoy's does: after
@@ -104,7 +113,7 @@ type Pool struct {
 	checker  *health.Checker
 
 	snap    atomic.Pointer[snapshot]
-	robin   atomic.Uint32
+	picker  atomic.Pointer[policy]
 	passive atomic.Pointer[Passive] // nil when off
 
 	// mu serialises writers (Start, Update, health changes, retirements); the request
@@ -116,6 +125,14 @@ type Pool struct {
 	ctx         context.Context
 	failingOpen bool
 	wg          sync.WaitGroup // check loops and drains
+}
+
+// policy is the pool's selection policy and the settings it was made for; Update makes a
+// new one only when they change, so that rotation state survives other reloads.
+type policy struct {
+	name balance.Name
+	slow balance.SlowStart
+	pick balance.Picker[*Target]
 }
 
 // snapshot is an immutable view of the pool. Neither slice is modified once published.
@@ -187,6 +204,9 @@ func (p *Pool) Update(cfg Config) {
 	} else {
 		p.passive.Store(nil)
 	}
+	if cur := p.picker.Load(); cur == nil || cur.name != cfg.Balance || cur.slow != cfg.SlowStart {
+		p.picker.Store(&policy{name: cfg.Balance, slow: cfg.SlowStart, pick: balance.New[*Target](cfg.Balance, cfg.SlowStart)})
+	}
 
 	prev := p.targets
 	old := make(map[string]*Target, len(prev))
@@ -200,6 +220,11 @@ func (p *Pool) Update(cfg Config) {
 			t = newTarget(a, p.checked())
 		}
 		delete(old, a)
+		w := 1
+		if cw, ok := cfg.Weights[a]; ok && cw > 0 {
+			w = cw
+		}
+		t.weight.Store(int32(w))
 		targets = append(targets, t)
 		if !p.checked() && t.stopChecks != nil { // checks turned off
 			t.stopChecks()
@@ -256,8 +281,18 @@ func (p *Pool) proven(t *Target) {
 func (p *Pool) publish() {
 	s := &snapshot{all: p.targets}
 	unhealthy := false
+	wasHealthy := map[*Target]bool{}
+	if prev := p.snap.Load(); prev != nil {
+		for _, t := range prev.healthy {
+			wasHealthy[t] = true
+		}
+	}
+	now := time.Now().UnixNano()
 	for _, t := range p.targets {
 		if t.Healthy() {
+			if !wasHealthy[t] {
+				t.since.Store(now) // joined, or back: slow start ramps from here
+			}
 			s.healthy = append(s.healthy, t)
 		} else if t.health.Status().State == health.Unhealthy {
 			unhealthy = true
@@ -285,27 +320,45 @@ type Pick struct {
 	FailOpen bool
 }
 
-// Next returns the next target in round-robin order among the healthy ones, skipping
+// Next returns the target the pool's policy picks among the healthy ones, leaving out
 // targets ejected by passive outlier detection (unless all are). If none is healthy it
-// picks among all targets and says so in Pick.FailOpen. Over M calls with N healthy,
-// non-ejected targets and no changes, each target is picked M/N rounded up or down.
+// picks among all targets and says so in Pick.FailOpen. With round robin, over M calls
+// with N healthy, non-ejected targets and no changes, each target is picked M/N rounded up
+// or down.
 func (p *Pool) Next() Pick {
 	s := p.snap.Load()
-	n := p.robin.Add(1) - 1
-	if k := uint32(len(s.healthy)); k > 0 {
-		first := s.healthy[n%k]
-		for i := uint32(0); i < k; i++ {
-			// Skipping is Caddy's way: try the next one, at most len times.
-			if t := s.healthy[(n+i)%k]; t.ejectedUntil.Load() == 0 || !t.Ejected() {
-				return Pick{Target: t}
+	pick := p.picker.Load().pick
+	if len(s.healthy) > 0 {
+		eligible := s.healthy
+		for i, t := range s.healthy {
+			if t.ejectedUntil.Load() != 0 && t.Ejected() {
+				eligible = withoutEjected(s.healthy, i)
+				break
 			}
 		}
-		return Pick{Target: first} // every healthy target ejected: ejection must not empty the pool
+		if len(eligible) == 0 {
+			eligible = s.healthy // every healthy target ejected: ejection must not empty the pool
+		}
+		return Pick{Target: pick.Pick(eligible)}
 	}
 	if len(s.all) == 0 {
 		return Pick{}
 	}
-	return Pick{Target: s.all[n%uint32(len(s.all))], FailOpen: true}
+	return Pick{Target: pick.Pick(s.all), FailOpen: true}
+}
+
+// withoutEjected returns the targets of ts not ejected now, knowing ts[first] is the
+// first ejected one. It allocates: ejections are rare, and the common case (none) never
+// gets here.
+func withoutEjected(ts []*Target, first int) []*Target {
+	out := make([]*Target, 0, len(ts)-1)
+	out = append(out, ts[:first]...)
+	for _, t := range ts[first+1:] {
+		if !t.Ejected() {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // NextExcept is Next, avoiding target t when another choice exists; for retries.

@@ -20,6 +20,8 @@ type Target struct {
 	health *health.Target
 
 	inFlight atomic.Int64
+	weight   atomic.Int32 // the configured weight; 0 outside a pool means 1
+	since    atomic.Int64 // unix nanoseconds when it last became healthy; 0 unknown
 
 	// Passive outlier detection (see Pool.ReportFailure).
 	passiveFails atomic.Int32 // consecutive failed requests
@@ -62,6 +64,18 @@ func (t *Target) End() { t.inFlight.Add(-1) }
 
 // InFlight is the number of requests in flight to the target.
 func (t *Target) InFlight() int64 { return t.inFlight.Load() }
+
+// Weight is the target's configured weight (1 unless the pool is weighted).
+func (t *Target) Weight() int { return max(int(t.weight.Load()), 1) }
+
+// Since is when the target last became healthy (joined, or came back): slow start ramps
+// its share from then. Zero when unknown.
+func (t *Target) Since() time.Time {
+	if n := t.since.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // Retired is done once the target was removed from its pool and retired: its requests
 // drained, or its deregistration delay ended (then requests still running to it are to be
