@@ -32,6 +32,8 @@ type Config struct {
 	// Warnings are problems that do not stop edgeproxy from running, such as a metrics
 	// listener on a public address.
 	Warnings []Problem `yaml:"-"`
+	// Resolved are the values above parsed into the types edgeproxy uses (see Resolved).
+	Resolved Resolved `yaml:"-"`
 
 	// pos maps a dotted key path ("pool.targets[1]") to where its value was written.
 	pos map[string]Pos

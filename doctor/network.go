@@ -252,10 +252,10 @@ func (d *Doctor) checkDirectory(ctx context.Context, s *site) Result {
 	r := Result{Check: "acme.directory"}
 	tr := http.DefaultTransport.(*http.Transport).Clone() // the edge's ACME client honours HTTPS_PROXY too
 	if a.CARoots != "" {
-		roots, err := config.LoadCARoots(a.CARoots)
-		if err != nil {
+		roots := s.cfg.Resolved.ACMERoots
+		if roots == nil {
 			r.Status = Fail
-			r.Detail = fmt.Sprintf("tls.acme.ca_roots: %v", err)
+			r.Detail = fmt.Sprintf("tls.acme.ca_roots %s did not load (the config check says why)", a.CARoots)
 			return r
 		}
 		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
@@ -313,13 +313,12 @@ func (d *Doctor) checkTarget(ctx context.Context, s *site, target string) Result
 	if t := s.cfg.Pool.TLS; t != nil {
 		conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
 		if t.CA != "" {
-			roots, err := config.LoadCARoots(t.CA)
-			if err != nil {
+			if s.cfg.Resolved.UpstreamRoots == nil {
 				r.Status = Fail
-				r.Detail = fmt.Sprintf("pool.tls.ca: %v", err)
+				r.Detail = fmt.Sprintf("pool.tls.ca %s did not load (the config check says why)", t.CA)
 				return r
 			}
-			conf.RootCAs = roots
+			conf.RootCAs = s.cfg.Resolved.UpstreamRoots
 		}
 		opts.TLSConfig = conf
 	}

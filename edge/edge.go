@@ -10,13 +10,11 @@ package edge
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"reflect"
 	"strings"
 	"sync"
@@ -30,6 +28,7 @@ import (
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
 	"edgeproxy/telemetry/tlscost"
+	"edgeproxy/tlsserve"
 )
 
 // Edge is one configured, bound edgeproxy. Use New, then Run.
@@ -51,12 +50,14 @@ type Edge struct {
 	// keep-alive connections to targets survive a reload.
 	upstream *proxy.Upstream
 
-	// tickets rotates the HTTPS listener's session ticket keys. That listener's tls.Config
-	// outlives reloads, so clients keep resuming across them.
-	tickets tlscost.SessionTickets
-	// tlsCost measures what TLS costs in CPU; nil when tls.tls_cost is false (read at
-	// start; a reload does not change it).
+	// tls is the HTTPS listener's TLS: its configuration, which reloads swap, and its
+	// session tickets, which outlive reloads; nil without that listener.
+	tls *tlsserve.Server
+	// tlsCost measures what TLS costs in CPU; nil until tls.tls_cost is first on (see
+	// accountant). Whether it measures is up to the configuration in tls.
 	tlsCost *tlscost.Accountant
+	// fastPath is proxy.fast_path as bound at start.
+	fastPath bool
 	// passthrough routes connections by SNI under the TLS layer; nil when the
 	// configuration at start had no passthrough entries.
 	passthrough *passthrough.Router
@@ -78,6 +79,9 @@ type Edge struct {
 // New builds the parts from cfg and binds every listener, so that a taken or forbidden
 // port is reported before anything starts.
 func New(cfg *config.Config, log *slog.Logger) (*Edge, error) {
+	if err := checkResolved(cfg); err != nil {
+		return nil, err
+	}
 	e := &Edge{cfg: cfg, log: log, metrics: telemetry.New()}
 	if err := e.build(); err != nil {
 		return nil, err
@@ -96,7 +100,8 @@ func (e *Edge) build() error {
 		return err
 	}
 	e.certs = src
-	e.certSrc.Store(src)
+	e.acme = cfg.TLS.ACME
+	e.useCertSource(src, cfg)
 
 	upTLS, err := e.upstreamTLS(cfg)
 	if err != nil {
@@ -135,53 +140,6 @@ func (p passiveHealth) ReportFailure(t *balancer.Target) bool {
 	return true
 }
 
-// newCertSource loads the certificates cfg names.
-func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
-	var static []tls.Certificate
-	for _, cf := range cfg.TLS.Certificates {
-		c, err := config.LoadCertificate(cf)
-		if err != nil {
-			return nil, fmt.Errorf("edge: %s: %w", cf.Cert, err)
-		}
-		static = append(static, c)
-		// Static files expire too (certbot renews them outside edgeproxy): the same gauge
-		// as ACME's, so one alert covers both. Names come from the configured files.
-		for _, name := range c.Leaf.DNSNames {
-			e.metrics.CertificateExpiry(name, c.Leaf.NotAfter)
-		}
-	}
-	minVersion := uint16(tls.VersionTLS12)
-	if cfg.TLS.MinVersion == "1.3" {
-		minVersion = tls.VersionTLS13
-	}
-	opts := certs.Options{
-		Static: static, SelfSigned: cfg.TLS.SelfSigned, MinVersion: minVersion,
-		Logger: e.log, Observer: e.metrics,
-	}
-	if e.certs != nil { // a reload
-		if !reflect.DeepEqual(e.acme, cfg.TLS.ACME) {
-			e.log.Warn("reload: tls.acme changed; it takes effect only after a restart")
-		}
-		opts.ACMEOf = e.certs
-		return certs.New(opts)
-	}
-	if a := cfg.TLS.ACME; a.Enabled() {
-		var roots *x509.CertPool
-		if a.CARoots != "" {
-			var err error
-			if roots, err = config.LoadCARoots(a.CARoots); err != nil {
-				return nil, fmt.Errorf("edge: tls.acme.ca_roots: %w", err)
-			}
-		}
-		opts.ACME = &certs.ACMEOptions{
-			Domains: a.Domains, Email: a.Email, DirectoryURL: a.Directory, RootCAs: roots,
-			CacheDir: a.CacheDir, RenewBefore: a.RenewBefore, Observer: e.metrics,
-		}
-	}
-	e.acme = cfg.TLS.ACME
-	return certs.New(opts)
-}
-
 func healthOptions(cfg *config.Config, upstreamTLS *tls.Config) health.Options {
 	hc := cfg.Pool.HealthCheck
 	return health.Options{
@@ -198,14 +156,8 @@ func (e *Edge) upstreamTLS(cfg *config.Config) (*tls.Config, error) {
 	if t == nil {
 		return nil, nil
 	}
-	conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
-	if t.CA != "" {
-		roots, err := config.LoadCARoots(t.CA)
-		if err != nil {
-			return nil, fmt.Errorf("edge: pool.tls.ca: %w", err)
-		}
-		conf.RootCAs = roots
-	}
+	conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12,
+		RootCAs: cfg.Resolved.UpstreamRoots} // nil: the system roots
 	if t.InsecureSkipVerify {
 		e.log.Warn("pool.tls.insecure_skip_verify is on: target certificates are NOT verified; anyone on the path to the targets can impersonate them")
 	}
@@ -226,11 +178,6 @@ func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Ha
 		}
 		e.upstream = proxy.NewUpstream(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
 	}
-	var trusted []netip.Prefix
-	for _, s := range cfg.Forwarding.TrustedProxies {
-		p, _ := config.ParsePrefix(s) // validated by config
-		trusted = append(trusted, p)
-	}
 	if pc := cfg.Pool.Passive; pc.ConsecutiveFailures > 0 {
 		e.bal.SetPassive(&balancer.Passive{ConsecutiveFailures: pc.ConsecutiveFailures, EjectionTime: pc.EjectionTime})
 	} else {
@@ -242,7 +189,7 @@ func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Ha
 		TargetTLS:      cfg.Pool.TLS != nil,
 		Retries:        cfg.Pool.Retries,
 		Upstream:       e.upstream,
-		TrustedProxies: trusted,
+		TrustedProxies: cfg.Resolved.TrustedProxies,
 		HSTS:           cfg.Headers.HSTS,
 		MaxBodyBytes:   cfg.Limits.MaxBodyBytes,
 		AccessLog:      cfg.Log.Access,
@@ -261,11 +208,6 @@ func (e *Edge) newHandler(cfg *config.Config, upstreamTLS *tls.Config) *proxy.Ha
 // serveProxy hands each request to the handler of the configuration in effect.
 func (e *Edge) serveProxy(w http.ResponseWriter, r *http.Request) {
 	e.handler.Load().ServeHTTP(w, r)
-}
-
-// getCertificate asks the certificate source of the configuration in effect.
-func (e *Edge) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return e.certSrc.Load().GetCertificate(hello)
 }
 
 // healthChanged publishes a health transition to the balancer and logs entering and
@@ -307,35 +249,25 @@ func (e *Edge) bind() error {
 		if err != nil {
 			return err
 		}
-		srv := newServer(handler)
-		srv.TLSConfig = e.certs.TLSConfig()
-		srv.TLSConfig.GetCertificate = e.getCertificate // follows reloads
-		e.tickets.Attach(srv.TLSConfig)
-		if cfg.TLS.TLSCost {
-			// The handshake deadline is proxy.Server's: read_header_timeout, as net/http's.
-			opts := tlscost.Options{Registerer: e.metrics.Registry(), Logger: e.log}
-			if !cfg.Proxy.FastPath {
-				// net/http serves HTTP/1.1 and writes responses through the proxy's 32 KiB
-				// copy buffer: a write may be cut into two full records.
-				opts.MaxAppWrite = 32 << 10
-			}
-			a, err := tlscost.New(opts)
-			if err != nil {
-				return err
-			}
-			e.tlsCost = a
+		e.fastPath = cfg.Proxy.FastPath
+		settings, err := e.tlsSettings(cfg, e.certs)
+		if err != nil {
+			return err
 		}
+		e.tls = tlsserve.New(settings)
+		srv := newServer(handler)
+		srv.TLSConfig = e.tls.Config()
 		// Passthrough sits under the TLS layer: it splices the connections for its names
 		// and hands the others on with their ClientHello replayed.
 		inner := e.passthrough.Listener(limitListener(ln, l.MaxConnections))
-		e.add(e.dataServer(srv), e.tlsCost.Listener(inner, srv.TLSConfig))
+		e.add(e.dataServer(srv), e.tls.Listener(inner))
 	}
 	if addr := cfg.Listen.HTTP; addr != "" {
 		ln, err := listen("listen.http", addr)
 		if err != nil {
 			return err
 		}
-		if cfg.Listen.HTTPMode == "redirect" {
+		if cfg.Resolved.HTTPMode == config.HTTPRedirect {
 			h := proxy.RedirectHandler(e.httpsPort())
 			e.add(newServer(e.certs.HTTPHandler(h)), limitListener(ln, l.MaxConnections))
 		} else {
@@ -400,7 +332,7 @@ func (e *Edge) dataServer(srv *http.Server) server {
 	return proxy.NewServer(proxy.ServerOptions{
 		Handler: e.handler.Load, HTTP: srv, FastPath: e.cfg.Proxy.FastPath,
 		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
-		Handshake: e.tlsCost.Handshake, // a nil Accountant's is (*tls.Conn).Handshake
+		Handshake: tlsserve.Handshake, // measured when tls.tls_cost was on at accept
 	})
 }
 
@@ -463,7 +395,9 @@ func (e *Edge) Run(ctx context.Context) error {
 	}()
 	e.checker.Start(checkCtx, e.cfg.Pool.Targets)
 	e.passthrough.Start(checkCtx)
-	go e.tickets.Run(checkCtx)
+	if e.tls != nil {
+		go e.tls.Run(checkCtx)
+	}
 
 	serveErr := make(chan error, len(e.servers))
 	for i, srv := range e.servers {

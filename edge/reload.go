@@ -3,8 +3,8 @@ package edge
 import (
 	"context"
 	"fmt"
-	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"edgeproxy/balancer"
@@ -24,21 +24,15 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	old := e.cfg
 	oldUpstream := e.upstream // busy with the requests a drain may have to break
 
-	if !reflect.DeepEqual(old.Listen, cfg.Listen) {
-		e.log.Warn("reload: listen addresses changed; they take effect only after a restart")
+	if err := checkResolved(cfg); err != nil {
+		return err
 	}
-	if old.Proxy != cfg.Proxy {
-		e.log.Warn("reload: proxy.fast_path changed; it takes effect only after a restart")
+	for _, key := range needsRestart(old, cfg) {
+		e.log.Warn("reload: "+key+" changed; it takes effect only after a restart", "key", key)
 	}
-	if limitsNeedRestart(old.Limits, cfg.Limits) {
-		e.log.Warn("reload: server limits (timeouts, header size, connections) changed; they take effect only after a restart")
-	}
-	if !reflect.DeepEqual(old.TLS, cfg.TLS) {
-		src, err := e.newCertSource(cfg)
-		if err != nil {
-			return fmt.Errorf("edge: reload: %w", err)
-		}
-		e.certSrc.Store(src)
+	tlsPart, err := e.prepareTLSReload(old, cfg)
+	if err != nil {
+		return fmt.Errorf("edge: reload: %w", err)
 	}
 
 	upTLS, err := e.upstreamTLS(cfg)
@@ -51,6 +45,7 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	removed := e.bal.SetTargets(cfg.Pool.Targets)
 	e.checker.SetTargets(cfg.Pool.Targets)
 	e.reloadPassthrough(cfg)
+	e.commitTLSReload(tlsPart)
 	e.handler.Store(handler)
 	e.cfg = cfg
 
@@ -69,10 +64,34 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	return nil
 }
 
-func limitsNeedRestart(a, b config.Limits) bool {
-	a.MaxBodyBytes, b.MaxBodyBytes = 0, 0 // applied by the proxy, reloadable
-	a.ShutdownTimeout, b.ShutdownTimeout = 0, 0
-	return a != b
+// needsRestart lists the keys that differ between old and cfg and that only a restart
+// applies (see restartOnly).
+func needsRestart(old, cfg *config.Config) []string {
+	var keys []string
+	for _, key := range config.Changed(old, cfg) {
+		if restartOnly(key) {
+			keys = append(keys, key)
+		}
+	}
+	return keys
+}
+
+// restartOnly reports whether a change of key takes effect only after a restart: it is
+// bound to a listener (addresses, the plain-HTTP mode, the server's timeouts and limits,
+// the data path) or to work begun at start (ACME orders and renewals). Every other key
+// is applied by Reload, or by the caller for log.format (see the README's Reload table).
+func restartOnly(key string) bool {
+	for _, k := range []string{
+		"listen",
+		"limits.read_header_timeout", "limits.idle_timeout", "limits.max_header_bytes", "limits.max_connections",
+		"proxy.fast_path",
+		"tls.acme",
+	} {
+		if key == k || strings.HasPrefix(key, k+".") {
+			return true
+		}
+	}
+	return false
 }
 
 // drain waits until a removed target has no request in flight, or its deregistration delay

@@ -14,6 +14,7 @@ import (
 
 	"edgeproxy/bench/placement"
 	"edgeproxy/config"
+	"edgeproxy/internal/logformat"
 )
 
 // benchCmd is `edgeproxy bench`: the termination placement benchmark (package
@@ -152,7 +153,7 @@ func edgeProfile(args []string, stderr io.Writer) int {
 	default:
 		start()
 	}
-	code := serve(cfg, newLogger(cfg.Log.Format, stderr), nil, nil)
+	code := serve(cfg, logformat.New(stderr, cfg.Resolved.LogFormat), nil, nil)
 	mu.Lock()
 	stopped = true
 	if profiling {
