@@ -13,11 +13,13 @@ import (
 )
 
 // Reload applies a new configuration without closing a listener or failing a request:
-// targets, health-check settings, certificates and the proxy's settings change in place.
+// targets, health-check settings, certificates, the TLS settings (tls.min_version,
+// tls.tls_cost: for the handshakes that follow) and the proxy's settings change in place.
 // Targets that stay keep their health state; new ones are probed at once and join after
 // their first pass; removed ones get no new requests and drain (see drain). Settings that
-// belong to a bound listener (listen addresses, server timeouts and limits) need a
-// restart: they are kept, with a warning. On error nothing has changed.
+// belong to a bound listener or to start-up (see restartOnly) are kept, with a warning
+// naming each key changed. log.format is the caller's: it owns the log handler. On error
+// nothing has changed.
 func (e *Edge) Reload(cfg *config.Config) error {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
