@@ -5,6 +5,9 @@
 // Loading happens in three steps, as separate functions: decoding (types and unknown keys),
 // defaults, then checks. Checks that look at the machine (files, directories) are kept apart
 // in CheckEnvironment, so that a config meant for another host can be checked for syntax only.
+// The checks hand over what they parsed and loaded in Config.Resolved (TLS version, trusted
+// proxies, enums, certificates, CA pools): the rest of edgeproxy reads those, never the
+// strings again.
 package config
 
 import (
