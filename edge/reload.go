@@ -67,12 +67,12 @@ func (e *Edge) Reload(cfg *config.Config) error {
 }
 
 // needsRestart lists the keys that differ between old and cfg and that only a restart
-// applies (see restartOnly).
+// applies (see restartOnly), each once.
 func needsRestart(old, cfg *config.Config) []string {
 	var keys []string
 	for _, key := range config.Changed(old, cfg) {
-		if restartOnly(key) {
-			keys = append(keys, key)
+		if k, ok := restartOnly(key); ok && !slices.Contains(keys, k) {
+			keys = append(keys, k)
 		}
 	}
 	return keys
@@ -80,20 +80,22 @@ func needsRestart(old, cfg *config.Config) []string {
 
 // restartOnly reports whether a change of key takes effect only after a restart: it is
 // bound to a listener (addresses, the plain-HTTP mode, the server's timeouts and limits,
-// the data path) or to work begun at start (ACME orders and renewals). Every other key
-// is applied by Reload, or by the caller for log.format (see the README's Reload table).
-func restartOnly(key string) bool {
+// the data path) or to work begun at start (ACME orders and renewals). It returns the key
+// to name: the key itself, or the block that needs the restart as a whole (tls.acme for
+// tls.acme.email). Every other key is applied by Reload, or by the caller for log.format
+// (see the README's Reload table).
+func restartOnly(key string) (string, bool) {
 	for _, k := range []string{
-		"listen",
+		"listen.https", "listen.http", "listen.http_mode", "listen.metrics",
 		"limits.read_header_timeout", "limits.idle_timeout", "limits.max_header_bytes", "limits.max_connections",
 		"proxy.fast_path",
 		"tls.acme",
 	} {
 		if key == k || strings.HasPrefix(key, k+".") {
-			return true
+			return k, true
 		}
 	}
-	return false
+	return "", false
 }
 
 // drain waits until a removed target has no request in flight, or its deregistration delay

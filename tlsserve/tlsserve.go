@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"slices"
 	"sync/atomic"
 
 	"edgeproxy/telemetry/tlscost"
@@ -51,7 +52,12 @@ type Server struct {
 // New returns a Server serving s.
 func New(s Settings) *Server {
 	srv := &Server{}
-	srv.base = &tls.Config{GetConfigForClient: srv.configForClient}
+	srv.base = &tls.Config{
+		GetConfigForClient: srv.configForClient,
+		// Handshakes take the current configuration's ALPN protocols; the base carries
+		// them for net/http, which serves HTTP/2 only if its TLSConfig offers h2.
+		NextProtos: slices.Clone(s.Template.NextProtos),
+	}
 	srv.Swap(srv.Prepare(s))
 	return srv
 }
@@ -84,7 +90,8 @@ func (srv *Server) Swap(p *Prepared) {
 func (srv *Server) Current() *tls.Config { return srv.cur.Load().conf }
 
 // Config is the configuration to serve with (tls.Server, http.Server.TLSConfig): it
-// carries nothing but the hand-over to the current configuration.
+// carries the hand-over to the current configuration, and the ALPN protocols at start
+// for net/http's HTTP/2 set-up (which may add to them; handshakes do not read them).
 func (srv *Server) Config() *tls.Config { return srv.base }
 
 func (srv *Server) configForClient(*tls.ClientHelloInfo) (*tls.Config, error) {

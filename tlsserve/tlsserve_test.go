@@ -3,8 +3,10 @@ package tlsserve
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -246,4 +248,26 @@ func TestSessionTickets_Run(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// net/http behind the listener, with Config as its TLSConfig, serves HTTP/2 to a client
+// that offers it (net/http sets HTTP/2 up only for a TLSConfig offering h2).
+func TestServer_NetHTTPServesHTTP2(t *testing.T) {
+	srv := New(Settings{Template: selfSigned(t)})
+	hs := &http.Server{TLSConfig: srv.Config(), Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, r.Proto)
+	})}
+	ln := srv.Listener(listen(t))
+	go func() { _ = hs.Serve(ln) }()
+	t.Cleanup(func() { _ = hs.Close() })
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: client(0), ForceAttemptHTTP2: true}}
+	resp, err := c.Get("https://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "HTTP/2.0" {
+		t.Errorf("served over %s; want HTTP/2.0", body)
+	}
 }
