@@ -218,15 +218,17 @@ func (k *checker) acmeEnvironment(unset map[string]bool) {
 		}
 	}
 	if f := a.CARoots; f != "" && !unset["tls.acme.ca_roots"] {
-		if _, err := LoadCARoots(f); err != nil {
+		roots, err := loadCARoots(f)
+		if err != nil {
 			k.errorf("tls.acme.ca_roots", "tls.acme.ca_roots: %v", err)
 		}
+		k.c.Resolved.ACMERoots = roots
 	}
 }
 
-// LoadCARoots reads a PEM file of CA certificates into a pool; it fails if the file holds
+// loadCARoots reads a PEM file of CA certificates into a pool; it fails if the file holds
 // no certificate.
-func LoadCARoots(file string) (*x509.CertPool, error) {
+func loadCARoots(file string) (*x509.CertPool, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read %v", unwrapPathErr(err))

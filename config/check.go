@@ -67,7 +67,12 @@ func (c *Config) check(failed []string) []Problem {
 	if n := c.Headers.MixedContentSample; n < 1 || n > 1000000 {
 		k.errorf("headers.mixed_content_sample", "headers.mixed_content_sample must be 1..1000000 (one HTML response in N is scanned), got %d", n)
 	}
-	if f := c.Log.Format; f != "text" && f != "json" {
+	switch f := c.Log.Format; f {
+	case "text":
+		c.Resolved.LogFormat = LogText
+	case "json":
+		c.Resolved.LogFormat = LogJSON
+	default:
 		k.errorf("log.format", "log.format must be text or json, got %q", f)
 	}
 	return k.problems
@@ -75,7 +80,12 @@ func (c *Config) check(failed []string) []Problem {
 
 func (k *checker) listen() {
 	l := k.c.Listen
-	if l.HTTPMode != "redirect" && l.HTTPMode != "proxy" {
+	switch l.HTTPMode {
+	case "redirect":
+		k.c.Resolved.HTTPMode = HTTPRedirect
+	case "proxy":
+		k.c.Resolved.HTTPMode = HTTPProxy
+	default:
 		k.errorf("listen.http_mode", "listen.http_mode must be redirect or proxy, got %q", l.HTTPMode)
 	}
 	if l.HTTPS == "" && (l.HTTP == "" || l.HTTPMode != "proxy") {
@@ -132,7 +142,12 @@ func unwrapAddrErr(err error) string {
 
 func (k *checker) tls() {
 	t := k.c.TLS
-	if t.MinVersion != "1.2" && t.MinVersion != "1.3" {
+	switch t.MinVersion {
+	case "1.2":
+		k.c.Resolved.MinVersion = tls.VersionTLS12
+	case "1.3":
+		k.c.Resolved.MinVersion = tls.VersionTLS13
+	default:
 		k.errorf("tls.min_version", "tls.min_version must be \"1.2\" or \"1.3\", got %q", t.MinVersion)
 	}
 	for i, cf := range t.Certificates {
@@ -272,15 +287,19 @@ func (k *checker) positive(path string, d time.Duration) {
 }
 
 func (k *checker) forwarding() {
+	k.c.Resolved.TrustedProxies = nil
 	for i, s := range k.c.Forwarding.TrustedProxies {
-		if _, err := ParsePrefix(s); err != nil {
+		p, err := parsePrefix(s)
+		if err != nil {
 			k.errorf(fmt.Sprintf("forwarding.trusted_proxies[%d]", i), "forwarding.trusted_proxies: %v", err)
+			continue
 		}
+		k.c.Resolved.TrustedProxies = append(k.c.Resolved.TrustedProxies, p)
 	}
 }
 
-// ParsePrefix parses a CIDR, or a single IP as the prefix holding only that address.
-func ParsePrefix(s string) (netip.Prefix, error) {
+// parsePrefix parses a CIDR, or a single IP as the prefix holding only that address.
+func parsePrefix(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -296,14 +315,21 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 }
 
 // CheckEnvironment runs the checks that look at this machine: certificate files exist,
-// parse, and match their keys. It returns errors and warnings; Load treats any error as fatal.
+// parse, and match their keys; CA files hold certificates. What loads is kept in
+// c.Resolved (the certificates, the CA pools), so the edge does not read the files again;
+// Resolved.FilesLoaded is set when everything did. It returns errors and warnings; Load
+// treats any error as fatal.
 func (c *Config) CheckEnvironment() []Problem {
 	k := &checker{c: c}
+	r := &c.Resolved
+	r.FilesLoaded, r.Certificates, r.ACMERoots, r.UpstreamRoots = false, nil, nil, nil
 	unset := k.unsetPathVars()
 	if t := c.Pool.TLS; t != nil && t.CA != "" {
-		if _, err := LoadCARoots(t.CA); err != nil {
+		roots, err := loadCARoots(t.CA)
+		if err != nil {
 			k.errorf("pool.tls.ca", "pool.tls.ca: %v", err)
 		}
+		r.UpstreamRoots = roots
 	}
 	for i, cf := range c.TLS.Certificates {
 		path := fmt.Sprintf("tls.certificates[%d]", i)
@@ -313,12 +339,15 @@ func (c *Config) CheckEnvironment() []Problem {
 		if unset[path+".cert"] || unset[path+".key"] {
 			continue // reported by unsetPathVars
 		}
-		if _, err := LoadCertificate(cf); err != nil {
+		pair, err := loadCertificate(cf)
+		if err != nil {
 			k.errorf(path+".cert", "%s: %v", path, err)
+			continue
 		}
+		r.Certificates = append(r.Certificates, LoadedCertificate{Files: cf, Certificate: pair})
 	}
 	k.acmeEnvironment(unset)
-	k.passthroughEnvironment(unset)
+	k.passthroughEnvironment()
 	sortProblems(k.problems)
 	var errs []Problem
 	for _, p := range k.problems {
@@ -328,12 +357,13 @@ func (c *Config) CheckEnvironment() []Problem {
 			c.Warnings = append(c.Warnings, p)
 		}
 	}
+	r.FilesLoaded = len(errs) == 0
 	return errs
 }
 
-// LoadCertificate reads a certificate chain and key, checks that they belong together and
+// loadCertificate reads a certificate chain and key, checks that they belong together and
 // parses the leaf. The error says which file is at fault.
-func LoadCertificate(cf CertificateFiles) (tls.Certificate, error) {
+func loadCertificate(cf CertificateFiles) (tls.Certificate, error) {
 	certPEM, err := os.ReadFile(cf.Cert)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("cannot read cert: %v", unwrapPathErr(err))

@@ -5,6 +5,9 @@
 // Loading happens in three steps, as separate functions: decoding (types and unknown keys),
 // defaults, then checks. Checks that look at the machine (files, directories) are kept apart
 // in CheckEnvironment, so that a config meant for another host can be checked for syntax only.
+// The checks hand over what they parsed and loaded in Config.Resolved (TLS version, trusted
+// proxies, enums, certificates, CA pools): the rest of edgeproxy reads those, never the
+// strings again.
 package config
 
 import (
@@ -32,6 +35,8 @@ type Config struct {
 	// Warnings are problems that do not stop edgeproxy from running, such as a metrics
 	// listener on a public address.
 	Warnings []Problem `yaml:"-"`
+	// Resolved are the values above parsed into the types edgeproxy uses (see Resolved).
+	Resolved Resolved `yaml:"-"`
 
 	// pos maps a dotted key path ("pool.targets[1]") to where its value was written.
 	pos map[string]Pos

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -95,28 +96,22 @@ func normalName(name string) string {
 }
 
 // passthroughEnvironment reports passthrough names that a static certificate also
-// covers (exactly or by a wildcard): such a name would never reach the certificate.
-func (k *checker) passthroughEnvironment(unset map[string]bool) {
+// covers (exactly or by a wildcard): such a name would never reach the certificate. It
+// looks at the certificates CheckEnvironment loaded.
+func (k *checker) passthroughEnvironment() {
 	if len(k.c.Passthrough) == 0 {
 		return
 	}
-	for ci, cf := range k.c.TLS.Certificates {
-		cpath := fmt.Sprintf("tls.certificates[%d]", ci)
-		if cf.Cert == "" || cf.Key == "" || unset[cpath+".cert"] || unset[cpath+".key"] {
-			continue
-		}
-		pair, err := LoadCertificate(cf)
-		if err != nil {
-			continue // reported by CheckEnvironment
-		}
+	for _, lc := range k.c.Resolved.Certificates {
+		cpath := fmt.Sprintf("tls.certificates[%d]", slices.Index(k.c.TLS.Certificates, lc.Files))
 		for i, p := range k.c.Passthrough {
 			for j, name := range p.ServerNames {
 				if checkServerName(name) != nil {
 					continue
 				}
-				if pair.Leaf.VerifyHostname(normalName(name)) == nil {
+				if lc.Certificate.Leaf.VerifyHostname(normalName(name)) == nil {
 					npath := fmt.Sprintf("passthrough[%d].server_names[%d]", i, j)
-					k.errorf(npath, "%s: %q is also a name of %s (%s): a name is either terminated at the edge or passed through, not both", npath, name, cpath, cf.Cert)
+					k.errorf(npath, "%s: %q is also a name of %s (%s): a name is either terminated at the edge or passed through, not both", npath, name, cpath, lc.Files.Cert)
 				}
 			}
 		}

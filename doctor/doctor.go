@@ -221,6 +221,9 @@ func (d *Doctor) checkConfig() (*config.Config, []Result) {
 		r.More = append(r.More, "(the other checks need a configuration that parses; run doctor again once it does)")
 		return nil, []Result{r}
 	}
+	// Keep the files that do load (listed above are those that do not), for the checks
+	// of certificates and CAs.
+	_ = cfg.CheckEnvironment()
 	return cfg, []Result{r}
 }
 

@@ -118,6 +118,7 @@ func parseConfig(t *testing.T, yaml string) *config.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_ = cfg.CheckEnvironment() // load the files that load, as doctor does
 	return cfg
 }
 

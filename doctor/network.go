@@ -303,12 +303,12 @@ func lookupErr(err error) string {
 func (d *Doctor) checkDirectory(ctx context.Context, s *site) Result {
 	a := s.cfg.TLS.ACME
 	r := Result{Check: "acme.directory"}
-	client, err := ACMEClient(a)
-	if err != nil {
+	if a.CARoots != "" && s.cfg.Resolved.ACMERoots == nil {
 		r.Status = Fail
-		r.Detail = err.Error()
+		r.Detail = fmt.Sprintf("tls.acme.ca_roots %s did not load (the config check says why)", a.CARoots)
 		return r
 	}
+	client := ACMEClient(s.cfg.Resolved.ACMERoots)
 	defer client.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, 2*d.opts.Timeout)
 	defer cancel()
@@ -356,16 +356,12 @@ func describeDirectory(dir *certs.Directory) string {
 
 // ACMEClient is an HTTP client for the CA of a (trusting tls.acme.ca_roots), as the
 // edge's ACME client: it honours HTTPS_PROXY too. `validate` and doctor use it.
-func ACMEClient(a config.ACME) (*http.Client, error) {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if a.CARoots != "" {
-		roots, err := config.LoadCARoots(a.CARoots)
-		if err != nil {
-			return nil, fmt.Errorf("tls.acme.ca_roots: %v", err)
-		}
+func ACMEClient(roots *x509.CertPool) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone() // the edge's ACME client honours HTTPS_PROXY too
+	if roots != nil {
 		tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
-	return &http.Client{Transport: tr}, nil
+	return &http.Client{Transport: tr}
 }
 
 // CheckACMEProfile asks the CA of cfg whether it offers tls.acme.profile, for `edgeproxy
@@ -377,17 +373,15 @@ func CheckACMEProfile(ctx context.Context, cfg *config.Config) *config.Problem {
 		return nil
 	}
 	p := &config.Problem{File: cfg.File, Pos: cfg.PosOf("tls.acme.profile")}
-	client, err := ACMEClient(a)
+	client := ACMEClient(cfg.Resolved.ACMERoots)
+	defer client.CloseIdleConnections()
+	dir, err := certs.FetchDirectory(ctx, a.Directory, client)
 	if err == nil {
-		defer client.CloseIdleConnections()
-		var dir *certs.Directory
-		if dir, err = certs.FetchDirectory(ctx, a.Directory, client); err == nil {
-			if err := dir.CheckProfile(a.Profile); err != nil {
-				p.Message = "tls.acme.profile: " + err.Error()
-				return p
-			}
-			return nil
+		if err := dir.CheckProfile(a.Profile); err != nil {
+			p.Message = "tls.acme.profile: " + err.Error()
+			return p
 		}
+		return nil
 	}
 	p.Warning = true
 	p.Message = fmt.Sprintf("tls.acme.profile %q not checked: cannot read %s (%v); `edgeproxy doctor` says why", a.Profile, a.Directory, unwrapURLErr(err))
@@ -412,13 +406,12 @@ func (d *Doctor) checkTarget(ctx context.Context, s *site, target string) Result
 	if t := s.cfg.Pool.TLS; t != nil {
 		conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
 		if t.CA != "" {
-			roots, err := config.LoadCARoots(t.CA)
-			if err != nil {
+			if s.cfg.Resolved.UpstreamRoots == nil {
 				r.Status = Fail
-				r.Detail = fmt.Sprintf("pool.tls.ca: %v", err)
+				r.Detail = fmt.Sprintf("pool.tls.ca %s did not load (the config check says why)", t.CA)
 				return r
 			}
-			conf.RootCAs = roots
+			conf.RootCAs = s.cfg.Resolved.UpstreamRoots
 		}
 		opts.TLSConfig = conf
 	}

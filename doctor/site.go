@@ -45,11 +45,10 @@ type staticCert struct {
 
 func (d *Doctor) newSite(cfg *config.Config) *site {
 	s := &site{cfg: cfg, acme: map[string]*x509.Certificate{}, acmeErr: map[string]error{}}
-	for _, cf := range cfg.TLS.Certificates {
-		// An unreadable pair is already a config problem; here it just covers nothing.
-		if c, err := config.LoadCertificate(cf); err == nil {
-			s.static = append(s.static, staticCert{file: cf.Cert, leaf: c.Leaf})
-		}
+	// An unreadable pair is already a config problem, and not among those loaded: here it
+	// just covers nothing.
+	for _, lc := range cfg.Resolved.Certificates {
+		s.static = append(s.static, staticCert{file: lc.Files.Cert, leaf: lc.Certificate.Leaf})
 	}
 	a := cfg.TLS.ACME
 	if !a.Enabled() {

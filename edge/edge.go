@@ -10,13 +10,11 @@ package edge
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -34,6 +32,7 @@ import (
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
 	"edgeproxy/telemetry/tlscost"
+	"edgeproxy/tlsserve"
 )
 
 // Edge is one configured, bound edgeproxy. Use New, then Run.
@@ -62,12 +61,14 @@ type Edge struct {
 	// error fails the reload before anything is committed.
 	beforeCommit func() error
 
-	// tickets rotates the HTTPS listener's session ticket keys. That listener's tls.Config
-	// outlives reloads, so clients keep resuming across them.
-	tickets tlscost.SessionTickets
-	// tlsCost measures what TLS costs in CPU; nil when tls.tls_cost is false (read at
-	// start; a reload does not change it).
+	// tls is the HTTPS listener's TLS: its configuration, which reloads swap, and its
+	// session tickets, which outlive reloads; nil without that listener.
+	tls *tlsserve.Server
+	// tlsCost measures what TLS costs in CPU; nil until tls.tls_cost is first on (see
+	// accountant). Whether it measures is up to the configuration in tls.
 	tlsCost *tlscost.Accountant
+	// fastPath is proxy.fast_path as bound at start.
+	fastPath bool
 	// passthrough routes connections by SNI under the TLS layer; nil when the
 	// configuration at start had no passthrough entries.
 	passthrough *passthrough.Router
@@ -83,6 +84,9 @@ type Edge struct {
 // New builds the parts from cfg and binds every listener, so that a taken or forbidden
 // port is reported before anything starts.
 func New(cfg *config.Config, log *slog.Logger) (*Edge, error) {
+	if err := checkResolved(cfg); err != nil {
+		return nil, err
+	}
 	e := &Edge{cfg: cfg, log: log, metrics: telemetry.New()}
 	if err := e.build(); err != nil {
 		return nil, err
@@ -101,7 +105,8 @@ func (e *Edge) build() error {
 		return err
 	}
 	e.certs = src
-	e.certSrc.Store(src)
+	e.acme = cfg.TLS.ACME
+	e.useCertSource(src, cfg)
 
 	upTLS, err := e.upstreamTLS(cfg)
 	if err != nil {
@@ -139,55 +144,6 @@ func (e *Edge) retireTarget(addr string) {
 	e.metrics.ForgetTarget(addr)
 }
 
-// newCertSource loads the certificates cfg names.
-func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
-	var static []tls.Certificate
-	for _, cf := range cfg.TLS.Certificates {
-		c, err := config.LoadCertificate(cf)
-		if err != nil {
-			return nil, fmt.Errorf("edge: %s: %w", cf.Cert, err)
-		}
-		static = append(static, c)
-		// Static files expire too (certbot renews them outside edgeproxy): the same gauge
-		// as ACME's, so one alert covers both. Names come from the configured files.
-		for _, name := range c.Leaf.DNSNames {
-			e.metrics.CertificateExpiry(name, c.Leaf.NotAfter)
-			e.metrics.CertificateNotBefore(name, c.Leaf.NotBefore)
-		}
-	}
-	minVersion := uint16(tls.VersionTLS12)
-	if cfg.TLS.MinVersion == "1.3" {
-		minVersion = tls.VersionTLS13
-	}
-	opts := certs.Options{
-		Static: static, SelfSigned: cfg.TLS.SelfSigned, MinVersion: minVersion,
-		Logger: e.log, Observer: e.metrics,
-	}
-	if e.certs != nil { // a reload
-		if !reflect.DeepEqual(e.acme, cfg.TLS.ACME) {
-			e.log.Warn("reload: tls.acme changed; it takes effect only after a restart")
-		}
-		opts.ACMEOf = e.certs
-		return certs.New(opts)
-	}
-	if a := cfg.TLS.ACME; a.Enabled() {
-		var roots *x509.CertPool
-		if a.CARoots != "" {
-			var err error
-			if roots, err = config.LoadCARoots(a.CARoots); err != nil {
-				return nil, fmt.Errorf("edge: tls.acme.ca_roots: %w", err)
-			}
-		}
-		opts.ACME = &certs.ACMEOptions{
-			Domains: a.Domains, IPAddresses: a.IPAddresses, Profile: a.Profile,
-			Email: a.Email, DirectoryURL: a.Directory, RootCAs: roots,
-			CacheDir: a.CacheDir, RenewBefore: a.RenewBefore, Observer: e.metrics,
-		}
-	}
-	e.acme = cfg.TLS.ACME
-	return certs.New(opts)
-}
-
 func healthOptions(cfg *config.Config, upstreamTLS *tls.Config) health.Options {
 	hc := cfg.Pool.HealthCheck
 	return health.Options{
@@ -204,14 +160,8 @@ func (e *Edge) upstreamTLS(cfg *config.Config) (*tls.Config, error) {
 	if t == nil {
 		return nil, nil
 	}
-	conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
-	if t.CA != "" {
-		roots, err := config.LoadCARoots(t.CA)
-		if err != nil {
-			return nil, fmt.Errorf("edge: pool.tls.ca: %w", err)
-		}
-		conf.RootCAs = roots
-	}
+	conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12,
+		RootCAs: cfg.Resolved.UpstreamRoots} // nil: the system roots
 	if t.InsecureSkipVerify {
 		e.log.Warn("pool.tls.insecure_skip_verify is on: target certificates are NOT verified; anyone on the path to the targets can impersonate them")
 	}
@@ -258,18 +208,13 @@ func (u *upstream) AbortTarget(addr string) { u.fast.AbortTarget(addr) }
 
 // newBackend builds the proxy for cfg over up and the edge's pool.
 func (e *Edge) newBackend(cfg *config.Config, up *upstream) *fastpath.Backend {
-	var trusted []netip.Prefix
-	for _, s := range cfg.Forwarding.TrustedProxies {
-		p, _ := config.ParsePrefix(s) // validated by config
-		trusted = append(trusted, p)
-	}
 	h := proxy.New(proxy.Options{
 		Picker:         e.pool,
 		Passive:        e.pool,
 		TargetTLS:      cfg.Pool.TLS != nil,
 		Retries:        cfg.Pool.Retries,
 		Transport:      up.transport,
-		TrustedProxies: trusted,
+		TrustedProxies: cfg.Resolved.TrustedProxies,
 		HSTS:           cfg.Headers.HSTS,
 		MaxBodyBytes:   cfg.Limits.MaxBodyBytes,
 		AccessLog:      cfg.Log.Access,
@@ -291,11 +236,6 @@ func (e *Edge) serveProxy(w http.ResponseWriter, r *http.Request) {
 	e.backend.Load().Handler.ServeHTTP(w, r)
 }
 
-// getCertificate asks the certificate source of the configuration in effect.
-func (e *Edge) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return e.certSrc.Load().GetCertificate(hello)
-}
-
 func (e *Edge) bind() error {
 	cfg := e.cfg
 	l := cfg.Limits
@@ -315,36 +255,26 @@ func (e *Edge) bind() error {
 		if err != nil {
 			return err
 		}
+		e.fastPath = cfg.Proxy.FastPath
+		settings, err := e.tlsSettings(cfg, e.certs)
+		if err != nil {
+			return err
+		}
+		e.tls = tlsserve.New(settings)
 		srv := newServer(handler)
 		proxy.ConformHTTP2(srv)
-		srv.TLSConfig = e.certs.TLSConfig()
-		srv.TLSConfig.GetCertificate = e.getCertificate // follows reloads
-		e.tickets.Attach(srv.TLSConfig)
-		if cfg.TLS.TLSCost {
-			// The handshake deadline is proxy.Server's: read_header_timeout, as net/http's.
-			opts := tlscost.Options{Registerer: e.metrics.Registry(), Logger: e.log}
-			if !cfg.Proxy.FastPath {
-				// net/http serves HTTP/1.1 and writes responses through the proxy's 32 KiB
-				// copy buffer: a write may be cut into two full records.
-				opts.MaxAppWrite = 32 << 10
-			}
-			a, err := tlscost.New(opts)
-			if err != nil {
-				return err
-			}
-			e.tlsCost = a
-		}
+		srv.TLSConfig = e.tls.Config()
 		// Passthrough sits under the TLS layer: it splices the connections for its names
 		// and hands the others on with their ClientHello replayed.
 		inner := e.passthrough.Listener(limitListener(ln, l.MaxConnections))
-		e.add(e.dataServer(srv), e.tlsCost.Listener(inner, srv.TLSConfig))
+		e.add(e.dataServer(srv), e.tls.Listener(inner))
 	}
 	if addr := cfg.Listen.HTTP; addr != "" {
 		ln, err := listen("listen.http", addr)
 		if err != nil {
 			return err
 		}
-		if cfg.Listen.HTTPMode == "redirect" {
+		if cfg.Resolved.HTTPMode == config.HTTPRedirect {
 			h := proxy.RedirectHandler(e.httpsPort())
 			e.add(newServer(e.certs.HTTPHandler(h)), limitListener(ln, l.MaxConnections))
 		} else {
@@ -411,7 +341,7 @@ func (e *Edge) dataServer(srv *http.Server) server {
 	return fastpath.NewServer(fastpath.ServerOptions{
 		Backend: e.backend.Load, HTTP: srv, FastPath: e.cfg.Proxy.FastPath,
 		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
-		Handshake: e.tlsCost.Handshake, // a nil Accountant's is (*tls.Conn).Handshake
+		Handshake: tlsserve.Handshake, // measured when tls.tls_cost was on at accept
 	})
 }
 
@@ -472,7 +402,9 @@ func (e *Edge) Run(ctx context.Context) error {
 	}()
 	e.pool.Start(checkCtx)
 	e.passthrough.Start(checkCtx)
-	go e.tickets.Run(checkCtx)
+	if e.tls != nil {
+		go e.tls.Run(checkCtx)
+	}
 
 	serveErr := make(chan error, len(e.servers))
 	for i, srv := range e.servers {

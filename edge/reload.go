@@ -2,20 +2,20 @@ package edge
 
 import (
 	"fmt"
-	"reflect"
 	"slices"
+	"strings"
 
-	"edgeproxy/certs"
 	"edgeproxy/config"
 )
 
 // Reload applies a new configuration without closing a listener or failing a request:
-// targets, health-check settings, certificates and the proxy's settings change in place.
+// targets, health-check settings, certificates, the TLS settings (tls.min_version,
+// tls.tls_cost: for the handshakes that follow) and the proxy's settings change in place.
 // Targets that stay keep their state (health, passive ejection, place in the rotation);
 // new ones are probed at once and join after their first pass; removed ones get no new
 // requests and drain within pool.deregistration_delay (see package pool). Settings that
-// belong to a bound listener (listen addresses, server timeouts and limits) need a
-// restart: they are kept, with a warning.
+// belong to a bound listener or to start-up (see restartOnly) are kept, with a warning
+// naming each key changed. log.format is the caller's: it owns the log handler.
 //
 // Everything new is built first and committed only once all of it built: on error
 // nothing has changed.
@@ -25,12 +25,12 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	old := e.cfg
 
 	// Build. Nothing here changes what serves.
-	var src *certs.Source // nil: the certificates stay
-	if !reflect.DeepEqual(old.TLS, cfg.TLS) {
-		var err error
-		if src, err = e.newCertSource(cfg); err != nil {
-			return fmt.Errorf("edge: reload: %w", err)
-		}
+	if err := checkResolved(cfg); err != nil {
+		return err
+	}
+	tlsPart, err := e.prepareTLSReload(old, cfg)
+	if err != nil {
+		return fmt.Errorf("edge: reload: %w", err)
 	}
 	upTLS, err := e.upstreamTLS(cfg)
 	if err != nil {
@@ -45,18 +45,10 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	}
 
 	// Commit.
-	if !reflect.DeepEqual(old.Listen, cfg.Listen) {
-		e.log.Warn("reload: listen addresses changed; they take effect only after a restart")
+	for _, key := range needsRestart(old, cfg) {
+		e.log.Warn("reload: "+key+" changed; it takes effect only after a restart", "key", key)
 	}
-	if old.Proxy != cfg.Proxy {
-		e.log.Warn("reload: proxy.fast_path changed; it takes effect only after a restart")
-	}
-	if limitsNeedRestart(old.Limits, cfg.Limits) {
-		e.log.Warn("reload: server limits (timeouts, header size, connections) changed; they take effect only after a restart")
-	}
-	if src != nil {
-		e.certSrc.Store(src)
-	}
+	e.commitTLSReload(tlsPart)
 	e.setUpstream(upstream)
 	e.pool.Update(poolConfig(cfg, upTLS))
 	e.reloadPassthrough(cfg)
@@ -92,8 +84,34 @@ func (e *Edge) setUpstream(u *upstream) {
 	}
 }
 
-func limitsNeedRestart(a, b config.Limits) bool {
-	a.MaxBodyBytes, b.MaxBodyBytes = 0, 0 // applied by the proxy, reloadable
-	a.ShutdownTimeout, b.ShutdownTimeout = 0, 0
-	return a != b
+// needsRestart lists the keys that differ between old and cfg and that only a restart
+// applies (see restartOnly), each once.
+func needsRestart(old, cfg *config.Config) []string {
+	var keys []string
+	for _, key := range config.Changed(old, cfg) {
+		if k, ok := restartOnly(key); ok && !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// restartOnly reports whether a change of key takes effect only after a restart: it is
+// bound to a listener (addresses, the plain-HTTP mode, the server's timeouts and limits,
+// the data path) or to work begun at start (ACME orders and renewals). It returns the key
+// to name: the key itself, or the block that needs the restart as a whole (tls.acme for
+// tls.acme.email). Every other key is applied by Reload, or by the caller for log.format
+// (see the README's Reload table).
+func restartOnly(key string) (string, bool) {
+	for _, k := range []string{
+		"listen.https", "listen.http", "listen.http_mode", "listen.metrics",
+		"limits.read_header_timeout", "limits.idle_timeout", "limits.max_header_bytes", "limits.max_connections",
+		"proxy.fast_path",
+		"tls.acme",
+	} {
+		if key == k || strings.HasPrefix(key, k+".") {
+			return k, true
+		}
+	}
+	return "", false
 }

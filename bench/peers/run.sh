@@ -48,6 +48,9 @@ if [ -z "$bin" ]; then
   bin="$dir/edgeproxy"
   go build -o "$bin" ./cmd/edgeproxy
 fi
+# The load generator and the backends: this tree's benchmark harness, whichever edgeproxy.
+harness="$dir/edgeproxy-bench"
+go build -o "$harness" ./cmd/edgeproxy-bench
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -keyout "$dir/key.pem" -out "$dir/cert.pem" -subj /CN=localhost \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
@@ -69,7 +72,7 @@ render() { # template output ADDR PORT [METRICS]
 
 echo "== backends on CPU $LOAD_CPU: $B1 $B2"
 for b in "$B1" "$B2"; do
-  taskset -c "$LOAD_CPU" "$bin" bench -role backend -plain "$b" 2>>"$dir/backend.log" &
+  taskset -c "$LOAD_CPU" "$harness" -role backend -plain "$b" 2>>"$dir/backend.log" &
   pids+=($!)
 done
 
@@ -102,7 +105,7 @@ start_peer() {
   esac
   local main=$! ok=""
   for _ in $(seq 100); do
-    if "$bin" bench -role load -addr "127.0.0.1:$pt" -tls -bytes 1 -c 1 -warmup 0s -duration 100ms >/dev/null 2>&1; then
+    if "$harness" -role load -addr "127.0.0.1:$pt" -tls -bytes 1 -c 1 -warmup 0s -duration 100ms >/dev/null 2>&1; then
       ok=1
       break
     fi
@@ -146,7 +149,7 @@ for r in $(seq "$ROUNDS"); do
     for i in "${!peers[@]}"; do
       p=${peers[$(((i + r - 1) % ${#peers[@]}))]}
       # shellcheck disable=SC2046
-      out=$(taskset -c "$LOAD_CPU" "$bin" bench -role load -addr "127.0.0.1:${port[$p]}" -tls -x25519 \
+      out=$(taskset -c "$LOAD_CPU" "$harness" -role load -addr "127.0.0.1:${port[$p]}" -tls -x25519 \
         $(workload_args "$w") -c "$CONNS" -warmup "$WARMUP" -duration "$DURATION" -pids "${measure[$p]}")
       echo "$p $w $r $out" >>"$results"
       echo "   round $r $w $p: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); n=d["requests"]; print("%.0f req/s, %.1f µs CPU/req, p50 %.0f µs, p99 %.0f µs" % (n/d["seconds"], sum(d["cpu"].values())/n*1e6, d["p50_us"], d["p99_us"]))')"
@@ -194,7 +197,7 @@ if [ "$PROFILE" != 0 ] && [[ " $PEERS " == *" edgeproxy "* ]]; then
   pids+=("$prof")
   for _ in $(seq 600); do grep -q "tlscost: calibrated" "$dir/edgeproxy-profile.log" && break; sleep 0.1; done
   # shellcheck disable=SC2046
-  taskset -c "$LOAD_CPU" "$bin" bench -role load -addr "127.0.0.1:${port[edgeproxy]}" -tls -x25519 \
+  taskset -c "$LOAD_CPU" "$harness" -role load -addr "127.0.0.1:${port[edgeproxy]}" -tls -x25519 \
     $(workload_args keepalive) -c "$CONNS" -warmup 2s -duration "$PROFILE" -pids "$prof" >/dev/null &
   load=$!
   sleep 2

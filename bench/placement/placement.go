@@ -1,4 +1,4 @@
-// Package placement is `edgeproxy bench`: where should TLS end? It runs the same load
+// Package placement is `edgeproxy bench` (cmd/edgeproxy-bench): where should TLS end? It runs the same load
 // against four placements of TLS termination and measures, from each process's own CPU
 // accounting (/proc/PID/stat), what every request costs at the edge and at the backend:
 //
@@ -11,7 +11,7 @@
 // Workloads: keep-alive small responses, a new connection with a full handshake per
 // request, and keep-alive 64 KiB responses. The edge (edgeproxy run), the backend (a Go
 // net/http server) and the load generator (bench/loadgen) are separate processes — the
-// benchmark's own binary re-executed — each pinnable to a CPU. The edge's TLS cost metric
+// edgeproxy binary and the benchmark's own binary re-executed — each pinnable to a CPU. The edge's TLS cost metric
 // (edgeproxy_tls_cpu_seconds_total) is read alongside, to set against the measured
 // difference from plain.
 package placement
@@ -24,6 +24,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -48,9 +49,12 @@ const (
 
 // Options configure a run. The zero value of each field has the meaning its comment gives.
 type Options struct {
-	// Binary is the edgeproxy binary, re-executed for every process; "" means this
-	// process's own executable.
+	// Binary is the edgeproxy binary measured, run as `Binary run -config FILE`; "" means
+	// the edgeproxy next to Harness, else the one on PATH.
 	Binary string
+	// Harness is the binary of the benchmark's own processes (`Harness -role backend|load`,
+	// see Backend and Load: cmd/edgeproxy-bench); "" means this process's executable.
+	Harness string
 	// Placements and Workloads to run; nil means all, in report order.
 	Placements, Workloads []string
 	// Duration is each measured window; zero means 5s. Warmup precedes it; zero means 1s
@@ -104,12 +108,20 @@ type Report struct {
 }
 
 func (o *Options) defaults() error {
-	if o.Binary == "" {
+	if o.Harness == "" {
 		exe, err := os.Executable()
 		if err != nil {
 			return err
 		}
-		o.Binary = exe
+		o.Harness = exe
+	}
+	if o.Binary == "" {
+		o.Binary = filepath.Join(filepath.Dir(o.Harness), "edgeproxy")
+		if _, err := os.Stat(o.Binary); err != nil {
+			if o.Binary, err = exec.LookPath("edgeproxy"); err != nil {
+				return fmt.Errorf("placement: no edgeproxy binary to measure next to %s or on PATH", o.Harness)
+			}
+		}
 	}
 	if o.Placements == nil {
 		o.Placements = Placements
@@ -173,7 +185,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	backendPlain, backendTLS := fixture.FreeAddr(), fixture.FreeAddr()
-	backend, err := startProc("backend", o.BackendCPU, o.Binary, "bench", "-role", "backend",
+	backend, err := startProc("backend", o.BackendCPU, o.Harness, "-role", "backend",
 		"-plain", backendPlain, "-tls", backendTLS, "-cert", c.backendCert, "-key", c.backendKey)
 	if err != nil {
 		return nil, err
@@ -368,11 +380,11 @@ func measure(o Options, t clientTarget, workload string, edge, backend *proc, me
 	case "bulk":
 		size = bulkBytes
 	}
-	args := []string{"bench", "-role", "load", "-addr", t.addr, "-tls=" + strconv.FormatBool(t.tls), "-sni", t.sni,
+	args := []string{"-role", "load", "-addr", t.addr, "-tls=" + strconv.FormatBool(t.tls), "-sni", t.sni,
 		"-bytes", strconv.Itoa(size), "-keepalive=" + strconv.FormatBool(keepAlive), "-c", strconv.Itoa(o.Connections),
 		"-warmup", o.Warmup.String(), "-duration", o.Duration.String(),
 		"-pids", fmt.Sprintf("%d,%d", edge.pid(), backend.pid()), "-metrics", metrics}
-	load, err := startProc("load generator", o.LoadCPU, o.Binary, args...)
+	load, err := startProc("load generator", o.LoadCPU, o.Harness, args...)
 	if err != nil {
 		return Result{}, err
 	}

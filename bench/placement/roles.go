@@ -21,9 +21,9 @@ import (
 	"edgeproxy/bench/loadgen"
 )
 
-// The benchmark's own processes are its binary re-executed with a role: `edgeproxy bench
-// -role backend|load ...`. The flags of each role are internal: the controller (Run) and
-// bench/peers/run.sh write them.
+// The benchmark's own processes are its binary re-executed with a role: `edgeproxy-bench
+// -role backend|load ...` (`edgeproxy bench -role ...` runs that). The flags of each role
+// are internal: the controller (Run) and bench/peers/run.sh write them.
 
 // Backend serves GET /bytes?n=N (N bytes, at most 1 MiB, Content-Length set) with
 // net/http on -plain (HTTP) and/or -tls (HTTPS with -cert/-key), until SIGTERM.

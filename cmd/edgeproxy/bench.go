@@ -1,104 +1,92 @@
 package main
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"edgeproxy/bench/placement"
 	"edgeproxy/config"
+	"edgeproxy/internal/logformat"
 )
 
-// benchCmd is `edgeproxy bench`: the termination placement benchmark (package
-// bench/placement). `bench -role backend|load` are the benchmark's own processes, the
-// binary re-executed; they are internal and not in -h.
+// benchBinary is the placement benchmark's command (cmd/edgeproxy-bench). It is a binary
+// of its own so that the benchmark harness stays out of the serving binary.
+const benchBinary = "edgeproxy-bench"
+
+// benchCmd is `edgeproxy bench`: it runs edgeproxy-bench, found next to this binary or on
+// PATH, with the same arguments, measuring this binary. `bench -role edge-profile` is
+// this binary's own: `edgeproxy run` under a CPU profile (bench/peers/run.sh).
 func benchCmd(args []string, stdout, stderr io.Writer) int {
-	if len(args) >= 2 && args[0] == "-role" {
-		switch args[1] {
-		case "backend":
-			return placement.Backend(args[2:], stderr)
-		case "load":
-			return placement.Load(args[2:], stdout, stderr)
-		case "edge-profile":
-			return edgeProfile(args[2:], stderr)
+	if len(args) >= 2 && args[0] == "-role" && args[1] == "edge-profile" {
+		return edgeProfile(args[2:], stderr)
+	}
+	help := len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help")
+	harness, err := findBench()
+	if help {
+		fmt.Fprintf(stderr, "Usage: edgeproxy bench [flags]\n\nRuns %s (next to this binary, or on PATH) against this binary.\n", benchBinary)
+		if err != nil {
+			fmt.Fprintf(stderr, "%v\n", err)
+			return 0
 		}
-		fmt.Fprintf(stderr, "edgeproxy bench: unknown role %q\n", args[1])
-		return 2
 	}
-	fs := newFlags("bench", "bench [-placements plain,edge,backend,reencrypt] [-workloads keepalive,handshake,bulk] [-duration 5s] [-concurrency N] [-rounds N] [-json] [-svg FILE] [-edge-cpu N] [-backend-cpu N] [-load-cpu N]", stderr)
-	placements := fs.String("placements", strings.Join(placement.Placements, ","), "where TLS ends: `list` of plain (HTTP end to end), edge (TLS→HTTP), backend (passthrough; the backend terminates), reencrypt (TLS→TLS)")
-	workloads := fs.String("workloads", strings.Join(placement.Workloads, ","), "`list` of keepalive (64 B responses), handshake (a new connection, full handshake, per request), bulk (keep-alive, 64 KiB responses)")
-	duration := fs.Duration("duration", 5*time.Second, "measured window of each placement and workload (after a warm-up of -warmup)")
-	warmup := fs.Duration("warmup", time.Second, "warm-up before each window, not measured")
-	concurrency := fs.Int("concurrency", 8, "client connections")
-	rounds := fs.Int("rounds", 1, "measure every cell this many times, interleaved, and report the medians (a busy machine: 3 or 5)")
-	asJSON := fs.Bool("json", false, "print JSON instead of the table")
-	svg := fs.String("svg", "", "also write a bar chart of CPU per request to `file` (SVG)")
-	edgeCPU := fs.Int("edge-cpu", -1, "pin the edge process to this `cpu` (-1: unpinned)")
-	backendCPU := fs.Int("backend-cpu", -1, "pin the backend process to this `cpu` (-1: unpinned)")
-	loadCPU := fs.Int("load-cpu", -1, "pin the load generator to this `cpu` (-1: unpinned)")
-	if code, done := parseFlags(fs, args); done {
-		return code
-	}
-	if *duration <= 0 || *concurrency < 1 || *warmup < 0 || *rounds < 1 {
-		fmt.Fprintln(stderr, "edgeproxy bench: -duration must be positive, -concurrency and -rounds at least 1, -warmup not negative")
-		return 2
-	}
-	if *warmup == 0 {
-		*warmup = -1 // placement.Options: negative means none
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	rep, err := placement.Run(ctx, placement.Options{
-		Placements: splitList(*placements), Workloads: splitList(*workloads),
-		Duration: *duration, Warmup: *warmup, Connections: *concurrency, Rounds: *rounds,
-		EdgeCPU: *edgeCPU, BackendCPU: *backendCPU, LoadCPU: *loadCPU,
-		Progress: stderr,
-	})
 	if err != nil {
 		fmt.Fprintln(stderr, "edgeproxy bench:", err)
 		return 1
 	}
-	if *svg != "" {
-		f, err := os.Create(*svg)
-		if err == nil {
-			err = rep.WriteSVG(f)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-		}
-		if err != nil {
-			fmt.Fprintln(stderr, "edgeproxy bench:", err)
-			return 1
-		}
+	if self, err := os.Executable(); err == nil && (len(args) == 0 || args[0] != "-role") {
+		args = append([]string{"-edgeproxy", self}, args...)
 	}
-	if *asJSON {
-		err = rep.WriteJSON(stdout)
-	} else {
-		err = rep.WriteTable(stdout)
+	cmd := exec.Command(harness, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
+	// The benchmark stops on SIGINT or SIGTERM, as it did in this process.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(stderr, "edgeproxy bench:", err)
+		return 1
 	}
-	if err != nil {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case s := <-sig:
+			_ = cmd.Process.Signal(s)
+		case <-done:
+		}
+	}()
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	case err != nil:
 		fmt.Fprintln(stderr, "edgeproxy bench:", err)
 		return 1
 	}
 	return 0
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, x := range strings.Split(s, ",") {
-		if x = strings.TrimSpace(x); x != "" {
-			out = append(out, x)
+// findBench returns the path of edgeproxy-bench: next to this binary, else on PATH.
+func findBench() (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), benchBinary)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return p, nil
 		}
 	}
-	return out
+	if p, err := exec.LookPath(benchBinary); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s is not next to this binary nor on PATH; build it with `go build -o %s ./cmd/edgeproxy-bench` (in the source tree)", benchBinary, benchBinary)
 }
 
 // edgeProfile is `edgeproxy run` under a CPU profile written to -cpuprofile when it stops
@@ -152,7 +140,7 @@ func edgeProfile(args []string, stderr io.Writer) int {
 	default:
 		start()
 	}
-	code := serve(cfg, newLogger(cfg.Log.Format, stderr), nil, nil)
+	code := serve(cfg, logformat.New(stderr, cfg.Resolved.LogFormat), nil, nil)
 	mu.Lock()
 	stopped = true
 	if profiling {

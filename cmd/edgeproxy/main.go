@@ -21,7 +21,9 @@ import (
 	"edgeproxy/doctor"
 	"edgeproxy/edge"
 	"edgeproxy/internal/demo"
+	"edgeproxy/internal/logformat"
 	"edgeproxy/internal/sdnotify"
+	"edgeproxy/telemetry/tlscost"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -47,6 +49,10 @@ func commands() []command {
 }
 
 func main() {
+	// The TLS cost calibration re-executes this binary as its client process.
+	if code, ok := tlscost.RunChild(); ok {
+		os.Exit(code)
+	}
 	os.Exit(mainArgs(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -113,17 +119,19 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	log := newLogger(cfg.Log.Format, stderr)
+	logs := logformat.New(stderr, cfg.Resolved.LogFormat)
 	for _, w := range cfg.Warnings {
-		log.Warn(w.String())
+		slog.New(logs).Warn(w.String())
 	}
-	return serve(cfg, log, func() (*config.Config, error) { return config.Load(*file) }, nil)
+	return serve(cfg, logs, func() (*config.Config, error) { return config.Load(*file) }, nil)
 }
 
 // serve runs an edge until SIGTERM or SIGINT, then drains. On SIGHUP it calls reload, if
 // not nil, for a new configuration and applies it; an invalid one is logged and the old one
-// keeps serving. ready, if not nil, is called once the listeners are bound.
-func serve(cfg *config.Config, log *slog.Logger, reload func() (*config.Config, error), ready func(*edge.Edge)) int {
+// keeps serving; log.format applies to logs once the edge has taken the rest. ready, if
+// not nil, is called once the listeners are bound.
+func serve(cfg *config.Config, logs *logformat.Handler, reload func() (*config.Config, error), ready func(*edge.Edge)) int {
+	log := slog.New(logs)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	e, err := edge.New(cfg, log)
@@ -149,7 +157,7 @@ func serve(cfg *config.Config, log *slog.Logger, reload func() (*config.Config, 
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
-		go reloadOnSignal(ctx, hup, e, log, reload, notifyErr)
+		go reloadOnSignal(ctx, hup, e, logs, reload, notifyErr)
 	}
 	if err := e.Run(ctx); err != nil {
 		log.Error(err.Error())
@@ -159,7 +167,8 @@ func serve(cfg *config.Config, log *slog.Logger, reload func() (*config.Config, 
 }
 
 // reloadOnSignal applies a new configuration on each signal until ctx is done.
-func reloadOnSignal(ctx context.Context, hup <-chan os.Signal, e *edge.Edge, log *slog.Logger, reload func() (*config.Config, error), notifyErr func(error)) {
+func reloadOnSignal(ctx context.Context, hup <-chan os.Signal, e *edge.Edge, logs *logformat.Handler, reload func() (*config.Config, error), notifyErr func(error)) {
+	log := slog.New(logs)
 	for {
 		select {
 		case <-ctx.Done():
@@ -175,6 +184,7 @@ func reloadOnSignal(ctx context.Context, hup <-chan os.Signal, e *edge.Edge, log
 		if err != nil {
 			log.Error("reload rejected, the previous configuration keeps serving:\n" + err.Error())
 		} else {
+			logs.SetFormat(cfg.Resolved.LogFormat)
 			for _, w := range cfg.Warnings {
 				log.Warn(w.String())
 			}
@@ -245,8 +255,7 @@ func demoCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	log := newLogger("text", stderr)
-	return serve(cfg, log, nil, func(e *edge.Edge) {
+	return serve(cfg, logformat.New(stderr, cfg.Resolved.LogFormat), nil, func(e *edge.Edge) {
 		a := e.Addrs()
 		fmt.Fprintf(stdout, "edgeproxy demo: https://%s in front of %v\n", a["https"], targets)
 		fmt.Fprintf(stdout, "  try:     curl -k https://%s/\n", a["https"])
@@ -274,11 +283,4 @@ func versionCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "edgeproxy %s\n", v)
 	return 0
-}
-
-func newLogger(format string, w io.Writer) *slog.Logger {
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, nil))
-	}
-	return slog.New(slog.NewTextHandler(w, nil))
 }

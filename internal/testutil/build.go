@@ -140,3 +140,7 @@ func removeStale(dir string) {
 		}
 	}
 }
+
+// GoTool returns the go command as BuildEdgeproxy finds it, or "" if there is none: for
+// tests that build another command of the module (cmd/edgeproxy-bench).
+func GoTool() string { return goTool() }

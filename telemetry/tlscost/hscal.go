@@ -18,7 +18,7 @@ import (
 // segments there are the read system calls of the handshake (the thread is released
 // around them) and the extra park and netpoll wake-up of each round trip. None of it can
 // be clocked per handshake, but all of it shows in the process's CPU clock.
-// measureHandshakeFactor runs handshakes through a Listener on loopback against a client
+// measureHandshakeFactor runs handshakes through a measuring listener on loopback against a client
 // in a child process (hschild.go), alternating with batches of plain TCP connections carrying the same one-byte exchange, and divides
 // the process CPU the handshakes added by their thread-clock segments: HandshakeFactor
 // is process CPU per second of segment CPU, and each handshake is charged its segments
@@ -69,7 +69,7 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 		_ = tlsRaw.Close()
 		return factor, gcShare, dataFactor, err
 	}
-	tl := a.Listener(tlsRaw, &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true})
+	tl := a.listener(tlsRaw, &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true})
 	var wg sync.WaitGroup
 	serve := func(ln net.Listener) {
 		defer wg.Done()

@@ -18,10 +18,10 @@ import (
 
 // The calibration client runs in a child process where it can, so that the process CPU
 // of the calibration is the server side's alone, as it is for edgeproxy in production:
-// the child is this same executable, started with calibrationClientEnv set, which the
-// package's init turns into the client (before main runs). It reads one command per line
-// on stdin ("tls" or "plain": one batch of connections), answers "ok" or an error line on
-// stdout, and exits at EOF. If the child cannot be started, both sides run in this
+// the child is this same executable, started with calibrationClientEnv set, which
+// RunChild (called first thing in main) turns into the client. It reads one command per
+// line on stdin ("tls" or "plain": one batch of connections), answers "ok" or an error
+// line on stdout, and exits at EOF. If the child cannot be started, both sides run in this
 // process and the client's own segments are subtracted (see measureHandshakeFactor).
 
 const calibrationClientEnv = "EDGEPROXY_TLSCOST_CALIBRATION_CLIENT"
@@ -32,19 +32,38 @@ const calibrationClientEnv = "EDGEPROXY_TLSCOST_CALIBRATION_CLIENT"
 // garbage collection (~1 µs per new connection in edgeproxy, had it measured itself).
 const handshakeAllocsEnv = "EDGEPROXY_TLSCOST_HANDSHAKE_ALLOCS"
 
-func init() {
+// childArgs are the child's arguments. RunChild ignores them; they make a test binary
+// whose TestMain forgot RunChild run no test (instead of all of them, each calibrating
+// again), and its answer then makes the calibration fall back to one process.
+var childArgs = []string{"-test.run=^$"}
+
+// RunChild runs this process as the calibration's child process if it was started as one
+// (the calibration re-executes its own executable with an environment variable set) and
+// returns its exit code and true; otherwise it returns at once with false. A program
+// that serves with an Accountant calibrating its costs calls it first thing in main, and
+// so does a test binary whose tests do (in TestMain):
+//
+//	if code, ok := tlscost.RunChild(); ok {
+//		os.Exit(code)
+//	}
+//
+// Without it the child would be the program itself, started a second time. The
+// calibration falls back to running its client in-process when the child answers
+// nothing.
+func RunChild() (code int, ok bool) {
 	if addrs, ok := os.LookupEnv(calibrationClientEnv); ok {
-		os.Exit(runCalibrationClient(addrs, os.Stdin, os.Stdout))
+		return runCalibrationClient(addrs, os.Stdin, os.Stdout), true
 	}
 	if _, ok := os.LookupEnv(handshakeAllocsEnv); ok {
 		n, err := measureHandshakeAllocs()
 		if err != nil {
 			fmt.Println("error", err)
-			os.Exit(1)
+			return 1, true
 		}
 		fmt.Println(n)
-		os.Exit(0)
+		return 0, true
 	}
+	return 0, false
 }
 
 // handshakeAllocs returns what the server side of one handshake allocates, measured in a
@@ -53,7 +72,7 @@ func handshakeAllocs() (int64, error) {
 	if exe, err := os.Executable(); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, exe)
+		cmd := exec.CommandContext(ctx, exe, childArgs...)
 		cmd.Env = append(os.Environ(), handshakeAllocsEnv+"=1")
 		if out, err := cmd.Output(); err == nil {
 			if n, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err == nil && n > 0 {
@@ -201,7 +220,7 @@ func startCalibrationClient(tlsAddr, plainAddr string) (*calibrationClient, erro
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe)
+	cmd := exec.Command(exe, childArgs...)
 	cmd.Env = append(os.Environ(), calibrationClientEnv+"="+tlsAddr+","+plainAddr)
 	in, err := cmd.StdinPipe()
 	if err != nil {

@@ -1,9 +1,9 @@
 // Package tlscost measures what TLS termination costs this process in CPU, per handshake and
 // per byte, and exports it as Prometheus metrics (the edgeproxy_tls_* rows of DESIGN.md).
 //
-// Handshakes are measured: Accountant.Handshake runs the handshake of a connection from
-// Listener in the goroutine that serves it and reads the CPU clock of the thread that
-// runs it (CLOCK_THREAD_CPUTIME_ID). The goroutine is locked to its thread only between
+// Handshakes are measured: Handshake runs the handshake of a connection wrapped by
+// Accountant.Conn in the goroutine that serves it and reads the CPU clock of the thread
+// that runs it (CLOCK_THREAD_CPUTIME_ID). The goroutine is locked to its thread only between
 // blocking reads — locked when a read returns, unlocked before the next — and the
 // segments are added up, so a silent client holds a parked goroutine, never an OS thread.
 // Every handshake has a deadline: Options.HandshakeTimeout, or the caller's (proxy.Server
@@ -28,7 +28,10 @@
 // collector's CPU (gc.go).
 //
 // Servers still receive a real *tls.Conn from Accept (net/http type-asserts one for ALPN,
-// h2 and Request.TLS); the measuring happens in a net.Conn wrapper underneath it.
+// h2 and Request.TLS); the measuring happens in a net.Conn wrapper underneath it. The
+// listener, its certificate choice and its session tickets are tlsserve's; this package
+// only measures. The calibration re-executes the program as a client process: main calls
+// RunChild first (see hschild.go).
 package tlscost
 
 import (
@@ -79,8 +82,8 @@ type Options struct {
 // DefaultMaxAppWrite is the application write bound when Options.MaxAppWrite is zero.
 const DefaultMaxAppWrite = 17 << 10
 
-// Accountant owns the TLS cost metrics and hands out measuring listeners. A nil
-// *Accountant is valid: its Listener is a plain tls.NewListener (tls.tls_cost: false).
+// Accountant owns the TLS cost metrics and measures the connections it wraps (Conn). A nil
+// *Accountant is valid and measures nothing (tls.tls_cost: false).
 type Accountant struct {
 	timeout     time.Duration
 	maxAppWrite int

@@ -2,7 +2,6 @@ package tlscost
 
 import (
 	"bufio"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -131,7 +130,7 @@ func newFixture(t *testing.T, opts Options, cfg *tls.Config) *fixture {
 		cfg = &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}}
 	}
 	cl := &countingListener{Listener: raw}
-	f := &fixture{a: a, reg: reg, raw: cl, cfg: cfg, ln: a.Listener(cl, cfg).(*listener)}
+	f := &fixture{a: a, reg: reg, raw: cl, cfg: cfg, ln: a.listener(cl, cfg).(*listener)}
 	t.Cleanup(func() { _ = f.ln.Close() })
 	return f
 }
@@ -679,8 +678,6 @@ func TestListener_Resumption(t *testing.T) {
 	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		t.Run(versionLabel(version), func(t *testing.T) {
 			cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, MaxVersion: version}
-			var tickets SessionTickets
-			tickets.Attach(cfg)
 			f := newFixture(t, Options{}, cfg)
 			wg := serveEcho(f)
 			ccfg := clientConfig()
@@ -715,61 +712,6 @@ func exchange(t *testing.T, addr string, cfg *tls.Config, n int) bool {
 		t.Fatal(err)
 	}
 	return c.ConnectionState().DidResume
-}
-
-// Keys rotate; a ticket resumes while its key is among the Keep newest, also on a new
-// configuration attached later (a reload), and not after.
-func TestSessionTickets_RotateAndShare(t *testing.T) {
-	cert := testCert(t, "ecdsa")
-	tickets := &SessionTickets{Keep: 2}
-	cfg1 := &tls.Config{Certificates: []tls.Certificate{cert}}
-	tickets.Attach(cfg1)
-	f1 := newFixture(t, Options{}, cfg1)
-	serveEcho(f1)
-	ccfg := clientConfig()
-	ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
-	exchange(t, f1.addr(), ccfg, 1)
-
-	// A reload: a new configuration, the same rotator, one rotation later.
-	tickets.Rotate()
-	cfg2 := &tls.Config{Certificates: []tls.Certificate{cert}}
-	tickets.Attach(cfg2)
-	tickets.Detach(cfg1)
-	f2 := newFixture(t, Options{}, cfg2)
-	serveEcho(f2)
-	if !exchange(t, f2.addr(), ccfg, 1) {
-		t.Errorf("after one rotation and a reload: not resumed; want resumed")
-	}
-	// The resumption above issued a ticket under the newest key; two more rotations drop it.
-	tickets.Rotate()
-	tickets.Rotate()
-	if exchange(t, f2.addr(), ccfg, 1) {
-		t.Errorf("after the key left the window: resumed; want a full handshake")
-	}
-}
-
-func TestSessionTickets_Run(t *testing.T) {
-	tickets := &SessionTickets{Interval: 10 * time.Millisecond, Keep: 3}
-	cfg := &tls.Config{}
-	tickets.Attach(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { tickets.Run(ctx); close(done) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		tickets.mu.Lock()
-		n := len(tickets.keys)
-		tickets.mu.Unlock()
-		if n == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("keys: got %d; want 3 after rotations", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	cancel()
-	<-done
 }
 
 // The listener starts no goroutine, and a connection's serving goroutine ends with its
@@ -807,7 +749,7 @@ func TestNilAccountant_PlainTLSListener(t *testing.T) {
 	}
 	defer raw.Close()
 	var a *Accountant
-	if _, ok := a.Listener(raw, &tls.Config{}).(*listener); ok {
+	if _, ok := a.listener(raw, &tls.Config{}).(*listener); ok {
 		t.Errorf("nil Accountant: got a measuring listener; want tls.NewListener's")
 	}
 }

@@ -1,4 +1,4 @@
-package tlscost
+package tlsserve
 
 import (
 	"context"

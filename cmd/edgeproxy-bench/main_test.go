@@ -19,6 +19,7 @@ import (
 // not throughput bounds.
 func TestBench_ShortRunShowsWhereTLSCosts(t *testing.T) {
 	bin := testutil.BuildEdgeproxy(t)
+	buildBench(t, filepath.Dir(bin)) // where `edgeproxy bench` looks for it
 	svg := filepath.Join(t.TempDir(), "bench.svg")
 	cmd := exec.Command(bin, "bench", "-placements", "plain,edge,backend", "-workloads", "handshake,keepalive",
 		"-duration", "1s", "-warmup", "300ms", "-concurrency", "2", "-json", "-svg", svg)
@@ -86,5 +87,18 @@ func TestBench_ShortRunShowsWhereTLSCosts(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("SVG lacks %q", want)
 		}
+	}
+}
+
+// buildBench builds this command into dir.
+func buildBench(t *testing.T, dir string) {
+	t.Helper()
+	goBin := testutil.GoTool()
+	if goBin == "" {
+		t.Fatal("go command not found")
+	}
+	cmd := exec.Command(goBin, "build", "-o", filepath.Join(dir, "edgeproxy-bench"), "edgeproxy/cmd/edgeproxy-bench")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
 	}
 }

@@ -1,0 +1,99 @@
+package edge
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"edgeproxy/config"
+)
+
+// reloadBase is the configuration each row of TestReload_KeysAppliedOrNeedingRestart
+// changes, one section at a time.
+var reloadBase = map[string]string{
+	"listen":      `{https: "127.0.0.1:8443"}`,
+	"tls":         `{self_signed: true}`,
+	"pool":        `{targets: ["127.0.0.1:8000"]}`,
+	"limits":      `{}`,
+	"forwarding":  `{}`,
+	"headers":     `{}`,
+	"log":         `{}`,
+	"proxy":       `{}`,
+	"passthrough": `[]`,
+}
+
+func reloadYAML(t *testing.T, section, value string) *config.Config {
+	t.Helper()
+	var b strings.Builder
+	for _, s := range []string{"listen", "tls", "pool", "limits", "forwarding", "headers", "log", "proxy", "passthrough"} {
+		v := reloadBase[s]
+		if s == section {
+			v = value
+		}
+		b.WriteString(s + ": " + v + "\n")
+	}
+	cfg, err := config.Parse("edge.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatalf("%s: %v", section, err)
+	}
+	return cfg
+}
+
+// Each key a reload may change, and whether the reload applies it or logs that it needs
+// a restart. The README's Reload table is this one.
+func TestReload_KeysAppliedOrNeedingRestart(t *testing.T) {
+	const applied, restart = false, true
+	for _, tt := range []struct {
+		key, section, value string
+		restart             bool
+	}{
+		{"listen.https", "listen", `{https: "127.0.0.1:9443"}`, restart},
+		{"listen.http", "listen", `{https: "127.0.0.1:8443", http: "127.0.0.1:8080"}`, restart},
+		{"listen.http_mode", "listen", `{https: "127.0.0.1:8443", http_mode: proxy}`, restart},
+		{"listen.metrics", "listen", `{https: "127.0.0.1:8443", metrics: "127.0.0.1:9180"}`, restart},
+		{"tls.min_version", "tls", `{self_signed: true, min_version: "1.3"}`, applied},
+		{"tls.tls_cost", "tls", `{self_signed: true, tls_cost: false}`, applied},
+		{"tls.certificates", "tls", `{self_signed: true, certificates: [{cert: a.crt, key: a.key}]}`, applied},
+		{"tls.self_signed", "tls", `{certificates: [{cert: a.crt, key: a.key}]}`, applied},
+		{"tls.acme", "tls", `{acme: {domains: [www.example.com], cache_dir: /var/lib/edgeproxy/acme}}`, restart}, // the block as a whole
+		{"pool.targets", "pool", `{targets: ["127.0.0.1:8001"]}`, applied},
+		{"pool.health_check.interval", "pool", `{targets: ["127.0.0.1:8000"], health_check: {interval: 5s}}`, applied},
+		{"pool.connect_timeout", "pool", `{targets: ["127.0.0.1:8000"], connect_timeout: 1s}`, applied},
+		{"pool.response_header_timeout", "pool", `{targets: ["127.0.0.1:8000"], response_header_timeout: 1s}`, applied},
+		{"pool.deregistration_delay", "pool", `{targets: ["127.0.0.1:8000"], deregistration_delay: 1s}`, applied},
+		{"pool.passive.consecutive_failures", "pool", `{targets: ["127.0.0.1:8000"], passive: {consecutive_failures: 0}}`, applied},
+		{"pool.retries", "pool", `{targets: ["127.0.0.1:8000"], retries: 0}`, applied},
+		{"pool.tls", "pool", `{targets: ["127.0.0.1:8000"], tls: {server_name: app.test}}`, applied},
+		{"limits.read_header_timeout", "limits", `{read_header_timeout: 5s}`, restart},
+		{"limits.idle_timeout", "limits", `{idle_timeout: 1m}`, restart},
+		{"limits.max_header_bytes", "limits", `{max_header_bytes: 8192}`, restart},
+		{"limits.max_connections", "limits", `{max_connections: 10}`, restart},
+		{"limits.max_body_bytes", "limits", `{max_body_bytes: 1024}`, applied},
+		{"limits.shutdown_timeout", "limits", `{shutdown_timeout: 5s}`, applied},
+		{"forwarding.trusted_proxies", "forwarding", `{trusted_proxies: [10.0.0.0/8]}`, applied},
+		{"headers.hsts", "headers", `{hsts: "max-age=60"}`, applied},
+		{"headers.upgrade_insecure_requests", "headers", `{upgrade_insecure_requests: true}`, applied},
+		{"headers.mixed_content_report", "headers", `{mixed_content_report: true}`, applied},
+		{"headers.mixed_content_sample", "headers", `{mixed_content_sample: 2}`, applied},
+		{"log.format", "log", `{format: json}`, applied}, // by cmd/edgeproxy, which owns the handler
+		{"log.access", "log", `{access: true}`, applied},
+		{"proxy.fast_path", "proxy", `{fast_path: false}`, restart},
+		// Applied when the edge started with passthrough entries; an edge started without
+		// any logs that adding them needs a restart (reloadPassthrough).
+		{"passthrough", "passthrough", `[{server_names: [db.example.com], targets: ["127.0.0.1:5432"]}]`, applied},
+	} {
+		t.Run(tt.key, func(t *testing.T) {
+			old, cfg := reloadYAML(t, "", ""), reloadYAML(t, tt.section, tt.value)
+			if changed := config.Changed(old, cfg); !slices.ContainsFunc(changed, func(k string) bool { return k == tt.key || strings.HasPrefix(k, tt.key+".") }) {
+				t.Fatalf("the row changes %v, not %s", changed, tt.key)
+			}
+			got := needsRestart(old, cfg)
+			if tt.restart && !slices.Contains(got, tt.key) {
+				t.Errorf("needs restart: %v; want %s among them", got, tt.key)
+			}
+			if !tt.restart && len(got) > 0 {
+				t.Errorf("needs restart: %v; want none (%s is applied on reload)", got, tt.key)
+			}
+		})
+	}
+}
