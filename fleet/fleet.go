@@ -292,6 +292,10 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
+// tombstoneTTL is how long a deletion is remembered: longer than every replica takes to
+// hear of it (a message, or at worst the periodic resync).
+func (s *Store) tombstoneTTL() time.Duration { return 10 * s.opts.ResyncInterval }
+
 // opCtx bounds one Redis command by OpTimeout.
 func (s *Store) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.opts.OpTimeout)
@@ -312,8 +316,11 @@ func (s *Store) fail(op, name string, err error) error {
 // The Redis keys, all under the prefix (see docs/fleet.md).
 func (s *Store) dataKey(name string) string { return s.prefix + "data:" + name }
 func (s *Store) lockKey(name string) string { return s.prefix + "lock:" + name }
-func (s *Store) channel() string            { return s.prefix + "changes" }
-func (s *Store) markerKey() string          { return s.prefix + "epoch" }
+func (s *Store) deletedKey(name string) string {
+	return s.prefix + "deleted:" + name
+}
+func (s *Store) channel() string   { return s.prefix + "changes" }
+func (s *Store) markerKey() string { return s.prefix + "epoch" }
 
 // newToken returns a random token: a lock's owner, an epoch.
 func newToken() string {

@@ -126,16 +126,19 @@ func (s *Store) change(ctx context.Context, op, name string, sealed []byte) erro
 }
 
 // write sets (or, for nil, deletes) name in Redis and publishes the name on the change
-// channel, in one MULTI/EXEC.
+// channel, in one MULTI/EXEC. A deletion leaves a tombstone for tombstoneTTL, so that a
+// replica that has not yet heard of it cannot write the value back (Repopulate).
 func (s *Store) write(ctx context.Context, name string, sealed []byte) error {
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		if sealed == nil {
 			p.Del(ctx, s.dataKey(name))
+			p.Set(ctx, s.deletedKey(name), "1", s.tombstoneTTL())
 			p.Publish(ctx, s.channel(), s.changeMessage('-', name))
 		} else {
 			p.Set(ctx, s.dataKey(name), sealed, 0)
+			p.Del(ctx, s.deletedKey(name))
 			p.Publish(ctx, s.channel(), s.changeMessage('+', name))
 		}
 		return nil
@@ -330,7 +333,8 @@ func (s *Store) checkEpoch(ctx context.Context) (lost bool, err error) {
 // Repopulate writes every value this replica holds (what it last read from or wrote to
 // Redis) under its name where Redis has none, so that a Redis restarted empty gets the
 // fleet's certificates back from the replicas' memory instead of new orders. Values that
-// Redis has are left alone: they are as new or newer. It returns how many it wrote. The
+// Redis has are left alone: they are as new or newer; so are names deleted lately (their
+// tombstone lives 10 ResyncIntervals). It returns how many it wrote. The
 // store calls it by itself when it sees that Redis lost its data; it is exported for a
 // caller that knows better (an operator's command, a test).
 func (s *Store) Repopulate(ctx context.Context) (int, error) {
@@ -351,19 +355,19 @@ func (s *Store) Repopulate(ctx context.Context) (int, error) {
 	}
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
-	cmds := make([]*redis.BoolCmd, len(names))
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, name := range names {
-			cmds[i] = p.SetNX(ctx, s.dataKey(name), values[i], 0)
-		}
-		return nil
-	})
+	keys := make([]string, 0, 2*len(names))
+	args := make([]any, 0, len(names))
+	for i, name := range names {
+		keys = append(keys, s.dataKey(name), s.deletedKey(name))
+		args = append(args, values[i])
+	}
+	written, err := repopulateScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return 0, s.fail("repopulate", "", err)
 	}
 	n := 0
-	for i, c := range cmds {
-		if c.Val() {
+	for i, w := range written {
+		if w == 1 {
 			n++
 			if err := s.rdb.Publish(ctx, s.channel(), s.changeMessage('+', names[i])).Err(); err != nil {
 				s.fail("publish", names[i], err)
@@ -372,3 +376,17 @@ func (s *Store) Repopulate(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+// repopulateScript sets each data key KEYS[2i-1] to ARGV[i] unless it exists or its
+// tombstone KEYS[2i] does, and returns 1 for each key it set, 0 for the others.
+var repopulateScript = redis.NewScript(`local out = {}
+for i = 1, #ARGV do
+  local data, deleted = KEYS[2*i-1], KEYS[2*i]
+  if redis.call("EXISTS", data) == 0 and redis.call("EXISTS", deleted) == 0 then
+    redis.call("SET", data, ARGV[i])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out`)

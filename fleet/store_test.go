@@ -26,13 +26,13 @@ func testOptions(r *testutil.Redis) Options {
 	return Options{
 		Addr:           r.Addr,
 		EncryptionKey:  testKey(1),
-		LockTTL:        1500 * time.Millisecond,
+		LockTTL:        2 * time.Second, // generous: the refresh must win against a loaded CI machine
 		LockRetry:      100 * time.Millisecond,
 		ResyncInterval: 500 * time.Millisecond,
 		OpTimeout:      time.Second,
 		RetryMin:       50 * time.Millisecond,
 		RetryMax:       200 * time.Millisecond,
-		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)), // quiet for tests
+		Logger:         slog.New(slog.NewTextHandler(testLogOut, nil)),
 	}
 }
 
@@ -284,3 +284,7 @@ func TestStore_Ping_Password(t *testing.T) {
 		t.Fatalf("Ping with the password: %v", err)
 	}
 }
+
+// testLogOut receives the stores' logs: nowhere, to keep test output quiet; os.Stderr to
+// debug.
+var testLogOut io.Writer = io.Discard

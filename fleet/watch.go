@@ -44,7 +44,8 @@ func (s *Store) follow(ctx context.Context, op byte, name string) {
 	data, err := s.get(ctx, name)
 	switch {
 	case errors.Is(err, redis.Nil):
-		s.forget(name)
+		// Deleted since (its own message follows) or Redis lost its data since (then
+		// this copy is what Repopulate writes back): keep it.
 	case err != nil:
 		if ctx.Err() == nil {
 			s.fail("get", name, err)
