@@ -57,6 +57,7 @@ func (c *Config) check(failed []string) []Problem {
 	k.listen()
 	k.tls()
 	k.acme()
+	k.storage()
 	k.pool()
 	k.passthrough()
 	k.limits()
@@ -318,6 +319,7 @@ func (c *Config) CheckEnvironment() []Problem {
 		}
 	}
 	k.acmeEnvironment(unset)
+	k.storageEnvironment(unset)
 	k.passthroughEnvironment(unset)
 	sortProblems(k.problems)
 	var errs []Problem
