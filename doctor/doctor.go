@@ -2,14 +2,15 @@
 // set-up mistakes that make a first move to HTTPS fail, and says for each what to fix. The
 // configuration is valid; each listener can be bound (or is already bound by this
 // edgeproxy); each ACME domain resolves to this host; the ACME directory answers; the
-// ACME domains and pool.health_check.host are covered by a certificate that is not due
-// for renewal; each target passes the health check (and a 400 is explained as Django's
+// fleet's Redis (tls.acme.storage.redis) answers and what it holds opens with this
+// replica's encryption key; the ACME domains and pool.health_check.host are covered by a
+// certificate that is not due for renewal; each target passes the health check (and a 400 is explained as Django's
 // ALLOWED_HOSTS); and the last failed ACME order, if any, is translated into its likely
 // cause: a closed port 80/443, or DNS pointing elsewhere.
 //
 // Every check is read-only: nothing is ordered, bound for longer than a test, or written.
 // Each network check is bounded by Options.Timeout. The only hosts contacted are the
-// configured ones (listeners, targets, the ACME directory) and the DNS resolver.
+// configured ones (listeners, targets, the ACME directory, Redis) and the DNS resolver.
 package doctor
 
 import (
@@ -54,7 +55,8 @@ func (s Status) String() string {
 type Result struct {
 	Status Status
 	// Check names what was checked: "config", "listen.https", "dns:app.test",
-	// "acme.directory", "cert:app.test", "target:127.0.0.1:8000", "acme.last_error".
+	// "acme.directory", "storage.redis", "cert:app.test", "target:127.0.0.1:8000",
+	// "acme.last_error".
 	Check string
 	// Detail is what was found and, unless Status is OK, the fix in a sentence.
 	Detail string
@@ -167,6 +169,9 @@ func (d *Doctor) Run(ctx context.Context, w io.Writer) []Result {
 	}
 	if cfg.TLS.ACME.Enabled() {
 		emit(d.checkDirectory(ctx, s))
+	}
+	if r := cfg.TLS.ACME.Storage.Redis; r != nil {
+		emit(d.checkStorage(ctx, r))
 	}
 	for _, name := range s.names() {
 		emit(d.checkCertificate(s, name))

@@ -161,6 +161,36 @@ type Store struct {
 // (the subscription to changes, the writes kept while Redis was down, the check for a
 // Redis that lost its data) run until Close.
 func New(opts Options) (*Store, error) {
+	s, err := newStore(opts)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	var wg sync.WaitGroup
+	wg.Go(func() { s.background(ctx) })
+	wg.Go(func() { s.listen(ctx) })
+	go func() {
+		wg.Wait()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+// Ping checks, without writing anything or starting a Store's background work, that
+// Redis answers with opts and that a stored value, if any, opens with opts.EncryptionKey
+// (see Store.Ping): for `edgeproxy doctor`, which changes nothing.
+func Ping(ctx context.Context, opts Options) error {
+	s, err := newStore(opts)
+	if err != nil {
+		return err
+	}
+	defer s.rdb.Close()
+	return s.Ping(ctx)
+}
+
+// newStore checks opts and makes a Store without starting its goroutines.
+func newStore(opts Options) (*Store, error) {
 	if opts.Addr == "" {
 		return nil, errors.New("fleet: no Redis address")
 	}
@@ -237,15 +267,6 @@ func New(opts Options) (*Store, error) {
 		// give up before the lock's TTL runs out, not after go-redis's own timeouts.
 		ContextTimeoutEnabled: true,
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	var wg sync.WaitGroup
-	wg.Go(func() { s.background(ctx) })
-	wg.Go(func() { s.listen(ctx) })
-	go func() {
-		wg.Wait()
-		close(s.done)
-	}()
 	return s, nil
 }
 
