@@ -4,9 +4,9 @@
 // edgeproxy); each ACME domain resolves to this host; the ACME directory answers; the
 // fleet's Redis (tls.acme.storage.redis) answers and what it holds opens with this
 // replica's encryption key; the ACME domains and pool.health_check.host are covered by a
-// certificate that is not due for renewal; each target passes the health check (and a 400 is explained as Django's
-// ALLOWED_HOSTS); and the last failed ACME order, if any, is translated into its likely
-// cause: a closed port 80/443, or DNS pointing elsewhere.
+// certificate that is not due for renewal; each target passes the health check (and a
+// 400 is explained as Django's ALLOWED_HOSTS); and the last failed ACME order, if any, is
+// translated into its likely cause: a closed port 80/443, or DNS pointing elsewhere.
 //
 // Every check is read-only: nothing is ordered, bound for longer than a test, or written.
 // Each network check is bounded by Options.Timeout. The only hosts contacted are the
