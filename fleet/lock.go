@@ -90,7 +90,8 @@ func (s *Store) TryLock(ctx context.Context, name string) (*Lock, error) {
 }
 
 // Context is cancelled when the lock is lost (context.Cause wraps ErrLockLost) or
-// released.
+// released. It does not derive from the context given to Lock, which bounds only the wait;
+// work under the lock that must also stop with the caller combines the two.
 func (l *Lock) Context() context.Context { return l.ctx }
 
 // Name returns the lock's name.
