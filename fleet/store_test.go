@@ -3,6 +3,7 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -288,3 +289,26 @@ func TestStore_Ping_Password(t *testing.T) {
 // testLogOut receives the stores' logs: nowhere, to keep test output quiet; os.Stderr to
 // debug.
 var testLogOut io.Writer = io.Discard
+
+// tls: true in the config: the store speaks TLS to Redis, and verifies it.
+func TestStore_TLS(t *testing.T) {
+	r := testutil.StartRedis(t, testutil.RedisOptions{TLS: true})
+	ctx := context.Background()
+	opts := testOptions(r)
+	opts.TLS = &tls.Config{RootCAs: r.RootCAs, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+	s := newTestStore(t, opts)
+	if err := s.Put(ctx, "a.test", []byte("cert")); err != nil {
+		t.Fatalf("Put over TLS: %v", err)
+	}
+	if got, err := s.Get(ctx, "a.test"); err != nil || string(got) != "cert" {
+		t.Fatalf("Get over TLS: got %q, %v", got, err)
+	}
+	opts.TLS = &tls.Config{ServerName: "127.0.0.1"} // system roots: not trusted
+	if err := Ping(ctx, opts); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("Ping with an untrusted certificate: got %v; want a certificate error", err)
+	}
+	opts.TLS = nil
+	if err := Ping(ctx, opts); err == nil {
+		t.Fatal("Ping in plain TCP to a TLS-only Redis: got nil error")
+	}
+}

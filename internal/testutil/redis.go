@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"crypto/x509"
 	"net"
 	"strconv"
 	"syscall"
@@ -15,6 +16,9 @@ const redisStartTimeout = 15 * time.Second
 type RedisOptions struct {
 	// Password, when set, is required of every client (requirepass, the "default" user).
 	Password string
+	// TLS makes redis-server speak only TLS, with a certificate for 127.0.0.1 signed by a
+	// CA of the test's own (Redis.RootCAs); clients need no certificate.
+	TLS bool
 }
 
 // Redis is a running Debian redis-server on a free loopback port, without persistence:
@@ -23,12 +27,16 @@ type RedisOptions struct {
 type Redis struct {
 	// Addr is "127.0.0.1:PORT"; it stays the same across Stop and Start.
 	Addr string
+	// RootCAs trusts the server's certificate when RedisOptions.TLS is set; else nil.
+	RootCAs *x509.CertPool
 
 	t    testing.TB
 	bin  string
 	dir  string
 	opts RedisOptions
 	proc *Proc
+
+	certFile, keyFile string // with RedisOptions.TLS
 }
 
 // StartRedis starts redis-server on a free port of 127.0.0.1 and waits until it accepts
@@ -41,6 +49,10 @@ func StartRedis(t testing.TB, opts RedisOptions) *Redis {
 		bin:  RequireTool(t, "redis-server"),
 		dir:  t.TempDir(),
 		opts: opts,
+	}
+	if opts.TLS {
+		// The same CA and 127.0.0.1 certificate as Pebble's own.
+		_, r.certFile, r.keyFile, r.RootCAs = pebbleServerCert(t, r.dir)
 	}
 	r.Start()
 	return r
@@ -58,6 +70,11 @@ func (r *Redis) Start() {
 		"--port", port, "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
 		"--daemonize", "no", "--logfile", "",
+	}
+	if r.opts.TLS {
+		args[1] = "0" // no plain port
+		args = append(args, "--tls-port", port,
+			"--tls-cert-file", r.certFile, "--tls-key-file", r.keyFile, "--tls-auth-clients", "no")
 	}
 	if r.opts.Password != "" {
 		args = append(args, "--requirepass", r.opts.Password)
