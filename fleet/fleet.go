@@ -270,11 +270,15 @@ func newStore(opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Close stops the background loop and closes the connections. Changes still pending are
-// lost (they are reported in the log).
+// Close stops the background goroutines and closes the connections. Changes still
+// pending get one last try (bounded by OpTimeout); those that fail are lost, and the log
+// says how many.
 func (s *Store) Close() error {
 	s.cancel()
 	<-s.done
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.OpTimeout)
+	_, _ = s.flush(ctx)
+	cancel()
 	s.mu.Lock()
 	n := len(s.pending)
 	s.mu.Unlock()
