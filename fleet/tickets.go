@@ -100,8 +100,8 @@ func (tk *TicketKeys) Apply(cfg *tls.Config) (remove func()) {
 }
 
 // Run reads the key set, creates or rotates it when due (on one replica, under the lock),
-// and installs every change, until ctx is done. Failures are logged and retried with
-// backoff.
+// and installs every change, until ctx is done (end it before closing the Store). Failures
+// are logged and retried with backoff.
 func (tk *TicketKeys) Run(ctx context.Context) {
 	changed := make(chan struct{}, 1)
 	var wg sync.WaitGroup
