@@ -50,6 +50,10 @@ type ACME struct {
 	// RenewBefore is how long before expiry a certificate is renewed; 0 means when a third
 	// of its lifetime remains.
 	RenewBefore time.Duration `yaml:"renew_before"`
+	// Storage shares certificates, the ordering lock and session ticket keys with the
+	// other replicas of a fleet (see Storage in storage.go); the zero value keeps them in
+	// CacheDir.
+	Storage Storage `yaml:"storage"`
 }
 
 // Enabled reports whether ACME is on, that is whether any domain or IP address is listed.

@@ -57,6 +57,7 @@ func (c *Config) check(failed []string) []Problem {
 	k.listen()
 	k.tls()
 	k.acme()
+	k.storage()
 	k.pool()
 	k.passthrough()
 	k.limits()
@@ -347,6 +348,7 @@ func (c *Config) CheckEnvironment() []Problem {
 		r.Certificates = append(r.Certificates, LoadedCertificate{Files: cf, Certificate: pair})
 	}
 	k.acmeEnvironment(unset)
+	k.storageEnvironment(unset)
 	k.passthroughEnvironment()
 	sortProblems(k.problems)
 	var errs []Problem

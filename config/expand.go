@@ -35,6 +35,7 @@ func (c *Config) pathKeys() []pathKey {
 	if t := c.Pool.TLS; t != nil {
 		keys = append(keys, pathKey{"pool.tls.ca", &t.CA})
 	}
+	keys = append(keys, c.storagePathKeys()...)
 	return keys
 }
 

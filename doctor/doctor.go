@@ -3,7 +3,8 @@
 // configuration is valid; each listener can be bound (or is already bound by this
 // edgeproxy); each ACME domain resolves to this host, and each ACME IP address is this
 // host's (a site on the self-signed certificate hears that IP-address certificates
-// exist); the ACME directory answers, and offers tls.acme.profile; the
+// exist); the ACME directory answers, and offers tls.acme.profile; the fleet's Redis
+// (tls.acme.storage.redis) answers and what it holds opens with this replica's key; the
 // ACME domains and pool.health_check.host are covered by a certificate that is not due
 // for renewal; each target passes the health check (and a 400 is explained as Django's
 // ALLOWED_HOSTS); and the last failed ACME order, if any, is translated into its likely
@@ -11,7 +12,7 @@
 //
 // Every check is read-only: nothing is ordered, bound for longer than a test, or written.
 // Each network check is bounded by Options.Timeout. The only hosts contacted are the
-// configured ones (listeners, targets, the ACME directory) and the DNS resolver.
+// configured ones (listeners, targets, the ACME directory, Redis) and the DNS resolver.
 package doctor
 
 import (
@@ -56,7 +57,7 @@ func (s Status) String() string {
 type Result struct {
 	Status Status
 	// Check names what was checked: "config", "listen.https", "dns:app.test",
-	// "ip:203.0.113.7", "tls", "acme.directory", "cert:app.test", "target:127.0.0.1:8000",
+	// "ip:203.0.113.7", "tls", "acme.directory", "storage.redis", "cert:app.test", "target:127.0.0.1:8000",
 	// "acme.last_error".
 	Check string
 	// Detail is what was found and, unless Status is OK, the fix in a sentence.
@@ -176,6 +177,9 @@ func (d *Doctor) Run(ctx context.Context, w io.Writer) []Result {
 	}
 	if cfg.TLS.ACME.Enabled() {
 		emit(d.checkDirectory(ctx, s))
+	}
+	if r := cfg.TLS.ACME.Storage.Redis; r != nil {
+		emit(d.checkStorage(ctx, r))
 	}
 	for _, name := range s.names() {
 		emit(d.checkCertificate(s, name))

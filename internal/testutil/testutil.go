@@ -61,6 +61,7 @@ var installHints = map[string]string{
 	"promtool":                 "apt-get install -y prometheus",
 	"prometheus":               "apt-get install -y prometheus",
 	"prometheus-node-exporter": "apt-get install -y prometheus-node-exporter",
+	"redis-server":             "apt-get install -y redis-server",
 	"caddy":                    "go install github.com/caddyserver/caddy/v2/cmd/caddy@v2.11.9",
 	"gunicorn":                 "apt-get install -y gunicorn",
 	"curl":                     "apt-get install -y curl",
