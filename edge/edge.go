@@ -42,9 +42,10 @@ type Edge struct {
 	pool    *pool.Pool    // pool.targets; Reload updates it in place
 	certs   *certs.Source // the source the listeners were built with
 
-	// reloadMu serialises Reload; cfg is the configuration in effect.
+	// reloadMu serialises Reload; cfg is the configuration in effect (Reload stores it
+	// last; Run, Addrs and the summary read it without the lock).
 	reloadMu sync.Mutex
-	cfg      *config.Config
+	cfg      atomic.Pointer[config.Config]
 
 	// Reload swaps these; the request path reads them without a lock.
 	certSrc atomic.Pointer[certs.Source]
@@ -87,7 +88,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Edge, error) {
 	if err := checkResolved(cfg); err != nil {
 		return nil, err
 	}
-	e := &Edge{cfg: cfg, log: log, metrics: telemetry.New()}
+	e := &Edge{log: log, metrics: telemetry.New()}
+	e.cfg.Store(cfg)
 	if err := e.build(); err != nil {
 		return nil, err
 	}
@@ -99,7 +101,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Edge, error) {
 }
 
 func (e *Edge) build() error {
-	cfg := e.cfg
+	cfg := e.cfg.Load()
 	src, err := e.newCertSource(cfg)
 	if err != nil {
 		return err
@@ -172,10 +174,10 @@ func (e *Edge) upstreamTLS(cfg *config.Config) (*tls.Config, error) {
 // when the pool's timeouts and TLS settings are unchanged, else a new one. It changes
 // nothing: Reload commits a new one (setUpstream).
 func (e *Edge) upstreamFor(cfg *config.Config, upstreamTLS *tls.Config) *upstream {
-	if e.upstream != nil && e.cfg != nil &&
-		cfg.Pool.ConnectTimeout == e.cfg.Pool.ConnectTimeout &&
-		cfg.Pool.ResponseHeaderTimeout == e.cfg.Pool.ResponseHeaderTimeout &&
-		reflect.DeepEqual(cfg.Pool.TLS, e.cfg.Pool.TLS) {
+	if e.upstream != nil && e.cfg.Load() != nil &&
+		cfg.Pool.ConnectTimeout == e.cfg.Load().Pool.ConnectTimeout &&
+		cfg.Pool.ResponseHeaderTimeout == e.cfg.Load().Pool.ResponseHeaderTimeout &&
+		reflect.DeepEqual(cfg.Pool.TLS, e.cfg.Load().Pool.TLS) {
 		return e.upstream
 	}
 	return newUpstream(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
@@ -237,7 +239,7 @@ func (e *Edge) serveProxy(w http.ResponseWriter, r *http.Request) {
 }
 
 func (e *Edge) bind() error {
-	cfg := e.cfg
+	cfg := e.cfg.Load()
 	l := cfg.Limits
 	newServer := func(h http.Handler) *http.Server {
 		return &http.Server{
@@ -319,7 +321,7 @@ func (e *Edge) targetStatuses() []targetStatus {
 
 // httpsPort is the bound HTTPS port (the real one when the config says port 0).
 func (e *Edge) httpsPort() string {
-	if len(e.listeners) == 0 || e.cfg.Listen.HTTPS == "" {
+	if len(e.listeners) == 0 || e.cfg.Load().Listen.HTTPS == "" {
 		return ""
 	}
 	_, port, _ := net.SplitHostPort(e.listeners[0].Addr().String())
@@ -337,9 +339,9 @@ type server interface {
 // dataServer puts the fast path in front of srv, unless proxy.fast_path is off; the
 // net/http server then serves behind the strict head gate alone.
 func (e *Edge) dataServer(srv *http.Server) server {
-	l := e.cfg.Limits
+	l := e.cfg.Load().Limits
 	return fastpath.NewServer(fastpath.ServerOptions{
-		Backend: e.backend.Load, HTTP: srv, FastPath: e.cfg.Proxy.FastPath,
+		Backend: e.backend.Load, HTTP: srv, FastPath: e.cfg.Load().Proxy.FastPath,
 		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
 		Handshake: tlsserve.Handshake, // measured when tls.tls_cost was on at accept
 	})
@@ -376,7 +378,7 @@ func (e *Edge) Addrs() map[string]string {
 	out := map[string]string{}
 	i := 0
 	for _, key := range []struct{ name, addr string }{
-		{"https", e.cfg.Listen.HTTPS}, {"http", e.cfg.Listen.HTTP}, {"metrics", e.cfg.Listen.Metrics},
+		{"https", e.cfg.Load().Listen.HTTPS}, {"http", e.cfg.Load().Listen.HTTP}, {"metrics", e.cfg.Load().Listen.Metrics},
 	} {
 		if key.addr != "" {
 			out[key.name] = e.listeners[i].Addr().String()
@@ -428,8 +430,8 @@ func (e *Edge) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case runErr = <-serveErr:
 	}
-	e.log.Info("shutting down: draining in-flight requests", "timeout", e.cfg.Limits.ShutdownTimeout)
-	drainCtx, cancel := context.WithTimeout(context.Background(), e.cfg.Limits.ShutdownTimeout)
+	e.log.Info("shutting down: draining in-flight requests", "timeout", e.cfg.Load().Limits.ShutdownTimeout)
+	drainCtx, cancel := context.WithTimeout(context.Background(), e.cfg.Load().Limits.ShutdownTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, len(e.servers))
@@ -462,15 +464,15 @@ func (e *Edge) summary() []any {
 		attrs = append(attrs, k, v)
 	}
 	src := "self-signed"
-	if n := len(e.cfg.TLS.Certificates); n > 0 {
+	if n := len(e.cfg.Load().TLS.Certificates); n > 0 {
 		src = fmt.Sprintf("%d static certificate(s)", n)
 	}
 	if a := e.acme; a.Enabled() {
 		src = fmt.Sprintf("ACME for %s from %s", strings.Join(append(slices.Clone(a.Domains), a.IPAddresses...), ", "), a.Directory)
-		if n := len(e.cfg.TLS.Certificates); n > 0 {
+		if n := len(e.cfg.Load().TLS.Certificates); n > 0 {
 			src += fmt.Sprintf(", and %d static certificate(s)", n)
 		}
 	}
-	return append(attrs, "certificates", src, "targets", e.cfg.Pool.Targets,
-		"health_check", fmt.Sprintf("GET %s every %v", e.cfg.Pool.HealthCheck.Path, e.cfg.Pool.HealthCheck.Interval))
+	return append(attrs, "certificates", src, "targets", e.cfg.Load().Pool.Targets,
+		"health_check", fmt.Sprintf("GET %s every %v", e.cfg.Load().Pool.HealthCheck.Path, e.cfg.Load().Pool.HealthCheck.Interval))
 }

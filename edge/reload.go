@@ -22,7 +22,7 @@ import (
 func (e *Edge) Reload(cfg *config.Config) error {
 	e.reloadMu.Lock()
 	defer e.reloadMu.Unlock()
-	old := e.cfg
+	old := e.cfg.Load()
 
 	// Build. Nothing here changes what serves.
 	if err := checkResolved(cfg); err != nil {
@@ -53,7 +53,7 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	e.pool.Update(poolConfig(cfg, upTLS))
 	e.reloadPassthrough(cfg)
 	e.backend.Store(backend)
-	e.cfg = cfg
+	e.cfg.Store(cfg)
 
 	var added, removed []string
 	for _, a := range cfg.Pool.Targets {

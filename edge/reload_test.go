@@ -103,9 +103,10 @@ func TestReload_FailedLastStepChangesNothing(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	oldCerts, oldTarget := e.certSrc.Load(), e.pool.Lookup(a)
+	oldCerts, oldTLS, oldTarget := e.certSrc.Load(), e.tls.Current(), e.pool.Lookup(a)
 
-	// A new target, new headers and new TLS settings (a new certificate source).
+	// A new target, new headers and new TLS settings (tls.min_version, swapped in by
+	// tlsserve for the handshakes that follow).
 	newCfg := testConfig(t, b, "max-age=200", "1.3")
 	e.beforeCommit = func() error { return errors.New("injected failure") }
 	if err := e.Reload(newCfg); err == nil {
@@ -117,10 +118,12 @@ func TestReload_FailedLastStepChangesNothing(t *testing.T) {
 	if body, hsts := get(t, e); body != "a" || hsts != "max-age=100" {
 		t.Errorf("after a failed reload: body %q, HSTS %q; want the old target and header", body, hsts)
 	}
-	// Certificates: the source in use is still the old one. (The tlsconf branch changes
-	// how certificates are built and swapped; this check follows that.)
-	if e.certSrc.Load() != oldCerts || e.cfg != oldCfg {
-		t.Error("a failed reload replaced the certificate source or the configuration in effect")
+	// Certificates and TLS settings: still the old ones.
+	if e.certSrc.Load() != oldCerts || e.tls.Current() != oldTLS || e.cfg.Load() != oldCfg {
+		t.Error("a failed reload replaced the certificate source, the TLS settings or the configuration in effect")
+	}
+	if v := e.tls.Current().MinVersion; v != tls.VersionTLS12 {
+		t.Errorf("after a failed reload: min version %x; want TLS 1.2 still", v)
 	}
 
 	e.beforeCommit = nil
@@ -130,7 +133,7 @@ func TestReload_FailedLastStepChangesNothing(t *testing.T) {
 	if body, hsts := get(t, e); body != "b" || hsts != "max-age=200" {
 		t.Errorf("after the reload: body %q, HSTS %q; want the new target and header", body, hsts)
 	}
-	if e.certSrc.Load() == oldCerts {
-		t.Error("the reload kept the old certificate source; want the one built for the new TLS settings")
+	if v := e.tls.Current().MinVersion; v != tls.VersionTLS13 {
+		t.Errorf("after the reload: min version %x; want TLS 1.3", v)
 	}
 }
