@@ -1,7 +1,6 @@
 package health
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"edgeproxy/config"
+	"edgeproxy/internal/testutil"
 )
 
 func TestMachine_Thresholds(t *testing.T) {
@@ -67,26 +67,10 @@ func (o *recordingObserver) reasons() []string {
 	return append([]string(nil), o.checks...)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func newChecker(t *testing.T, opts Options) (*Checker, *recordingObserver, *syncBuffer) {
+func newChecker(t *testing.T, opts Options) (*Checker, *recordingObserver, *testutil.Buffer) {
 	t.Helper()
 	obs := &recordingObserver{}
-	logs := &syncBuffer{}
+	logs := &testutil.Buffer{}
 	if opts.Matcher == nil {
 		m, _ := config.ParseMatcher("200-399")
 		opts.Matcher = m

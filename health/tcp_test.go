@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"edgeproxy/internal/testutil"
 	"net"
 	"testing"
 	"time"
@@ -24,9 +25,7 @@ func TestCheckOnce_TCPConnect(t *testing.T) {
 			c.Close()
 		}
 	}()
-	closedLn, _ := net.Listen("tcp", "127.0.0.1:0")
-	closed := closedLn.Addr().String()
-	closedLn.Close()
+	closed := testutil.DeadAddr(t)
 	t.Cleanup(func() { ln.Close() })
 
 	opts := Options{TCPConnect: true, Timeout: time.Second} // no Matcher: not used

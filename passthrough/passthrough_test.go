@@ -3,16 +3,10 @@ package passthrough
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,26 +16,8 @@ import (
 	"time"
 
 	"edgeproxy/health"
+	"edgeproxy/internal/testutil"
 )
-
-// certFor returns a self-signed certificate for name.
-func certFor(t *testing.T, name string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-}
 
 // tlsBackend is a target speaking TLS as name; it answers "backend NAME".
 func tlsBackend(t *testing.T, name string) string {
@@ -49,7 +25,7 @@ func tlsBackend(t *testing.T, name string) string {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "backend %s", name)
 	}))
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{certFor(t, name)}}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{testutil.SelfSignedCert(t, name)}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()
@@ -90,7 +66,7 @@ func edge(t *testing.T, r *Router) string {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		fmt.Fprint(w, "edge")
 	})}
-	tl := tls.NewListener(r.Listener(ln), &tls.Config{Certificates: []tls.Certificate{certFor(t, "edge.test")}})
+	tl := tls.NewListener(r.Listener(ln), &tls.Config{Certificates: []tls.Certificate{testutil.SelfSignedCert(t, "edge.test")}})
 	go func() { _ = srv.Serve(tl) }()
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
@@ -175,7 +151,7 @@ func waitFor(t *testing.T, cond func() bool) {
 // A target that refuses the connection has carried nothing: the next one takes it.
 func TestRouter_DialFailsOver(t *testing.T) {
 	backend := tlsBackend(t, "pass.test")
-	dead := closedAddr(t)
+	dead := testutil.DeadAddr(t)
 	obs := &recorder{}
 	r := newRouter(t, obs, Route{ServerNames: []string{"pass.test"}, Targets: []string{dead, backend}})
 	addr := edge(t, r)
@@ -188,7 +164,7 @@ func TestRouter_DialFailsOver(t *testing.T) {
 
 // With no target reachable the client's connection is closed and counted as failed.
 func TestRouter_NoTargetReachable(t *testing.T) {
-	dead := closedAddr(t)
+	dead := testutil.DeadAddr(t)
 	obs := &recorder{}
 	r := newRouter(t, obs, Route{ServerNames: []string{"pass.test"}, Targets: []string{dead}})
 	addr := edge(t, r)
@@ -205,20 +181,10 @@ func TestRouter_NoTargetReachable(t *testing.T) {
 	}
 }
 
-func closedAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // Plain HTTP on the HTTPS port reaches the TLS layer as it was sent, which answers it as
 // net/http does ("Client sent an HTTP request to an HTTPS server").
 func TestListener_HandsOnWhatIsNotTLS(t *testing.T) {
-	r := newRouter(t, nil, Route{ServerNames: []string{"pass.test"}, Targets: []string{closedAddr(t)}})
+	r := newRouter(t, nil, Route{ServerNames: []string{"pass.test"}, Targets: []string{testutil.DeadAddr(t)}})
 	addr := edge(t, r)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -260,7 +226,7 @@ func TestListener_SilentClientTimesOut(t *testing.T) {
 // health of targets that stay.
 func TestRouter_HealthAndUpdate(t *testing.T) {
 	a, b := tlsBackend(t, "a.test"), tlsBackend(t, "b.test")
-	dead := closedAddr(t)
+	dead := testutil.DeadAddr(t)
 	r := New(Options{
 		Routes: []Route{{ServerNames: []string{"pass.test"}, Targets: []string{dead, a}}},
 		Health: health.Options{Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, HealthyThreshold: 1, UnhealthyThreshold: 1},

@@ -2,17 +2,10 @@ package tlscost
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"math"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -27,6 +20,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	certfixture "edgeproxy/internal/testutil/fixture"
 )
 
 // testCosts are round numbers, so that tests check the accounting, not the machine.
@@ -38,35 +33,11 @@ var testCosts = &Costs{
 
 func testCert(t testing.TB, key string) tls.Certificate {
 	t.Helper()
-	var priv any
-	var pub any
-	switch key {
-	case "rsa":
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			t.Fatal(err)
-		}
-		priv, pub = k, &k.PublicKey
-	default:
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		priv, pub = k, &k.PublicKey
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "tlscost test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
+	c, err := certfixture.SelfSigned(certfixture.CertOptions{Hosts: []string{"localhost", "127.0.0.1"}, RSA: key == "rsa"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+	return c
 }
 
 // countingListener counts the bytes its connections really read and write: the truth the
