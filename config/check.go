@@ -14,9 +14,11 @@ import (
 
 // applyDerivedDefaults fills in defaults that depend on other keys.
 func (c *Config) applyDerivedDefaults() {
-	hc := &c.Pool.HealthCheck
-	if !c.IsSet("pool.health_check.timeout") {
-		hc.Timeout = min(5*time.Second, hc.Interval)
+	for _, p := range c.pools() {
+		hc := &p.HealthCheck
+		if !c.IsSet(c.poolPath(p.Name) + ".health_check.timeout") {
+			hc.Timeout = min(5*time.Second, hc.Interval)
+		}
 	}
 	c.applyACMEDefaults()
 }
@@ -58,7 +60,11 @@ func (c *Config) check(failed []string) []Problem {
 	k.tls()
 	k.acme()
 	k.storage()
-	k.pool()
+	for _, p := range c.pools() {
+		k.pool(c.poolPath(p.Name), p.Pool)
+	}
+	c.Resolved.Pools = c.pools()
+	k.routes()
 	k.passthrough()
 	k.limits()
 	k.forwarding()
@@ -165,62 +171,63 @@ func (k *checker) tls() {
 	}
 }
 
-func (k *checker) pool() {
-	p := k.c.Pool
+// pool checks the pool block at path (pool, or pools.NAME).
+func (k *checker) pool(path string, p *Pool) {
+	k.balanceName(path, p)
 	if len(p.Targets) == 0 {
-		k.errorf("pool.targets", "pool.targets is empty: list at least one backend as host:port")
+		k.errorf(path+".targets", "%s.targets is empty: list at least one backend as host:port", path)
 	}
 	seen := map[string]int{}
 	for i, t := range p.Targets {
-		path := fmt.Sprintf("pool.targets[%d]", i)
+		tpath := fmt.Sprintf("%s.targets[%d]", path, i)
 		if err := checkTargetAddr(t); err != nil {
-			k.errorf(path, "pool.targets: %v", err)
+			k.errorf(tpath, "%s.targets: %v", path, err)
 			continue
 		}
 		if j, dup := seen[t]; dup {
-			k.errorf(path, "pool.targets: %q is listed twice (also at index %d)", t, j)
+			k.errorf(tpath, "%s.targets: %q is listed twice (also at index %d)", path, t, j)
 		}
 		seen[t] = i
 	}
 	hc := p.HealthCheck
 	if !strings.HasPrefix(hc.Path, "/") {
-		k.errorf("pool.health_check.path", "pool.health_check.path must start with /, got %q", hc.Path)
+		k.errorf(path+".health_check.path", "%s.health_check.path must start with /, got %q", path, hc.Path)
 	}
 	if strings.ContainsAny(hc.Host, " /\t") {
-		k.errorf("pool.health_check.host", "pool.health_check.host %q is not a host name", hc.Host)
+		k.errorf(path+".health_check.host", "%s.health_check.host %q is not a host name", path, hc.Host)
 	}
 	if hc.Interval < 100*time.Millisecond {
-		k.errorf("pool.health_check.interval", "pool.health_check.interval must be at least 100ms, got %v", hc.Interval)
+		k.errorf(path+".health_check.interval", "%s.health_check.interval must be at least 100ms, got %v", path, hc.Interval)
 	}
 	if hc.Timeout <= 0 {
-		k.errorf("pool.health_check.timeout", "pool.health_check.timeout must be positive, got %v", hc.Timeout)
+		k.errorf(path+".health_check.timeout", "%s.health_check.timeout must be positive, got %v", path, hc.Timeout)
 	} else if hc.Timeout > hc.Interval {
-		k.errorf("pool.health_check.timeout", "pool.health_check.timeout %v exceeds interval %v", hc.Timeout, hc.Interval)
+		k.errorf(path+".health_check.timeout", "%s.health_check.timeout %v exceeds interval %v", path, hc.Timeout, hc.Interval)
 	}
 	for _, th := range []struct {
 		path string
 		n    int
-	}{{"pool.health_check.healthy_threshold", hc.HealthyThreshold}, {"pool.health_check.unhealthy_threshold", hc.UnhealthyThreshold}} {
+	}{{path + ".health_check.healthy_threshold", hc.HealthyThreshold}, {path + ".health_check.unhealthy_threshold", hc.UnhealthyThreshold}} {
 		if th.n < 1 || th.n > 10 {
 			k.errorf(th.path, "%s must be 1..10, got %d", th.path, th.n)
 		}
 	}
-	k.positive("pool.connect_timeout", p.ConnectTimeout)
-	k.positive("pool.response_header_timeout", p.ResponseHeaderTimeout)
+	k.positive(path+".connect_timeout", p.ConnectTimeout)
+	k.positive(path+".response_header_timeout", p.ResponseHeaderTimeout)
 	if p.Passive.ConsecutiveFailures < 0 {
-		k.errorf("pool.passive.consecutive_failures", "pool.passive.consecutive_failures must be 0 (off) or more, got %d", p.Passive.ConsecutiveFailures)
+		k.errorf(path+".passive.consecutive_failures", "%s.passive.consecutive_failures must be 0 (off) or more, got %d", path, p.Passive.ConsecutiveFailures)
 	}
 	if p.Passive.ConsecutiveFailures > 0 {
-		k.positive("pool.passive.ejection_time", p.Passive.EjectionTime)
+		k.positive(path+".passive.ejection_time", p.Passive.EjectionTime)
 	}
 	if p.Retries < 0 || p.Retries > 3 {
-		k.errorf("pool.retries", "pool.retries must be 0..3, got %d", p.Retries)
+		k.errorf(path+".retries", "%s.retries must be 0..3, got %d", path, p.Retries)
 	}
 	if p.TLS != nil && p.TLS.InsecureSkipVerify {
-		k.warnf("pool.tls.insecure_skip_verify", "pool.tls.insecure_skip_verify is on: the edge does not verify its targets' certificates, so anyone on the path can impersonate them")
+		k.warnf(path+".tls.insecure_skip_verify", "%s.tls.insecure_skip_verify is on: the edge does not verify its targets' certificates, so anyone on the path can impersonate them", path)
 	}
 	if p.DeregistrationDelay < 0 {
-		k.errorf("pool.deregistration_delay", "pool.deregistration_delay must not be negative, got %v", p.DeregistrationDelay)
+		k.errorf(path+".deregistration_delay", "%s.deregistration_delay must not be negative, got %v", path, p.DeregistrationDelay)
 	}
 }
 
@@ -323,15 +330,22 @@ func parsePrefix(s string) (netip.Prefix, error) {
 func (c *Config) CheckEnvironment() []Problem {
 	k := &checker{c: c}
 	r := &c.Resolved
-	r.FilesLoaded, r.Certificates, r.ACMERoots, r.UpstreamRoots = false, nil, nil, nil
+	r.FilesLoaded, r.Certificates, r.ACMERoots, r.UpstreamRoots, r.PoolRoots = false, nil, nil, nil, nil
 	unset := k.unsetPathVars()
-	if t := c.Pool.TLS; t != nil && t.CA != "" {
-		roots, err := loadCARoots(t.CA)
-		if err != nil {
-			k.errorf("pool.tls.ca", "pool.tls.ca: %v", err)
+	for _, p := range c.pools() {
+		if t := p.TLS; t != nil && t.CA != "" {
+			path := c.poolPath(p.Name) + ".tls.ca"
+			roots, err := loadCARoots(t.CA)
+			if err != nil {
+				k.errorf(path, "%s: %v", path, err)
+			}
+			if r.PoolRoots == nil {
+				r.PoolRoots = map[string]*x509.CertPool{}
+			}
+			r.PoolRoots[p.Name] = roots
 		}
-		r.UpstreamRoots = roots
 	}
+	r.UpstreamRoots = r.PoolRoots[SinglePool]
 	for i, cf := range c.TLS.Certificates {
 		path := fmt.Sprintf("tls.certificates[%d]", i)
 		if cf.Cert == "" || cf.Key == "" {

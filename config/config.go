@@ -30,6 +30,14 @@ type Config struct {
 	// (see Passthrough in passthrough.go). Default none.
 	Passthrough []Passthrough `yaml:"passthrough"`
 
+	// Pools are named target groups, each with the settings of Pool; routes send
+	// requests to them (see routes.go). Without pools, the pool block is the one pool,
+	// named "pool". Default none.
+	Pools map[string]*Pool `yaml:"pools"`
+	// Routes are ALB-style listener rules, evaluated in order (see Route). Default none:
+	// every request goes to the one pool.
+	Routes []Route `yaml:"routes"`
+
 	// File is the path the configuration was read from; it prefixes every Problem.
 	File string `yaml:"-"`
 	// Warnings are problems that do not stop edgeproxy from running, such as a metrics
@@ -97,6 +105,20 @@ type Pool struct {
 	// TLS, when set, makes the edge speak TLS to the targets (re-encrypt), health checks
 	// included. Nil means plain HTTP to the targets.
 	TLS *UpstreamTLS `yaml:"tls"`
+	// Balance is the selection policy: round_robin (default), least_outstanding_requests
+	// or weighted (targets written as {addr, weight}).
+	Balance string `yaml:"balance"`
+	// SlowStart ramps a target's share after it joins or comes back healthy, as an ALB's
+	// slow_start.duration_seconds: 30-900, or 0 (default) for off.
+	SlowStart SlowStart `yaml:"slow_start"`
+	// Weights are the weights of targets written as {addr, weight}, by address; others
+	// weigh 1.
+	Weights map[string]int `yaml:"-"`
+}
+
+// SlowStart is a pool's slow_start block.
+type SlowStart struct {
+	DurationSeconds int `yaml:"duration_seconds"`
 }
 
 // UpstreamTLS is how the edge verifies targets that speak TLS.
@@ -212,6 +234,7 @@ func Default() *Config {
 			DeregistrationDelay:   30 * time.Second,
 			Passive:               Passive{ConsecutiveFailures: 3, EjectionTime: 30 * time.Second},
 			Retries:               1,
+			Balance:               "round_robin",
 		},
 		Limits: Limits{
 			ReadHeaderTimeout: 10 * time.Second,

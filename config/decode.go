@@ -74,6 +74,10 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			}
 			v.Set(reflect.ValueOf(m))
 		}
+	case v.Kind() == reflect.Map:
+		d.decodeMap(n, v, path)
+	case v.Type() == poolType:
+		d.decodePool(n, v, path)
 	case v.Kind() == reflect.Pointer && v.Type().Elem().Kind() == reflect.Struct:
 		// An optional block (pool.tls): null keeps nil, a mapping allocates it.
 		p := reflect.New(v.Type().Elem())

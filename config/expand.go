@@ -32,8 +32,10 @@ func (c *Config) pathKeys() []pathKey {
 	if a := &c.TLS.ACME; a.Enabled() {
 		keys = append(keys, pathKey{"tls.acme.ca_roots", &a.CARoots}, pathKey{"tls.acme.cache_dir", &a.CacheDir})
 	}
-	if t := c.Pool.TLS; t != nil {
-		keys = append(keys, pathKey{"pool.tls.ca", &t.CA})
+	for _, p := range c.pools() {
+		if t := p.TLS; t != nil {
+			keys = append(keys, pathKey{c.poolPath(p.Name) + ".tls.ca", &t.CA})
+		}
 	}
 	keys = append(keys, c.storagePathKeys()...)
 	return keys

@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net/netip"
+
+	"edgeproxy/routing"
 )
 
 // HTTPMode is what the plain-HTTP listener does with a request that is not an ACME
@@ -44,6 +46,12 @@ type Resolved struct {
 	TrustedProxies []netip.Prefix
 	// LogFormat is log.format.
 	LogFormat LogFormat
+	// Routes is the routing table: routes[], or, without routes, one default route to
+	// the one pool.
+	Routes *routing.Table
+	// Pools are the pools by name, in name order: pools, or the pool block alone, named
+	// "pool".
+	Pools []NamedPool
 
 	// FilesLoaded is true once CheckEnvironment has loaded the files below without error.
 	FilesLoaded bool
@@ -56,6 +64,9 @@ type Resolved struct {
 	// UpstreamRoots is pool.tls.ca as a pool; nil means the system roots (or that the file
 	// did not load).
 	UpstreamRoots *x509.CertPool
+	// PoolRoots are each pool's tls.ca as a pool, by pool name; a pool without one is
+	// absent (the system roots).
+	PoolRoots map[string]*x509.CertPool
 }
 
 // LoadedCertificate is one tls.certificates entry and what its files hold.
@@ -78,5 +89,15 @@ func (r *Resolved) TLSCertificates() []tls.Certificate {
 // only CheckEnvironment loads.
 func (c *Config) NeedsFiles() bool {
 	return len(c.TLS.Certificates) > 0 || c.TLS.ACME.Enabled() && c.TLS.ACME.CARoots != "" ||
-		c.Pool.TLS != nil && c.Pool.TLS.CA != ""
+		c.poolNamesCA()
+}
+
+// poolNamesCA reports whether a pool names a tls.ca file.
+func (c *Config) poolNamesCA() bool {
+	for _, p := range c.pools() {
+		if p.TLS != nil && p.TLS.CA != "" {
+			return true
+		}
+	}
+	return false
 }

@@ -211,7 +211,7 @@ func (c *fastConn) refuse(herr *h1.Error) {
 	c.out = proxy.AppendErrorResponse(c.out[:0], herr.Status, h.HSTS(c.tls != nil), true)
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.conn.Write(c.out)
-	h.Observer().Request(herr.Status, "", 0)
+	h.Observer().Request(herr.Status, "", "", "", 0)
 	c.conn.Close()
 }
 
@@ -235,14 +235,22 @@ func (c *fastConn) serveRequest(b *Backend) (keepAlive bool) {
 	h := b.Handler
 	req := &c.req
 	keepAlive = req.KeepAlive
-	c.handler, c.upstream = h, b.Upstream
+	c.handler = h
 	c.bodyConsumed, c.bodyStreamed, c.bodyDone, c.sent, c.scan = c.headLen, false, false, false, nil
 	contentLength := int64(-1)
 	if req.Framing == h1.FramingLength {
 		contentLength = req.ContentLength
 	}
-	status, bytes := h.Begin(&c.x, contentLength), int64(0)
+	status, bytes := h.Begin(&c.x, h.RouteFast(req), contentLength), int64(0)
 	switch {
+	case status == -1:
+		// The route's redirect or fixed response (or 404: no route matched).
+		a := h.Answer(&c.x, string(req.Host), string(req.Target), c.tls != nil)
+		status = a.Status
+		closeAfter := !c.bodyDrainable()
+		c.out = proxy.AppendAction(c.out[:0], a, h.HSTS(c.tls != nil), closeAfter)
+		_, err := c.conn.Write(c.out)
+		keepAlive = err == nil && !closeAfter && keepAlive
 	case status == http.StatusRequestEntityTooLarge:
 		// Read (and drop) a body of moderate size first, as net/http does: a client still
 		// sending it would otherwise see its connection reset instead of the 413.
@@ -252,6 +260,7 @@ func (c *fastConn) serveRequest(b *Backend) (keepAlive bool) {
 	case status != 0:
 		keepAlive = c.writeError(h, status, !c.bodyDrainable()) && keepAlive
 	default:
+		c.upstream = b.upstream(c.x.Pool())
 		if err := h.Forward(&c.x, c, proxy.IsIdempotent(req.Method)); err != nil {
 			status = h.Fail(&c.x, err, c)
 			if status == 499 {

@@ -321,10 +321,10 @@ func benchmarkFastPath(b *testing.B, obs proxy.Observer, useTLS bool) {
 
 type nopObserver struct{}
 
-func (nopObserver) Request(int, string, time.Duration) {}
-func (nopObserver) FailOpen()                          {}
-func (nopObserver) Retry(string)                       {}
-func (nopObserver) ProxyError(string)                  {}
+func (nopObserver) Request(int, string, string, string, time.Duration) {}
+func (nopObserver) FailOpen()                                          {}
+func (nopObserver) Retry(string)                                       {}
+func (nopObserver) ProxyError(string)                                  {}
 
 // The retry rules hold on the fast path too: a GET reset before its response is retried
 // on another target; a POST whose body reached a target is not.

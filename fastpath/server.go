@@ -23,8 +23,19 @@ import (
 // Backend is what the fast path sends requests through: the handler whose policy applies
 // and the upstream pool that reaches its targets. A reload swaps it as one value.
 type Backend struct {
-	Handler  *proxy.Handler
-	Upstream *Upstream
+	Handler *proxy.Handler
+	// Upstream reaches the targets of the one pool; Upstreams those of each named pool,
+	// by name (a pool missing there uses Upstream).
+	Upstream  *Upstream
+	Upstreams map[string]*Upstream
+}
+
+// upstream is the upstream pool of the pool named name.
+func (b *Backend) upstream(name string) *Upstream {
+	if u, ok := b.Upstreams[name]; ok {
+		return u
+	}
+	return b.Upstream
 }
 
 // ServerOptions configure a Server.

@@ -34,8 +34,11 @@ import (
 // connection, so that a request allocates nothing here.
 type Exchange struct {
 	start  time.Time
+	route  *route
+	pool   *poolState // the route's pool; nil for a redirect or fixed response
 	target *pool.Target
 	tries  int
+	action Action // the edge's own answer, when the route has one
 
 	// watch is set by the net/http path: the attempt's context is cancelled, with
 	// errDeregistered as its cause, when the target is retired by a reload whose
@@ -43,6 +46,14 @@ type Exchange struct {
 	// breaks its upstream connections (fastpath.Upstream.AbortTarget).
 	watch   context.CancelCauseFunc
 	unwatch func() bool
+}
+
+// Pool is the name of the pool the exchange's route forwards to; "" for none.
+func (x *Exchange) Pool() string {
+	if x.pool == nil {
+		return ""
+	}
+	return x.pool.Name
 }
 
 // Target is the target of the exchange's current attempt, nil before Begin picked one.
@@ -91,13 +102,25 @@ type Describer interface {
 	Describe() (method, uri string)
 }
 
-// Begin starts the exchange x for a request whose body has contentLength bytes (-1 when
-// unknown): it picks a target and counts the request in flight there. It returns 0 when
-// the request may go on, or the status to answer: 503 when the pool has no target at
-// all, 413 when the body is over limits.max_body_bytes.
-func (h *Handler) Begin(x *Exchange, contentLength int64) (refuse int) {
-	x.start, x.target, x.tries = time.Now(), nil, 0
-	pick := h.opts.Picker.Next()
+// Begin starts the exchange x for a request that took route (the index RouteFast or
+// routeHTTP gave; -1 for none) and whose body has contentLength bytes (-1 when unknown):
+// it picks a target of the route's pool and counts the request in flight there. It
+// returns 0 when the request may go on, or the status to answer: a route's redirect or
+// fixed response (then Answer says what to write), 404 when no route matched (the same),
+// 503 when the pool has no target at all, 413 when the body is over
+// limits.max_body_bytes.
+func (h *Handler) Begin(x *Exchange, route int, contentLength int64) (refuse int) {
+	x.start, x.target, x.tries, x.pool = time.Now(), nil, 0, nil
+	x.route = h.routeAt(route)
+	if x.route.pool == nil {
+		x.action = Action{}
+		if route < 0 {
+			h.obs.ProxyError(ReasonNoRoute)
+		}
+		return -1 // the caller asks Answer
+	}
+	x.pool = x.route.pool
+	pick := x.pool.Picker.Next()
 	if pick.Target == nil {
 		h.obs.ProxyError(ReasonNoTarget)
 		return http.StatusServiceUnavailable
@@ -109,9 +132,17 @@ func (h *Handler) Begin(x *Exchange, contentLength int64) (refuse int) {
 	if pick.FailOpen {
 		h.obs.FailOpen()
 	}
-	h.budget.deposit()
+	x.pool.budget.deposit()
 	x.moveTo(pick.Target)
 	return 0
+}
+
+// Answer is the edge's own answer for an exchange whose Begin returned -1: the route's
+// redirect or fixed response, or 404 when no route matched. host and target are the
+// request's (a redirect keeps what it does not replace).
+func (h *Handler) Answer(x *Exchange, host, target string, isTLS bool) Action {
+	a, _ := x.route.action(host, target, isTLS)
+	return a
 }
 
 // Forward sends the request with s to x's target. When an attempt fails and the target is
@@ -125,21 +156,21 @@ func (h *Handler) Forward(x *Exchange, s Sender, idempotent bool) error {
 	for {
 		bodySent, err := s.Send(x.target)
 		if err == nil {
-			h.passive.ReportSuccess(x.target)
+			x.pool.Passive.ReportSuccess(x.target)
 			return nil
 		}
 		if !blamesTarget(err) {
 			return err // the client left, or the request itself was at fault
 		}
 		failed := x.target
-		if h.passive.ReportFailure(failed) {
+		if x.pool.Passive.ReportFailure(failed) {
 			h.log.Warn("target "+failed.Addr+" ejected by passive health: consecutive failed requests", "target", failed.Addr, "error", err.Error())
 		}
-		if x.tries >= h.opts.Retries || !replayable(err, idempotent, bodySent) {
+		if x.tries >= x.pool.Retries || !replayable(err, idempotent, bodySent) {
 			return err
 		}
-		next := h.opts.Picker.NextExcept(failed)
-		if next.Target == nil || next.Target == failed || !h.budget.take() {
+		next := x.pool.Picker.NextExcept(failed)
+		if next.Target == nil || next.Target == failed || !x.pool.budget.take() {
 			return err
 		}
 		x.tries++
@@ -154,6 +185,7 @@ func (h *Handler) Forward(x *Exchange, s Sender, idempotent bool) error {
 // Observer.ProxyError (the metric's reason label).
 const (
 	ReasonNoTarget     = "no_target"      // 503: the pool has no target
+	ReasonNoRoute      = "no_route"       // 404: no route matched
 	ReasonBodyTooLarge = "body_too_large" // 413: over limits.max_body_bytes
 	ReasonBadRequest   = "bad_request"    // 400/431/501/505: the strict parser refused the head
 	ReasonClientClosed = "client_closed"  // 499: the client went away first
@@ -237,14 +269,22 @@ func (h *Handler) Finish(x *Exchange, status int, bytes int64, describe func(*Ac
 		x.target = nil
 	}
 	d := time.Since(x.start)
-	h.obs.Request(status, target, d)
+	poolName, routeName := "", ""
+	if x.pool != nil {
+		poolName = x.pool.Name
+	}
+	if x.route != nil {
+		routeName = x.route.name
+	}
+	h.obs.Request(status, poolName, routeName, target, d)
 	if h.opts.AccessLog {
-		line := AccessLine{Status: status, Bytes: bytes, Duration: d, Target: target}
+		line := AccessLine{Status: status, Bytes: bytes, Duration: d, Target: target, Pool: poolName, Route: routeName}
 		describe(&line)
 		h.log.LogAttrs(context.Background(), slog.LevelInfo, "access",
 			slog.String("client", line.Client), slog.String("method", line.Method),
 			slog.String("host", line.Host), slog.String("uri", line.URI), slog.String("proto", line.Proto),
 			slog.Int("status", line.Status), slog.Int64("bytes", line.Bytes), slog.Duration("duration", line.Duration),
+			slog.String("route", line.Route), slog.String("pool", line.Pool),
 			slog.String("target", line.Target), slog.String("engine", line.Engine))
 	}
 }
@@ -258,7 +298,9 @@ type AccessLine struct {
 	Status   int
 	Bytes    int64
 	Duration time.Duration
-	Target   string
+	// Route and Pool are the route the request took and its pool ("" for none).
+	Route, Pool string
+	Target      string
 }
 
 // blamesTarget reports whether err is the target's fault: a refused or reset connection,

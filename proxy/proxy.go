@@ -28,6 +28,7 @@ import (
 	"edgeproxy/mixedcontent"
 	"edgeproxy/pool"
 	"edgeproxy/proxy/h1"
+	"edgeproxy/routing"
 )
 
 // Picker chooses the target of each request; *pool.Pool implements it.
@@ -47,8 +48,10 @@ type PassiveReporter interface {
 // Observer receives one call per answered request, for metrics; telemetry.Metrics
 // implements it.
 type Observer interface {
-	// Request is called once the response is finished; target is "" when none was chosen.
-	Request(code int, target string, d time.Duration)
+	// Request is called once the response is finished, with the pool and route the
+	// request took ("" for none: pool for a redirect or fixed response, route when no
+	// route matched) and its target ("" when none was chosen).
+	Request(code int, pool, route, target string, d time.Duration)
 	// FailOpen is called for a request routed while no target was healthy.
 	FailOpen()
 	// Retry is called when a request that failed on target is sent to another one.
@@ -90,18 +93,27 @@ type Options struct {
 	// MixedContent adds upgrade-insecure-requests to HTML and counts pages that load
 	// http:// scripts or stylesheets; nil means neither.
 	MixedContent *mixedcontent.Policy
+
+	// Pools and Routes are the target groups and the listener rules that choose among
+	// them. Without Pools, Picker, Passive, Transport, TargetTLS and Retries above are the
+	// one pool, named "pool"; without Routes, every request goes to the first pool.
+	Pools  []Pool
+	Routes *routing.Table
 }
 
 // Handler proxies requests to the pool. Use New.
 type Handler struct {
-	opts    Options
-	log     *slog.Logger
-	obs     Observer        // Options.Observer, or one that does nothing
-	passive PassiveReporter // Options.Passive, or one that does nothing
-	fwd     forwarding
-	rp      *httputil.ReverseProxy
-	budget  retryBudget
-	hsts    h1.Header // the HSTS field the fast path adds; nil for none
+	opts   Options
+	log    *slog.Logger
+	obs    Observer // Options.Observer, or one that does nothing
+	fwd    forwarding
+	rp     *httputil.ReverseProxy
+	hsts   h1.Header // the HSTS field the fast path adds; nil for none
+	table  *routing.Table
+	routes []*route // the table's routes, compiled, in its order
+	// singleDefault is true when the table is one route without conditions: the match
+	// is skipped.
+	singleDefault bool
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -109,11 +121,8 @@ var _ http.Handler = (*Handler)(nil)
 // New returns a Handler for opts. Hooks left nil get a no-op default here, once, so that
 // no call site checks for them.
 func New(opts Options) *Handler {
-	if opts.Transport == nil {
-		opts.Transport = NewTransport(5*time.Second, 60*time.Second, nil)
-	}
-	h := &Handler{opts: opts, log: opts.Logger, obs: opts.Observer, passive: opts.Passive,
-		fwd: forwarding{trusted: opts.TrustedProxies}}
+	h := &Handler{opts: opts, log: opts.Logger, obs: opts.Observer, fwd: forwarding{trusted: opts.TrustedProxies}}
+	h.compileRoutes(opts)
 	if opts.HSTS != "" {
 		h.hsts = h1.Header{{Name: []byte("Strict-Transport-Security"), Value: []byte(opts.HSTS)}}
 	}
@@ -123,10 +132,6 @@ func New(opts Options) *Handler {
 	if h.obs == nil {
 		h.obs = nopObserver{}
 	}
-	if h.passive == nil {
-		h.passive = nopPassive{}
-	}
-	h.budget.tokens.Store(budgetCap)
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      retryTransport{h},
@@ -144,10 +149,10 @@ func New(opts Options) *Handler {
 // nopObserver and nopPassive stand in for hooks that Options leave nil.
 type nopObserver struct{}
 
-func (nopObserver) Request(int, string, time.Duration) {}
-func (nopObserver) FailOpen()                          {}
-func (nopObserver) Retry(string)                       {}
-func (nopObserver) ProxyError(string)                  {}
+func (nopObserver) Request(int, string, string, string, time.Duration) {}
+func (nopObserver) FailOpen()                                          {}
+func (nopObserver) Retry(string)                                       {}
+func (nopObserver) ProxyError(string)                                  {}
 
 type nopPassive struct{}
 
@@ -211,13 +216,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), attemptKey{}, x))
 	defer cancel(nil)
 	x.watch = cancel
-	if status := h.Begin(x, r.ContentLength); status != 0 {
-		writeErrorPage(rec, status)
-	} else {
+	switch status := h.Begin(x, h.routeHTTP(r), r.ContentLength); status {
+	case -1:
+		writeAction(rec, h.Answer(x, r.Host, r.RequestURI, isTLS))
+	case 0:
 		if h.opts.MaxBodyBytes > 0 && r.Body != nil {
 			r.Body = http.MaxBytesReader(rec, r.Body, h.opts.MaxBodyBytes)
 		}
 		h.rp.ServeHTTP(rec, r.WithContext(ctx))
+	default:
+		writeErrorPage(rec, status)
 	}
 	h.Finish(x, rec.code(), rec.bytes, func(l *AccessLine) {
 		l.Client, l.Method, l.Host, l.URI, l.Proto, l.Engine = r.RemoteAddr, r.Method, r.Host, r.RequestURI, r.Proto, "net/http"
@@ -229,7 +237,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	x := pr.In.Context().Value(attemptKey{}).(*Exchange)
 	pr.Out.URL.Scheme = "http"
-	if h.opts.TargetTLS {
+	if x.pool.TargetTLS {
 		pr.Out.URL.Scheme = "https"
 	}
 	pr.Out.URL.Host = x.target.Addr

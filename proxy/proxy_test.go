@@ -32,7 +32,7 @@ type countingObserver struct {
 	codes []int
 }
 
-func (o *countingObserver) Request(code int, target string, d time.Duration) {
+func (o *countingObserver) Request(code int, pool, route, target string, d time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.codes = append(o.codes, code)

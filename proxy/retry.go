@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"sync/atomic"
@@ -19,10 +20,10 @@ var _ http.RoundTripper = retryTransport{}
 func (rt retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	h := rt.h
 	x, _ := req.Context().Value(attemptKey{}).(*Exchange)
-	if x == nil {
-		return h.opts.Transport.RoundTrip(req)
+	if x == nil || x.pool == nil {
+		return nil, errors.New("proxy: a request outside an exchange") // ServeHTTP always sets one
 	}
-	s := &transportSender{rt: h.opts.Transport, req: req}
+	s := &transportSender{rt: x.pool.Transport, req: req}
 	if req.Body != nil && req.Body != http.NoBody {
 		s.guard = &bodyGuard{ReadCloser: req.Body}
 		guarded := *req // RoundTrippers must not modify the request they were given

@@ -46,8 +46,8 @@ func New() *Metrics {
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_requests_total",
-			Help: "Requests answered, by status code and target (\"none\" when no target was chosen).",
-		}, []string{"code", "target"}),
+			Help: "Requests answered, by status code, pool and route (from the configuration; \"none\" when there was none: no route matched, or the route's action is a redirect or a fixed response) and target (\"none\" when no target was chosen).",
+		}, []string{"code", "pool", "route", "target"}),
 		requestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "edgeproxy_request_duration_seconds",
 			Help:    "Time from request head read to response finished.",
@@ -121,13 +121,18 @@ func New() *Metrics {
 // Registry is where later parts (TLS cost accounting, ACME) register their collectors.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Request records one answered request.
-func (m *Metrics) Request(code int, target string, d time.Duration) {
-	if target == "" {
-		target = "none"
-	}
-	m.requests.WithLabelValues(codeLabel(code), target).Inc()
+// Request records one answered request; it implements proxy.Observer. pool, route and
+// target come from the configuration, never from the request, so the labels stay bounded.
+func (m *Metrics) Request(code int, pool, route, target string, d time.Duration) {
+	m.requests.WithLabelValues(codeLabel(code), orNone(pool), orNone(route), orNone(target)).Inc()
 	m.requestDuration.Observe(d.Seconds())
+}
+
+func orNone(label string) string {
+	if label == "" {
+		return "none"
+	}
+	return label
 }
 
 // statusLabels holds the code label of every status, so that counting a request does
