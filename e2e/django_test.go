@@ -156,7 +156,7 @@ func TestDjango_RoundRobinAndForwarding(t *testing.T) {
 	m := e.metrics(t)
 	for _, d := range pool {
 		for _, want := range []string{
-			fmt.Sprintf(`edgeproxy_requests_total{code="200",target=%q}`, d.Addr),
+			fmt.Sprintf(`edgeproxy_requests_total{code="200",pool="pool",route="default",target=%q}`, d.Addr),
 			fmt.Sprintf(`edgeproxy_target_healthy{target=%q} 1`, d.Addr),
 			fmt.Sprintf(`edgeproxy_health_checks_total{reason="none",result="pass",target=%q}`, d.Addr),
 		} {

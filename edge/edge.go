@@ -9,26 +9,21 @@ package edge
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"edgeproxy/certs"
 	"edgeproxy/config"
 	"edgeproxy/fastpath"
 	"edgeproxy/health"
-	"edgeproxy/mixedcontent"
 	"edgeproxy/passthrough"
-	"edgeproxy/pool"
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
 	"edgeproxy/telemetry/tlscost"
@@ -39,7 +34,7 @@ import (
 type Edge struct {
 	log     *slog.Logger
 	metrics *telemetry.Metrics
-	pool    *pool.Pool    // pool.targets; Reload updates it in place
+	pools   pools         // the target groups by name
 	certs   *certs.Source // the source the listeners were built with
 
 	// reloadMu serialises Reload; cfg is the configuration in effect (Reload stores it
@@ -50,14 +45,6 @@ type Edge struct {
 	// Reload swaps these; the request path reads them without a lock.
 	certSrc atomic.Pointer[certs.Source]
 	backend atomic.Pointer[fastpath.Backend]
-	// upstream is reused across reloads that keep the pool's timeouts, so that
-	// keep-alive connections to targets survive a reload; prevUpstream is the one a
-	// reload replaced, which may still carry requests to a draining target. Reload
-	// writes both holding upstreamMu too; retireTarget reads them under it.
-	upstreamMu   sync.Mutex
-	upstream     *upstream
-	prevUpstream *upstream
-
 	// beforeCommit, when set (by tests), is the last step of building a reload: its
 	// error fails the reload before anything is committed.
 	beforeCommit func() error
@@ -110,127 +97,11 @@ func (e *Edge) build() error {
 	e.acme = cfg.TLS.ACME
 	e.useCertSource(src, cfg)
 
-	upTLS, err := e.upstreamTLS(cfg)
-	if err != nil {
-		return err
-	}
-	e.pool = pool.New(poolConfig(cfg, upTLS), pool.Options{Observer: e.metrics, Logger: e.log, OnRetire: e.retireTarget})
+	plans := e.planPools(cfg)
+	e.commitPools(plans)
 	e.passthrough = e.newPassthrough(cfg)
-	e.upstream = e.upstreamFor(cfg, upTLS)
-	e.backend.Store(e.newBackend(cfg, e.upstream))
+	e.backend.Store(e.newBackend(cfg, plans))
 	return nil
-}
-
-// poolConfig is the configuration of the pool of pool.targets, named "pool" as /targets
-// shows it.
-func poolConfig(cfg *config.Config, upstreamTLS *tls.Config) pool.Config {
-	return pool.Config{
-		Name: "pool", Targets: cfg.Pool.Targets, Health: healthOptions(cfg, upstreamTLS),
-		Passive:             pool.Passive{ConsecutiveFailures: cfg.Pool.Passive.ConsecutiveFailures, EjectionTime: cfg.Pool.Passive.EjectionTime},
-		DeregistrationDelay: cfg.Pool.DeregistrationDelay,
-	}
-}
-
-// retireTarget is the pool's OnRetire: it breaks the fast path's connections still busy
-// with a target whose deregistration delay ended (the pool cancelled net/http's through
-// Target.Retired) and forgets the target's metrics.
-func (e *Edge) retireTarget(addr string) {
-	e.upstreamMu.Lock()
-	ups := []*upstream{e.upstream, e.prevUpstream}
-	e.upstreamMu.Unlock()
-	for _, u := range ups {
-		if u != nil {
-			u.AbortTarget(addr)
-		}
-	}
-	e.metrics.ForgetTarget(addr)
-}
-
-func healthOptions(cfg *config.Config, upstreamTLS *tls.Config) health.Options {
-	hc := cfg.Pool.HealthCheck
-	return health.Options{
-		Path: hc.Path, Host: hc.Host, Interval: hc.Interval, Timeout: hc.Timeout,
-		HealthyThreshold: hc.HealthyThreshold, UnhealthyThreshold: hc.UnhealthyThreshold,
-		Matcher: hc.Matcher, TLSConfig: upstreamTLS,
-	}
-}
-
-// upstreamTLS is the client TLS configuration for re-encrypting to the targets, or nil
-// for plain HTTP. It is built once per configuration: health checks and the proxy share it.
-func (e *Edge) upstreamTLS(cfg *config.Config) (*tls.Config, error) {
-	t := cfg.Pool.TLS
-	if t == nil {
-		return nil, nil
-	}
-	conf := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12,
-		RootCAs: cfg.Resolved.UpstreamRoots} // nil: the system roots
-	if t.InsecureSkipVerify {
-		e.log.Warn("pool.tls.insecure_skip_verify is on: target certificates are NOT verified; anyone on the path to the targets can impersonate them")
-	}
-	return conf, nil
-}
-
-// upstreamFor returns the upstream for cfg: the one in use (and its pooled connections)
-// when the pool's timeouts and TLS settings are unchanged, else a new one. It changes
-// nothing: Reload commits a new one (setUpstream).
-func (e *Edge) upstreamFor(cfg *config.Config, upstreamTLS *tls.Config) *upstream {
-	if e.upstream != nil && e.cfg.Load() != nil &&
-		cfg.Pool.ConnectTimeout == e.cfg.Load().Pool.ConnectTimeout &&
-		cfg.Pool.ResponseHeaderTimeout == e.cfg.Load().Pool.ResponseHeaderTimeout &&
-		reflect.DeepEqual(cfg.Pool.TLS, e.cfg.Load().Pool.TLS) {
-		return e.upstream
-	}
-	return newUpstream(cfg.Pool.ConnectTimeout, cfg.Pool.ResponseHeaderTimeout, upstreamTLS)
-}
-
-// upstream is how the edge reaches the pool's targets on both data paths: the fast path's
-// pool of keep-alive connections and net/http's transport, built from one set of timeouts
-// and TLS settings. A reload that keeps those settings keeps it, and its connections.
-type upstream struct {
-	fast      *fastpath.Upstream
-	transport *http.Transport
-}
-
-func newUpstream(connectTimeout, responseHeaderTimeout time.Duration, tlsConfig *tls.Config) *upstream {
-	return &upstream{
-		fast:      fastpath.NewUpstream(connectTimeout, responseHeaderTimeout, tlsConfig),
-		transport: proxy.NewTransport(connectTimeout, responseHeaderTimeout, tlsConfig),
-	}
-}
-
-// CloseIdle closes the idle connections of both paths.
-func (u *upstream) CloseIdle() {
-	u.fast.CloseIdle()
-	u.transport.CloseIdleConnections()
-}
-
-// AbortTarget breaks the fast path's connections busy with addr; net/http's requests to
-// it are cancelled through the target's Retired context.
-func (u *upstream) AbortTarget(addr string) { u.fast.AbortTarget(addr) }
-
-// newBackend builds the proxy for cfg over up and the edge's pool.
-func (e *Edge) newBackend(cfg *config.Config, up *upstream) *fastpath.Backend {
-	h := proxy.New(proxy.Options{
-		Picker:         e.pool,
-		Passive:        e.pool,
-		TargetTLS:      cfg.Pool.TLS != nil,
-		Retries:        cfg.Pool.Retries,
-		Transport:      up.transport,
-		TrustedProxies: cfg.Resolved.TrustedProxies,
-		HSTS:           cfg.Headers.HSTS,
-		MaxBodyBytes:   cfg.Limits.MaxBodyBytes,
-		AccessLog:      cfg.Log.Access,
-		Logger:         e.log,
-		Observer:       e.metrics,
-		MixedContent: &mixedcontent.Policy{
-			UpgradeInsecureRequests: cfg.Headers.UpgradeInsecureRequests,
-			Report:                  cfg.Headers.MixedContentReport,
-			SampleOneIn:             cfg.Headers.MixedContentSample,
-			Observer:                e.metrics,
-			Logger:                  e.log,
-		},
-	})
-	return &fastpath.Backend{Handler: h, Upstream: up.fast}
 }
 
 // serveProxy hands each request to the handler of the configuration in effect.
@@ -310,8 +181,10 @@ type targetStatus struct {
 // targetStatuses lists the pool's targets, then the passthrough targets.
 func (e *Edge) targetStatuses() []targetStatus {
 	out := []targetStatus{} // [], not null, when there are none
-	for _, s := range e.pool.Statuses() {
-		out = append(out, targetStatus{Pool: e.pool.Name(), Status: s})
+	for _, p := range e.poolList() {
+		for _, s := range p.Statuses() {
+			out = append(out, targetStatus{Pool: p.Name(), Status: s})
+		}
 	}
 	for _, s := range e.passthrough.Statuses() {
 		out = append(out, targetStatus{Pool: "passthrough", Status: s})
@@ -399,10 +272,10 @@ func (e *Edge) Run(ctx context.Context) error {
 	checkCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {
 		stopChecks()
-		e.pool.Wait()
+		e.waitPools()
 		e.passthrough.Wait()
 	}()
-	e.pool.Start(checkCtx)
+	e.startPools(checkCtx)
 	e.passthrough.Start(checkCtx)
 	if e.tls != nil {
 		go e.tls.Run(checkCtx)
@@ -473,6 +346,14 @@ func (e *Edge) summary() []any {
 			src += fmt.Sprintf(", and %d static certificate(s)", n)
 		}
 	}
-	return append(attrs, "certificates", src, "targets", e.cfg.Load().Pool.Targets,
-		"health_check", fmt.Sprintf("GET %s every %v", e.cfg.Load().Pool.HealthCheck.Path, e.cfg.Load().Pool.HealthCheck.Interval))
+	cfg := e.cfg.Load()
+	if len(cfg.Pools) == 0 {
+		return append(attrs, "certificates", src, "targets", cfg.Pool.Targets,
+			"health_check", fmt.Sprintf("GET %s every %v", cfg.Pool.HealthCheck.Path, cfg.Pool.HealthCheck.Interval))
+	}
+	var pools []string
+	for _, p := range cfg.Resolved.Pools {
+		pools = append(pools, fmt.Sprintf("%s %v (GET %s every %v)", p.Name, p.Targets, p.HealthCheck.Path, p.HealthCheck.Interval))
+	}
+	return append(attrs, "certificates", src, "pools", strings.Join(pools, "; "), "routes", len(cfg.Resolved.Routes.Routes()))
 }

@@ -17,7 +17,7 @@ func (e *Edge) newPassthrough(cfg *config.Config) *passthrough.Router {
 		Routes:      passthroughRoutes(cfg),
 		PeekTimeout: cfg.Limits.ReadHeaderTimeout,
 		DialTimeout: cfg.Pool.ConnectTimeout,
-		Health:      healthOptions(cfg, nil),
+		Health:      healthOptions(&cfg.Pool, nil),
 		Observer:    telemetry.NewPassthroughMetrics(e.metrics.Registry()),
 		AccessLog:   cfg.Log.Access,
 		Logger:      e.log,
@@ -40,5 +40,5 @@ func (e *Edge) reloadPassthrough(cfg *config.Config) {
 		}
 		return
 	}
-	e.passthrough.Update(passthroughRoutes(cfg), healthOptions(cfg, nil))
+	e.passthrough.Update(passthroughRoutes(cfg), healthOptions(&cfg.Pool, nil))
 }

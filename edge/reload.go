@@ -32,12 +32,8 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("edge: reload: %w", err)
 	}
-	upTLS, err := e.upstreamTLS(cfg)
-	if err != nil {
-		return fmt.Errorf("edge: reload: %w", err)
-	}
-	upstream := e.upstreamFor(cfg, upTLS)
-	backend := e.newBackend(cfg, upstream)
+	plans := e.planPools(cfg)
+	backend := e.newBackend(cfg, plans)
 	if e.beforeCommit != nil {
 		if err := e.beforeCommit(); err != nil {
 			return fmt.Errorf("edge: reload: %w", err)
@@ -49,8 +45,7 @@ func (e *Edge) Reload(cfg *config.Config) error {
 		e.log.Warn("reload: "+key+" changed; it takes effect only after a restart", "key", key)
 	}
 	e.commitTLSReload(tlsPart)
-	e.setUpstream(upstream)
-	e.pool.Update(poolConfig(cfg, upTLS))
+	e.commitPools(plans)
 	e.reloadPassthrough(cfg)
 	e.backend.Store(backend)
 	e.cfg.Store(cfg)
@@ -68,20 +63,6 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	}
 	e.log.Info("reloaded configuration", "targets", cfg.Pool.Targets, "added", added, "removed", removed)
 	return nil
-}
-
-// setUpstream makes u the upstream in use. One it replaces keeps the connections of
-// requests in flight (a drain may still break some, see retireTarget); its idle ones go.
-func (e *Edge) setUpstream(u *upstream) {
-	e.upstreamMu.Lock()
-	old := e.upstream
-	if u != old {
-		e.upstream, e.prevUpstream = u, old
-	}
-	e.upstreamMu.Unlock()
-	if u != old && old != nil {
-		old.CloseIdle()
-	}
 }
 
 // needsRestart lists the keys that differ between old and cfg and that only a restart

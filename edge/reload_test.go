@@ -97,13 +97,13 @@ func TestReload_FailedLastStepChangesNothing(t *testing.T) {
 	// Run reads the configuration while it starts (without the reload lock): reload after.
 	<-serving.seen
 	deadline := time.Now().Add(5 * time.Second)
-	for !e.pool.Lookup(a).Healthy() {
+	for !e.poolNamed("pool").Lookup(a).Healthy() {
 		if time.Now().After(deadline) {
 			t.Fatal("target not healthy within 5s")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	oldCerts, oldTLS, oldTarget := e.certSrc.Load(), e.tls.Current(), e.pool.Lookup(a)
+	oldCerts, oldTLS, oldTarget := e.certSrc.Load(), e.tls.Current(), e.poolNamed("pool").Lookup(a)
 
 	// A new target, new headers and new TLS settings (tls.min_version, swapped in by
 	// tlsserve for the handshakes that follow).
@@ -112,7 +112,7 @@ func TestReload_FailedLastStepChangesNothing(t *testing.T) {
 	if err := e.Reload(newCfg); err == nil {
 		t.Fatal("Reload succeeded; want the injected failure")
 	}
-	if st := e.pool.Statuses(); len(st) != 1 || st[0].Address != a || e.pool.Lookup(a) != oldTarget || !oldTarget.Healthy() {
+	if st := e.poolNamed("pool").Statuses(); len(st) != 1 || st[0].Address != a || e.poolNamed("pool").Lookup(a) != oldTarget || !oldTarget.Healthy() {
 		t.Errorf("pool after a failed reload: %+v; want only %s, healthy, as before", st, a)
 	}
 	if body, hsts := get(t, e); body != "a" || hsts != "max-age=100" {

@@ -163,6 +163,13 @@ func New(cfg Config, opts Options) *Pool {
 	return p
 }
 
+// Config is the configuration in effect.
+func (p *Pool) Config() Config {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cfg
+}
+
 // Name is the pool's name.
 func (p *Pool) Name() string { return p.name }
 
