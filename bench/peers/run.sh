@@ -10,6 +10,8 @@
 #   ROUNDS=5 DURATION=10s bench/peers/run.sh
 #   PEERS="nginx edgeproxy" WORKLOADS=keepalive bench/peers/run.sh
 #   BIN=/path/to/edgeproxy bench/peers/run.sh  # measure that binary, not this tree's build
+#   BIN_BEFORE=/path/to/old/edgeproxy PEERS="nginx edgeproxy-before edgeproxy" bench/peers/run.sh
+#                                              # A/B: an older build beside this one, same run
 #
 # Needs: nginx, haproxy (apt-get install -y nginx haproxy), caddy (go install
 # github.com/caddyserver/caddy/v2/cmd/caddy@v2.11.9), openssl, taskset, python3, go.
@@ -47,6 +49,13 @@ bin="${BIN:-}" # BIN=path uses a built edgeproxy (e.g. of a clean checkout) inst
 if [ -z "$bin" ]; then
   bin="$dir/edgeproxy"
   go build -o "$bin" ./cmd/edgeproxy
+fi
+# BIN_BEFORE=path: the peer edgeproxy-before is that binary (fast path on), so that a change
+# is measured before and after in the same run, against the same nginx.
+bin_before="${BIN_BEFORE:-}"
+if [[ " $PEERS " == *" edgeproxy-before "* ]] && [ -z "$bin_before" ]; then
+  echo "run.sh: the peer edgeproxy-before needs BIN_BEFORE=path" >&2
+  exit 1
 fi
 # The load generator and the backends: this tree's benchmark harness, whichever edgeproxy.
 harness="$dir/edgeproxy-bench"
@@ -96,10 +105,12 @@ start_peer() {
       caddy run --config "$dir/Caddyfile" --adapter caddyfile >>"$dir/caddy.log" 2>&1 &
     pids+=($!)
     ;;
-  edgeproxy | edgeproxy-nofast)
+  edgeproxy | edgeproxy-nofast | edgeproxy-before)
     render edgeproxy.yaml "$dir/$p.yaml" "$pt" "127.0.0.1:$(freeport)"
     [ "$p" = edgeproxy-nofast ] && printf 'proxy:\n  fast_path: false\n' >>"$dir/$p.yaml"
-    GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$bin" run -config "$dir/$p.yaml" 2>>"$dir/$p.log" &
+    local b=$bin
+    [ "$p" = edgeproxy-before ] && b=$bin_before
+    GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$b" run -config "$dir/$p.yaml" 2>>"$dir/$p.log" &
     pids+=($!)
     ;;
   esac
@@ -144,6 +155,7 @@ results="$dir/results.txt"
 : >"$results"
 read -ra peers <<<"$PEERS"
 for r in $(seq "$ROUNDS"); do
+  echo "   round $r, load: $(cut -d' ' -f1-3 /proc/loadavg)"
   for w in $WORKLOADS; do
     # Interleave: each round starts the peers at a different place in the list.
     for i in "${!peers[@]}"; do
@@ -182,6 +194,26 @@ for p in peers:
         spread = f" [{min(us[(p, w)]):.0f}..{max(us[(p, w)]):.0f}]"
         cells.append(f"{m:.1f}{ratio}{spread} | {statistics.median(rps[(p, w)]):.0f}")
     print(f"| {p} | " + " | ".join(cells) + " |")
+# Ratios taken within each round (the peers of a round share its background load), median
+# [min..max] over the rounds: to nginx, and edgeproxy to edgeproxy-before when both ran.
+byround = {}
+for p, w, r, out in rows:
+    d = json.loads(out)
+    byround[(p, w, r)] = sum(d["cpu"].values()) / d["requests"] * 1e6
+def within(a, b):
+    cells = []
+    for w in workloads:
+        rs = [byround[(a, w, r)] / byround[(b, w, r)] for (p, ww, r) in byround if p == a and ww == w and (b, w, r) in byround]
+        cells.append(f"{statistics.median(rs):.2f} [{min(rs):.2f}..{max(rs):.2f}]" if rs else "–")
+    return cells
+print()
+print("| ratio within each round, median [min..max] | " + " | ".join(titles[w] for w in workloads) + " |")
+print("|---|" + "---|" * len(workloads))
+for p in peers:
+    if p != "nginx" and "nginx" in peers:
+        print(f"| {p} / nginx | " + " | ".join(within(p, "nginx")) + " |")
+if "edgeproxy" in peers and "edgeproxy-before" in peers:
+    print("| edgeproxy / edgeproxy-before | " + " | ".join(within("edgeproxy", "edgeproxy-before")) + " |")
 EOF
 
 if [ "$PROFILE" != 0 ] && [[ " $PEERS " == *" edgeproxy "* ]]; then
