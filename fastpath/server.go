@@ -56,8 +56,8 @@ type ServerOptions struct {
 	IdleTimeout       time.Duration
 	MaxHeaderBytes    int
 	// Handshake runs the TLS handshake of each *tls.Conn accepted, in the goroutine that
-	// serves it; nil means (*tls.Conn).Handshake. The edge passes the TLS cost
-	// accountant's, which measures what the handshake costs (tlscost.Accountant.Handshake).
+	// serves it; nil means (*tls.Conn).Handshake. The edge passes tlsserve.Handshake,
+	// which measures what the handshake costs when tls.tls_cost was on at accept.
 	Handshake func(*tls.Conn) error
 }
 
