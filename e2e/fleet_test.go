@@ -1,0 +1,224 @@
+package e2e
+
+// End-to-end tests of a fleet (issue 15): three edgeproxy processes share their ACME
+// state and session ticket keys through a real redis-server, and get their certificate
+// from a real Pebble that validates TLS-ALPN-01 on the second replica's HTTPS port and
+// HTTP-01 on the third's plain-HTTP port, so the replica that orders is often not the
+// one the CA reaches.
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"edgeproxy/internal/testutil"
+)
+
+// fleetReplica is one edgeproxy of the fleet.
+type fleetReplica struct {
+	name                 string
+	https, http, metrics string
+	proc                 *testutil.Proc
+}
+
+// fleetSite is Redis, Pebble and three replicas for acmeDomain.
+type fleetSite struct {
+	redis    *testutil.Redis
+	pebble   *testutil.Pebble
+	roots    *x509.CertPool
+	replicas []*fleetReplica
+}
+
+// startFleet starts Redis, Pebble and three replicas together, and waits until each
+// serves (not yet until each has a certificate).
+func startFleet(t *testing.T) *fleetSite {
+	t.Helper()
+	s := &fleetSite{redis: testutil.StartRedis(t, testutil.RedisOptions{})}
+	for _, name := range []string{"A", "B", "C"} {
+		s.replicas = append(s.replicas, &fleetReplica{name: name,
+			https:   testutil.LoopbackAddr(t, "127.0.0.1"),
+			http:    testutil.LoopbackAddr(t, "127.0.0.1"),
+			metrics: testutil.LoopbackAddr(t, "127.0.0.1")})
+	}
+	s.pebble = testutil.StartPebble(t, testutil.PebbleOptions{
+		TLSPort:  acmePort(t, s.replicas[1].https),
+		HTTPPort: acmePort(t, s.replicas[2].http),
+		Env:      []string{"PEBBLE_AUTHZREUSE=0"},
+	})
+	s.roots = s.pebble.Roots()
+	backend := testutil.EchoBackend(t, new(atomic.Int64))
+	keyFile := filepath.Join(t.TempDir(), "fleet-key")
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := testutil.BuildEdgeproxy(t)
+	for _, r := range s.replicas {
+		config := fmt.Sprintf(`listen:
+  https: %q
+  http: %q
+  http_mode: redirect
+  metrics: %q
+tls:
+  acme:
+    domains: [%s]
+    directory: %q
+    ca_roots: %q
+    cache_dir: %q
+    storage:
+      redis:
+        addr: %q
+        encryption_key_file: %q
+pool:
+  targets: [%q]
+`, r.https, r.http, r.metrics, acmeDomain, s.pebble.DirectoryURL, s.pebble.CARootsFile,
+			filepath.Join(t.TempDir(), "acme"), s.redis.Addr, keyFile, strings.TrimPrefix(backend.URL, "http://"))
+		file := filepath.Join(t.TempDir(), "edgeproxy.yaml")
+		if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r.proc = testutil.StartProcWith(t, testutil.ProcOptions{Name: "edgeproxy-" + r.name}, bin, "run", "-config", file)
+	}
+	for _, r := range s.replicas {
+		if !r.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
+			t.Fatalf("replica %s did not start:\n%s", r.name, r.proc.Output())
+		}
+	}
+	return s
+}
+
+// dialReplica makes a TLS connection to r for acmeDomain, verified against Pebble's root,
+// with cfg's other settings (nil: none), reads one HTTP response (and so the TLS 1.3
+// session ticket), and returns the connection's state.
+func (s *fleetSite) dialReplica(r *fleetReplica, cfg *tls.Config) (tls.ConnectionState, error) {
+	if cfg == nil {
+		cfg = &tls.Config{}
+	}
+	cfg.ServerName, cfg.RootCAs, cfg.NextProtos = acmeDomain, s.roots, []string{"http/1.1"}
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", r.https, cfg)
+	if err != nil {
+		return tls.ConnectionState{}, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: "+acmeDomain+"\r\nConnection: close\r\n\r\n"); err != nil {
+		return tls.ConnectionState{}, err
+	}
+	_, _ = io.Copy(io.Discard, conn)
+	return conn.ConnectionState(), nil
+}
+
+// waitServing waits until every replica presents a trusted certificate, and returns each
+// one's leaf.
+func (s *fleetSite) waitServing(t *testing.T, timeout time.Duration) []*x509.Certificate {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var leaves []*x509.Certificate
+	for _, r := range s.replicas {
+		for {
+			st, err := s.dialReplica(r, nil)
+			if err == nil {
+				leaves = append(leaves, st.PeerCertificates[0])
+				break
+			}
+			if time.Now().After(deadline) || r.proc.Exited() {
+				t.Fatalf("replica %s: no trusted certificate within %v: %v\n%s", r.name, timeout, err, s.logs())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return leaves
+}
+
+// logs are the replicas' outputs, for failures.
+func (s *fleetSite) logs() string {
+	var b strings.Builder
+	for _, r := range s.replicas {
+		fmt.Fprintf(&b, "--- replica %s:\n%s\n", r.name, r.proc.Output())
+	}
+	return b.String()
+}
+
+// Three replicas started together place one order for their name, whichever replica the
+// CA validates, and serve the same certificate; a TLS 1.3 session from one resumes on
+// another (shared ticket keys); with Redis stopped after issuance every replica still
+// completes handshakes and /healthz answers 200.
+func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t)
+	leaves := s.waitServing(t, 90*time.Second)
+	for i, leaf := range leaves {
+		checkIssued(t, leaf)
+		if leaf.SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+			t.Errorf("replica %s serves serial %x; replica A %x: want one certificate for the fleet", s.replicas[i].name, leaf.SerialNumber, leaves[0].SerialNumber)
+		}
+	}
+	if n := s.pebble.Orders(); n != 1 {
+		t.Errorf("Pebble got %d orders; want 1 for the fleet\n%s", n, s.logs())
+	}
+	var ordered, answered []string
+	for _, r := range s.replicas {
+		out := r.proc.Output()
+		if strings.Contains(out, "acme: certificate obtained for "+acmeDomain) {
+			ordered = append(ordered, r.name)
+		}
+		if strings.Contains(out, "challenge for "+acmeDomain) {
+			answered = append(answered, r.name)
+		}
+	}
+	if len(ordered) != 1 || len(answered) == 0 {
+		t.Errorf("replicas that obtained the certificate: %v, that answered a challenge: %v; want one, and at least one\n%s", ordered, answered, s.logs())
+	}
+	t.Logf("one order for three replicas (placed by %v, challenge answered by %v), serial %x", ordered, answered, leaves[0].SerialNumber)
+
+	t.Run("ResumesOnAnotherReplica", func(t *testing.T) {
+		// The replicas install the fleet's keys when they read them: retry for a while.
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			cfg := &tls.Config{MinVersion: tls.VersionTLS13, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+			_, errA := s.dialReplica(s.replicas[0], cfg)
+			st, errB := s.dialReplica(s.replicas[1], cfg)
+			if errA == nil && errB == nil && st.DidResume {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a TLS 1.3 session from replica A did not resume on B within 15s (errors %v, %v)\n%s", errA, errB, s.logs())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+
+	t.Run("RedisStoppedHandshakesSucceed", func(t *testing.T) {
+		s.redis.Stop()
+		for _, r := range s.replicas {
+			for i := range 3 {
+				st, err := s.dialReplica(r, nil)
+				if err != nil {
+					t.Fatalf("replica %s, handshake %d with Redis down: %v", r.name, i, err)
+				}
+				if st.PeerCertificates[0].SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+					t.Errorf("replica %s serves serial %x with Redis down; want %x", r.name, st.PeerCertificates[0].SerialNumber, leaves[0].SerialNumber)
+				}
+			}
+			resp, err := http.Get("http://" + r.metrics + "/healthz")
+			if err != nil {
+				t.Fatalf("replica %s /healthz: %v", r.name, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("replica %s /healthz with Redis down: %s; want 200", r.name, resp.Status)
+			}
+		}
+		if n := s.pebble.Orders(); n != 1 {
+			t.Errorf("Pebble got %d orders after Redis stopped; want still 1", n)
+		}
+	})
+}
