@@ -105,10 +105,12 @@ func (a *acmeManager) orderShared(ctx context.Context, d *acmeDomain, attempt in
 			a.log.Warn(fmt.Sprintf("acme: releasing the fleet's order lock for %s: %v", d.name, err), "domain", d.name)
 		}
 	}()
-	if a.adoptStored(lock.Context(), d, "after taking the order lock") {
-		if cur := d.current.Load(); a.now().Before(cur.renewAt) {
-			return &acmeOrder{domain: d.name}, nil
-		}
+	// While this replica waited, another may have stored a certificate (read it again),
+	// and this one may already serve it (Watch): order only if what is served is still
+	// missing or due.
+	a.adoptStored(lock.Context(), d, "after taking the order lock")
+	if cur := d.current.Load(); cur != nil && a.now().Before(cur.renewAt) {
+		return &acmeOrder{domain: d.name}, nil
 	}
 	octx, cancelOrder := context.WithCancel(ctx)
 	defer cancelOrder()

@@ -7,6 +7,7 @@ package e2e
 // one the CA reaches.
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -19,6 +20,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"edgeproxy/internal/testutil"
 )
@@ -36,33 +39,32 @@ type fleetSite struct {
 	pebble   *testutil.Pebble
 	roots    *x509.CertPool
 	replicas []*fleetReplica
+	bin      string
+	target   string // the replicas' pool target
 }
 
-// startFleet starts Redis, Pebble and three replicas together, and waits until each
-// serves (not yet until each has a certificate).
-func startFleet(t *testing.T) *fleetSite {
+// newReplica returns a replica on free loopback ports, not started.
+func newReplica(t *testing.T, name string) *fleetReplica {
+	return &fleetReplica{name: name,
+		https:   testutil.LoopbackAddr(t, "127.0.0.1"),
+		http:    testutil.LoopbackAddr(t, "127.0.0.1"),
+		metrics: testutil.LoopbackAddr(t, "127.0.0.1")}
+}
+
+// writeKey writes a fleet encryption key file of 32 bytes of b.
+func writeKey(t *testing.T, b byte) string {
 	t.Helper()
-	s := &fleetSite{redis: testutil.StartRedis(t, testutil.RedisOptions{})}
-	for _, name := range []string{"A", "B", "C"} {
-		s.replicas = append(s.replicas, &fleetReplica{name: name,
-			https:   testutil.LoopbackAddr(t, "127.0.0.1"),
-			http:    testutil.LoopbackAddr(t, "127.0.0.1"),
-			metrics: testutil.LoopbackAddr(t, "127.0.0.1")})
-	}
-	s.pebble = testutil.StartPebble(t, testutil.PebbleOptions{
-		TLSPort:  acmePort(t, s.replicas[1].https),
-		HTTPPort: acmePort(t, s.replicas[2].http),
-		Env:      []string{"PEBBLE_AUTHZREUSE=0"},
-	})
-	s.roots = s.pebble.Roots()
-	backend := testutil.EchoBackend(t, new(atomic.Int64))
-	keyFile := filepath.Join(t.TempDir(), "fleet-key")
-	if err := os.WriteFile(keyFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+	file := filepath.Join(t.TempDir(), "fleet-key")
+	if err := os.WriteFile(file, []byte(strings.Repeat(fmt.Sprintf("%02x", b), 32)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	bin := testutil.BuildEdgeproxy(t)
-	for _, r := range s.replicas {
-		config := fmt.Sprintf(`listen:
+	return file
+}
+
+// start runs r as a replica of the fleet whose values are sealed with keyFile's key.
+func (s *fleetSite) start(t *testing.T, r *fleetReplica, keyFile string) {
+	t.Helper()
+	config := fmt.Sprintf(`listen:
   https: %q
   http: %q
   http_mode: redirect
@@ -80,12 +82,33 @@ tls:
 pool:
   targets: [%q]
 `, r.https, r.http, r.metrics, acmeDomain, s.pebble.DirectoryURL, s.pebble.CARootsFile,
-			filepath.Join(t.TempDir(), "acme"), s.redis.Addr, keyFile, strings.TrimPrefix(backend.URL, "http://"))
-		file := filepath.Join(t.TempDir(), "edgeproxy.yaml")
-		if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		r.proc = testutil.StartProcWith(t, testutil.ProcOptions{Name: "edgeproxy-" + r.name}, bin, "run", "-config", file)
+		filepath.Join(t.TempDir(), "acme"), s.redis.Addr, keyFile, s.target)
+	file := filepath.Join(t.TempDir(), "edgeproxy.yaml")
+	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.proc = testutil.StartProcWith(t, testutil.ProcOptions{Name: "edgeproxy-" + r.name}, s.bin, "run", "-config", file)
+}
+
+// startFleet starts Redis, Pebble and three replicas together, and waits until each
+// serves (not yet until each has a certificate).
+func startFleet(t *testing.T, pebbleEnv ...string) *fleetSite {
+	t.Helper()
+	s := &fleetSite{redis: testutil.StartRedis(t, testutil.RedisOptions{})}
+	for _, name := range []string{"A", "B", "C"} {
+		s.replicas = append(s.replicas, newReplica(t, name))
+	}
+	s.pebble = testutil.StartPebble(t, testutil.PebbleOptions{
+		TLSPort:  acmePort(t, s.replicas[1].https),
+		HTTPPort: acmePort(t, s.replicas[2].http),
+		Env:      append([]string{"PEBBLE_AUTHZREUSE=0"}, pebbleEnv...),
+	})
+	s.roots = s.pebble.Roots()
+	s.target = strings.TrimPrefix(testutil.EchoBackend(t, new(atomic.Int64)).URL, "http://")
+	s.bin = testutil.BuildEdgeproxy(t)
+	keyFile := writeKey(t, 0xab)
+	for _, r := range s.replicas {
+		s.start(t, r, keyFile)
 	}
 	for _, r := range s.replicas {
 		if !r.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
@@ -219,6 +242,40 @@ func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
 		}
 		if n := s.pebble.Orders(); n != 1 {
 			t.Errorf("Pebble got %d orders after Redis stopped; want still 1", n)
+		}
+	})
+
+	rdb := redis.NewClient(&redis.Options{Addr: s.redis.Addr})
+	defer rdb.Close()
+	t.Run("RedisRestartedEmptyIsRefilled", func(t *testing.T) {
+		s.redis.Start() // empty
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			n, err := rdb.Exists(context.Background(), "edgeproxy:data:"+acmeDomain, "edgeproxy:data:acme_account+key").Result()
+			if err == nil && n == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Redis restarted empty has not got the certificate and account back within 60s (%d of 2, %v)\n%s", n, err, s.logs())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if n := s.pebble.Orders(); n != 1 {
+			t.Errorf("Pebble got %d orders after Redis came back empty; want still 1\n%s", n, s.logs())
+		}
+	})
+
+	t.Run("OtherKeyRefusesStoredValues", func(t *testing.T) {
+		d := newReplica(t, "D")
+		s.start(t, d, writeKey(t, 0xcd))
+		if !d.proc.WaitForOutput("encrypted with another key", 30*time.Second) {
+			t.Fatalf("replica D with another key did not say so within 30s:\n%s", d.proc.Output())
+		}
+		if _, err := s.dialReplica(d, nil); err == nil {
+			t.Errorf("replica D with another key completed a trusted handshake; want no certificate")
+		}
+		if n := s.pebble.Orders(); n != 1 {
+			t.Errorf("Pebble got %d orders after a replica with another key started; want still 1", n)
 		}
 	})
 }
