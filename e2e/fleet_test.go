@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -90,9 +91,18 @@ pool:
 	r.proc = testutil.StartProcWith(t, testutil.ProcOptions{Name: "edgeproxy-" + r.name}, s.bin, "run", "-config", file)
 }
 
-// startFleet starts Redis, Pebble and three replicas together, and waits until each
-// serves (not yet until each has a certificate).
-func startFleet(t *testing.T, pebbleEnv ...string) *fleetSite {
+// fleetOptions shape startFleet.
+type fleetOptions struct {
+	// pebbleEnv are extra environment variables for Pebble.
+	pebbleEnv []string
+	// firstOrders starts replica A alone and the others once A is ordering (A then holds
+	// the order lock); otherwise all three start together.
+	firstOrders bool
+}
+
+// startFleet starts Redis, Pebble and three replicas, and waits until each serves (not
+// yet until each has a certificate).
+func startFleet(t *testing.T, opts fleetOptions) *fleetSite {
 	t.Helper()
 	s := &fleetSite{redis: testutil.StartRedis(t, testutil.RedisOptions{})}
 	for _, name := range []string{"A", "B", "C"} {
@@ -101,14 +111,17 @@ func startFleet(t *testing.T, pebbleEnv ...string) *fleetSite {
 	s.pebble = testutil.StartPebble(t, testutil.PebbleOptions{
 		TLSPort:  acmePort(t, s.replicas[1].https),
 		HTTPPort: acmePort(t, s.replicas[2].http),
-		Env:      append([]string{"PEBBLE_AUTHZREUSE=0"}, pebbleEnv...),
+		Env:      append([]string{"PEBBLE_AUTHZREUSE=0"}, opts.pebbleEnv...),
 	})
 	s.roots = s.pebble.Roots()
 	s.target = strings.TrimPrefix(testutil.EchoBackend(t, new(atomic.Int64)).URL, "http://")
 	s.bin = testutil.BuildEdgeproxy(t)
 	keyFile := writeKey(t, 0xab)
-	for _, r := range s.replicas {
+	for i, r := range s.replicas {
 		s.start(t, r, keyFile)
+		if i == 0 && opts.firstOrders && !r.proc.WaitForOutput("acme: ordering a certificate for "+acmeDomain, 30*time.Second) {
+			t.Fatalf("replica A did not start ordering within 30s:\n%s", r.proc.Output())
+		}
 	}
 	for _, r := range s.replicas {
 		if !r.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
@@ -176,7 +189,7 @@ func (s *fleetSite) logs() string {
 // completes handshakes and /healthz answers 200.
 func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
 	t.Parallel()
-	s := startFleet(t)
+	s := startFleet(t, fleetOptions{})
 	leaves := s.waitServing(t, 90*time.Second)
 	for i, leaf := range leaves {
 		checkIssued(t, leaf)
@@ -278,4 +291,39 @@ func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
 			t.Errorf("Pebble got %d orders after a replica with another key started; want still 1", n)
 		}
 	})
+}
+
+// The lock holder killed with SIGKILL in the middle of its order (Pebble's validation is
+// held by its random sleep) blocks the fleet only until its lock expires: another replica
+// orders and every survivor serves the certificate within the lock's TTL (30 s) plus a
+// retry and an order, and the fleet placed at most two orders.
+func TestFleet_LockHolderKilledMidOrder(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{firstOrders: true, pebbleEnv: []string{"PEBBLE_VA_NOSLEEP=0", "PEBBLE_VA_SLEEPTIME=10"}})
+	a := s.replicas[0]
+	deadline := time.Now().Add(30 * time.Second)
+	for s.pebble.Orders() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica A placed no order within 30s\n%s", s.logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := a.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if _, err := a.proc.Wait(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	midOrder := !strings.Contains(a.proc.Output(), "acme: certificate obtained")
+	survivors := &fleetSite{pebble: s.pebble, roots: s.roots, replicas: s.replicas[1:]}
+	leaves := survivors.waitServing(t, 90*time.Second)
+	if leaves[0].SerialNumber.Cmp(leaves[1].SerialNumber) != 0 {
+		t.Errorf("B serves serial %x, C %x; want one certificate", leaves[0].SerialNumber, leaves[1].SerialNumber)
+	}
+	if n := s.pebble.Orders(); n > 2 {
+		t.Errorf("Pebble got %d orders; want at most 2 (the killed holder's and one more)\n%s", n, survivors.logs())
+	}
+	t.Logf("holder killed mid-order: %v; the survivors served the certificate %v after the kill, %d order(s) in all",
+		midOrder, time.Since(killed).Round(time.Millisecond), s.pebble.Orders())
 }
