@@ -95,6 +95,8 @@ pool:
 type fleetOptions struct {
 	// pebbleEnv are extra environment variables for Pebble.
 	pebbleEnv []string
+	// validity is the lifetime of Pebble's certificates; 0 means Pebble's default.
+	validity time.Duration
 	// firstOrders starts replica A alone and the others once A is ordering (A then holds
 	// the order lock); otherwise all three start together.
 	firstOrders bool
@@ -112,6 +114,8 @@ func startFleet(t *testing.T, opts fleetOptions) *fleetSite {
 		TLSPort:  acmePort(t, s.replicas[1].https),
 		HTTPPort: acmePort(t, s.replicas[2].http),
 		Env:      append([]string{"PEBBLE_AUTHZREUSE=0"}, opts.pebbleEnv...),
+
+		CertificateValidity: opts.validity,
 	})
 	s.roots = s.pebble.Roots()
 	s.target = strings.TrimPrefix(testutil.EchoBackend(t, new(atomic.Int64)).URL, "http://")
@@ -326,4 +330,40 @@ func TestFleet_LockHolderKilledMidOrder(t *testing.T) {
 	}
 	t.Logf("holder killed mid-order: %v; the survivors served the certificate %v after the kill, %d order(s) in all",
 		midOrder, time.Since(killed).Round(time.Millisecond), s.pebble.Orders())
+}
+
+// A renewal is one order for the fleet too, and every replica switches to the renewed
+// certificate: 90-second certificates renew about 60 s in, on the first replica whose
+// (jittered) renewal time comes; the others find it stored when they take the lock, or are
+// told before.
+func TestFleet_RenewalOneOrderAllSwitch(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{validity: 90 * time.Second})
+	first := s.waitServing(t, 90*time.Second)[0]
+	deadline := first.NotAfter
+	for _, r := range s.replicas {
+		for {
+			st, err := s.dialReplica(r, nil)
+			if err != nil {
+				t.Fatalf("replica %s: handshake during renewal: %v", r.name, err)
+			}
+			if leaf := st.PeerCertificates[0]; leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %s still serves %x at its expiry\n%s", r.name, first.SerialNumber, s.logs())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	leaves := s.waitServing(t, 10*time.Second)
+	for i, leaf := range leaves {
+		if leaf.SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+			t.Errorf("replica %s serves %x after the renewal, A %x; want one certificate", s.replicas[i].name, leaf.SerialNumber, leaves[0].SerialNumber)
+		}
+	}
+	if n := s.pebble.Orders(); n != 2 {
+		t.Errorf("Pebble got %d orders; want 2 (first issue and one renewal for the fleet)\n%s", n, s.logs())
+	}
+	t.Logf("renewed %v before expiry: serial %x -> %x on all three", time.Until(first.NotAfter).Round(time.Second), first.SerialNumber, leaves[0].SerialNumber)
 }
