@@ -31,6 +31,8 @@ import (
 type fleetReplica struct {
 	name                 string
 	https, http, metrics string
+	cacheDir             string // tls.acme.cache_dir, kept across restarts
+	keyFile              string
 	proc                 *testutil.Proc
 }
 
@@ -47,9 +49,10 @@ type fleetSite struct {
 // newReplica returns a replica on free loopback ports, not started.
 func newReplica(t *testing.T, name string) *fleetReplica {
 	return &fleetReplica{name: name,
-		https:   testutil.LoopbackAddr(t, "127.0.0.1"),
-		http:    testutil.LoopbackAddr(t, "127.0.0.1"),
-		metrics: testutil.LoopbackAddr(t, "127.0.0.1")}
+		https:    testutil.LoopbackAddr(t, "127.0.0.1"),
+		http:     testutil.LoopbackAddr(t, "127.0.0.1"),
+		metrics:  testutil.LoopbackAddr(t, "127.0.0.1"),
+		cacheDir: filepath.Join(t.TempDir(), "acme")}
 }
 
 // writeKey writes a fleet encryption key file of 32 bytes of b.
@@ -83,11 +86,12 @@ tls:
 pool:
   targets: [%q]
 `, r.https, r.http, r.metrics, acmeDomain, s.pebble.DirectoryURL, s.pebble.CARootsFile,
-		filepath.Join(t.TempDir(), "acme"), s.redis.Addr, keyFile, s.target)
+		r.cacheDir, s.redis.Addr, keyFile, s.target)
 	file := filepath.Join(t.TempDir(), "edgeproxy.yaml")
 	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	r.keyFile = keyFile
 	r.proc = testutil.StartProcWith(t, testutil.ProcOptions{Name: "edgeproxy-" + r.name}, s.bin, "run", "-config", file)
 }
 
@@ -97,6 +101,8 @@ type fleetOptions struct {
 	pebbleEnv []string
 	// validity is the lifetime of Pebble's certificates; 0 means Pebble's default.
 	validity time.Duration
+	// http01Only closes Pebble's TLS-ALPN-01 port: only HTTP-01, on replica C, validates.
+	http01Only bool
 	// firstOrders starts replica A alone and the others once A is ordering (A then holds
 	// the order lock); otherwise all three start together.
 	firstOrders bool
@@ -110,8 +116,12 @@ func startFleet(t *testing.T, opts fleetOptions) *fleetSite {
 	for _, name := range []string{"A", "B", "C"} {
 		s.replicas = append(s.replicas, newReplica(t, name))
 	}
+	tlsPort := acmePort(t, s.replicas[1].https)
+	if opts.http01Only {
+		tlsPort = 0 // a free port nothing listens on
+	}
 	s.pebble = testutil.StartPebble(t, testutil.PebbleOptions{
-		TLSPort:  acmePort(t, s.replicas[1].https),
+		TLSPort:  tlsPort,
 		HTTPPort: acmePort(t, s.replicas[2].http),
 		Env:      append([]string{"PEBBLE_AUTHZREUSE=0"}, opts.pebbleEnv...),
 
@@ -262,6 +272,22 @@ func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
 		}
 	})
 
+	t.Run("RestartedWithRedisDownServesLocalCopy", func(t *testing.T) {
+		c := s.replicas[2]
+		acmeStop(t, c.proc)
+		s.start(t, c, c.keyFile)
+		if !c.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
+			t.Fatalf("replica C did not start with Redis down:\n%s", c.proc.Output())
+		}
+		st, err := s.dialReplica(c, nil)
+		if err != nil {
+			t.Fatalf("replica C restarted with Redis down: handshake: %v\n%s", err, c.proc.Output())
+		}
+		if st.PeerCertificates[0].SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+			t.Errorf("replica C restarted with Redis down serves %x; want its local copy %x", st.PeerCertificates[0].SerialNumber, leaves[0].SerialNumber)
+		}
+	})
+
 	rdb := redis.NewClient(&redis.Options{Addr: s.redis.Addr})
 	defer rdb.Close()
 	t.Run("RedisRestartedEmptyIsRefilled", func(t *testing.T) {
@@ -366,4 +392,29 @@ func TestFleet_RenewalOneOrderAllSwitch(t *testing.T) {
 		t.Errorf("Pebble got %d orders; want 2 (first issue and one renewal for the fleet)\n%s", n, s.logs())
 	}
 	t.Logf("renewed %v before expiry: serial %x -> %x on all three", time.Until(first.NotAfter).Round(time.Second), first.SerialNumber, leaves[0].SerialNumber)
+}
+
+// Any replica answers HTTP-01 too: with Pebble's TLS-ALPN-01 port closed, only replica C's
+// plain-HTTP listener can validate, whichever replica orders.
+func TestFleet_HTTP01AnsweredByAnyReplica(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{http01Only: true})
+	leaves := s.waitServing(t, 90*time.Second)
+	for i, leaf := range leaves {
+		if leaf.SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+			t.Errorf("replica %s serves %x, A %x; want one certificate", s.replicas[i].name, leaf.SerialNumber, leaves[0].SerialNumber)
+		}
+	}
+	if !strings.Contains(s.replicas[2].proc.Output(), "answering the HTTP-01 challenge for "+acmeDomain) {
+		t.Errorf("replica C did not answer the HTTP-01 challenge\n%s", s.logs())
+	}
+	for _, r := range s.replicas {
+		if strings.Contains(r.proc.Output(), "acme: certificate obtained for "+acmeDomain) {
+			t.Logf("ordered by replica %s, HTTP-01 answered by replica C", r.name)
+		}
+	}
+	// One failed TLS-ALPN-01 order, then one validated by HTTP-01.
+	if n := s.pebble.Orders(); n != 2 {
+		t.Errorf("Pebble got %d orders; want 2 (TLS-ALPN-01 failed, HTTP-01)\n%s", n, s.logs())
+	}
 }
