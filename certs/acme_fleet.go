@@ -41,13 +41,22 @@ type sharedCache struct {
 	log   *slog.Logger
 }
 
-// Get returns the fleet's value of name; the local copy when Redis cannot be read, or
-// when it has none (which is then written to Redis). A value sealed with another key is
-// an error, not a reason to use the copy: the replicas' keys must be fixed.
+// Get returns the fleet's value of name, and keeps it as the local copy; the local copy
+// when Redis cannot be read, or when it has none (which is then written to Redis). A
+// value sealed with another key is an error, not a reason to use the copy: the replicas'
+// keys must be fixed.
 func (c sharedCache) Get(ctx context.Context, name string) ([]byte, error) {
 	data, err := c.store.Get(ctx, name)
-	if err == nil || errors.Is(err, fleet.ErrWrongKey) {
-		return data, err
+	if err == nil {
+		if local, lerr := c.local.Get(ctx, name); lerr != nil || !bytes.Equal(local, data) {
+			if perr := c.local.Put(ctx, name, data); perr != nil {
+				c.log.Warn(fmt.Sprintf("acme: cannot keep a local copy of %s: %v", name, perr))
+			}
+		}
+		return data, nil
+	}
+	if errors.Is(err, fleet.ErrWrongKey) {
+		return nil, err
 	}
 	local, lerr := c.local.Get(ctx, name)
 	if lerr != nil {
@@ -161,6 +170,10 @@ func (a *acmeManager) watch(ctx context.Context) {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if name == fleet.ResyncAll {
+			// Read the account key too, though only orders need it: every replica then
+			// holds it, and writes it back to a Redis restarted empty (as it does the
+			// certificates), or its local copy to a Redis that has none.
+			_, _ = a.cache.Get(rctx, accountKeyName)
 			for _, n := range a.names {
 				a.adoptStored(rctx, a.domains[n], "")
 			}
