@@ -25,6 +25,8 @@ import (
 
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
+
+	"edgeproxy/fleet"
 )
 
 // ACMEOptions configure automatic certificates (Options.ACME).
@@ -81,6 +83,12 @@ type ACMEOptions struct {
 	// Observer is told about orders, certificate expiry and renewal times; nil means
 	// nothing is recorded.
 	Observer ACMEObserver
+	// Fleet, if not nil, is the storage this replica shares with the others of its fleet
+	// (tls.acme.storage.redis): certificates and the account key are kept there, with
+	// CacheDir as this replica's copy; a name is ordered by one replica at a time, under
+	// the fleet's lock; challenges are answered by every replica; and a certificate one
+	// replica stores is served by all. Nil keeps everything in CacheDir.
+	Fleet *fleet.Store
 }
 
 // ACMEObserver is told about ACME orders and certificates. telemetry.Metrics implements it.
@@ -127,7 +135,7 @@ const (
 type acmeManager struct {
 	opts    ACMEOptions
 	log     *slog.Logger
-	cache   autocert.DirCache
+	cache   autocert.Cache    // CacheDir, or the fleet's storage (sharedCache)
 	base    http.RoundTripper // to the CA
 	domains map[string]*acmeDomain
 	names   []string               // Domains and IPAddresses normalized, in configuration order
@@ -157,6 +165,8 @@ type acmeManager struct {
 
 	// lastErrMu serialises writes of LastErrorFile.
 	lastErrMu sync.Mutex
+	// adoptMu serialises adoptStored.
+	adoptMu sync.Mutex
 
 	started atomic.Bool
 	wg      sync.WaitGroup // the domains' loops and their orders
@@ -237,6 +247,9 @@ func newACME(opts ACMEOptions, log *slog.Logger) (*acmeManager, error) {
 		reverse: map[string]*acmeDomain{},
 		now:     time.Now,
 		sleep:   sleepCtx,
+	}
+	if opts.Fleet != nil {
+		a.cache = sharedCache{store: opts.Fleet, local: autocert.DirCache(opts.CacheDir), log: log}
 	}
 	a.obtainFn = a.obtain
 	a.fetchARI = a.fetchRenewalInfo
@@ -482,6 +495,13 @@ func (a *acmeManager) start(ctx context.Context) {
 			a.run(ctx, d)
 		}()
 	}
+	if a.opts.Fleet != nil {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.watch(ctx)
+		}()
+	}
 }
 
 // run keeps d supplied with a certificate until ctx is done: it orders one when there is
@@ -517,7 +537,11 @@ func (a *acmeManager) run(ctx context.Context, d *acmeDomain) {
 			}
 			continue
 		}
-		o, err := a.orderOnce(ctx, d, failures+1)
+		order := a.orderOnce
+		if a.opts.Fleet != nil {
+			order = a.orderShared
+		}
+		o, err := order(ctx, d, failures+1)
 		if ctx.Err() != nil {
 			return
 		}
@@ -604,7 +628,9 @@ func (a *acmeManager) orderOnce(ctx context.Context, d *acmeDomain, attempt int)
 	defer cancel()
 	if data, err := encodeCached(cert); err != nil {
 		a.log.Error("acme: cannot encode certificate for the cache: "+err.Error(), "domain", d.name)
-	} else if err := a.cache.Put(saveCtx, d.name, data); err != nil {
+	} else if err := a.cache.Put(saveCtx, d.name, data); errors.Is(err, fleet.ErrPending) {
+		a.log.Warn(fmt.Sprintf("acme: the certificate for %s is saved locally; the fleet's storage gets it when Redis is back: %v", d.name, err), "domain", d.name)
+	} else if err != nil {
 		a.log.Error(fmt.Sprintf("acme: cannot save the certificate for %s in %s: %v (it would be ordered again at the next start)", d.name, a.opts.CacheDir, err), "domain", d.name)
 	}
 	a.clearLastError(d.name)
@@ -681,6 +707,18 @@ func (a *acmeManager) account(ctx context.Context) (crypto.Signer, error) {
 		return a.accountKey, nil
 	}
 	data, err := a.cache.Get(ctx, accountKeyName)
+	if errors.Is(err, autocert.ErrCacheMiss) && a.opts.Fleet != nil {
+		// One account for the fleet: create it under the lock, unless another replica
+		// did meanwhile.
+		wait, cancel := context.WithTimeout(ctx, lockWait)
+		lock, lerr := a.opts.Fleet.Lock(wait, "account")
+		cancel()
+		if lerr != nil {
+			return nil, fmt.Errorf("certs: creating the ACME account key: %w", lerr)
+		}
+		defer lock.Unlock(context.WithoutCancel(ctx))
+		data, err = a.cache.Get(lock.Context(), accountKeyName)
+	}
 	switch {
 	case err == nil:
 		block, _ := pem.Decode(data)
@@ -701,7 +739,7 @@ func (a *acmeManager) account(ctx context.Context) (crypto.Signer, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := a.cache.Put(ctx, accountKeyName, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})); err != nil {
+		if err := a.cache.Put(ctx, accountKeyName, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})); !savedOrPending(err) {
 			return nil, fmt.Errorf("certs: saving the ACME account key: %w", err)
 		}
 		a.accountKey = key
@@ -763,6 +801,9 @@ func (a *acmeManager) challengeCert(hello *tls.ClientHelloInfo) (*tls.Certificat
 		cert = o.alpnCert()
 	}
 	if cert == nil {
+		cert = a.sharedALPNCert(d)
+	}
+	if cert == nil {
 		return nil, fmt.Errorf("certs: TLS-ALPN-01 challenge for %q, but no such challenge is in progress", hello.ServerName)
 	}
 	a.log.Info(fmt.Sprintf("acme: answering the TLS-ALPN-01 challenge for %s", d.name), "domain", d.name, "from", remoteOf(hello.Conn))
@@ -795,6 +836,9 @@ func (a *acmeManager) httpHandler(fallback http.Handler) http.Handler {
 		var answer string
 		if o != nil {
 			answer = o.httpAnswer(token)
+		}
+		if answer == "" {
+			answer = a.sharedHTTPAnswer(d, token)
 		}
 		if answer == "" {
 			http.Error(w, "no ACME HTTP-01 challenge in progress for "+d.name, http.StatusNotFound)

@@ -184,12 +184,15 @@ func (a *acmeManager) authorize(ctx context.Context, c *acme.Client, o *acmeOrde
 		if err := o.prepare(c, chal, z.Identifier.Value); err != nil {
 			return "", err
 		}
+		shared := a.shareAnswer(ctx, o, chal)
 		if _, err := c.Accept(ctx, chal); err != nil {
 			o.clearAnswers()
+			a.unshareAnswer(ctx, shared)
 			return chal.Type, err
 		}
 		_, err = c.WaitAuthorization(ctx, z.URI)
 		o.clearAnswers()
+		a.unshareAnswer(ctx, shared)
 		if err != nil {
 			return chal.Type, err
 		}

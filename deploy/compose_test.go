@@ -194,10 +194,12 @@ func TestCompose_ConfigValidates(t *testing.T) {
 // Debian's docker-compose (1.29) checks and resolves the file without an engine.
 func TestCompose_DockerComposeConfig(t *testing.T) {
 	dc := testutil.RequireTool(t, "docker-compose")
-	cmd := exec.Command(dc, "-f", composeFile, "config", "-q")
-	cmd.Env = append(os.Environ(), "DJANGO_SECRET_KEY=test-only")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("docker-compose config: %v\n%s", err, out)
+	for _, file := range []string{composeFile, composeFleetFile} {
+		cmd := exec.Command(dc, "-f", file, "config", "-q")
+		cmd.Env = append(os.Environ(), "DJANGO_SECRET_KEY=test-only")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("docker-compose -f %s config: %v\n%s", file, err, out)
+		}
 	}
 }
 

@@ -26,6 +26,13 @@ const kubeManifest = "kubernetes/edgeproxy.yaml"
 // kubeDocs reads the manifest's documents by kind.
 func kubeDocs(t *testing.T) map[string]map[string]any {
 	t.Helper()
+	return kubeDocsOf(t, kubeManifest)
+}
+
+// kubeDocsOf reads the documents of a manifest file by kind; a file has at most one of
+// each.
+func kubeDocsOf(t *testing.T, kubeManifest string) map[string]map[string]any {
+	t.Helper()
 	data, err := os.ReadFile(kubeManifest)
 	if err != nil {
 		t.Fatal(err)

@@ -2,12 +2,10 @@ package doctor
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 
 	"edgeproxy/config"
 	"edgeproxy/fleet"
@@ -18,7 +16,7 @@ import (
 // writes nothing.
 func (d *Doctor) checkStorage(ctx context.Context, r *config.RedisStorage) Result {
 	const check = "storage.redis"
-	opts, err := storeOptions(r)
+	opts, err := fleet.OptionsFromConfig(r)
 	if err != nil {
 		return Result{Status: Fail, Check: check, Detail: err.Error()}
 	}
@@ -39,29 +37,4 @@ func (d *Doctor) checkStorage(ctx context.Context, r *config.RedisStorage) Resul
 	default:
 		return Result{Status: Fail, Check: check, Detail: fmt.Sprintf("%v: check that Redis runs at %s, that this host may reach it (security group, firewall), and the username and password_file", err, r.Addr)}
 	}
-}
-
-// storeOptions turns tls.acme.storage.redis into the fleet store's options, reading the
-// password and the encryption key from their files.
-func storeOptions(r *config.RedisStorage) (fleet.Options, error) {
-	opts := fleet.Options{Addr: r.Addr, Username: r.Username, DB: r.DB, KeyPrefix: r.KeyPrefix}
-	if r.PasswordFile != "" {
-		p, err := config.LoadSecret(r.PasswordFile)
-		if err != nil {
-			return opts, fmt.Errorf("tls.acme.storage.redis.password_file: %v", err)
-		}
-		opts.Password = p
-	}
-	if r.EncryptionKeyFile != "" {
-		k, err := config.LoadEncryptionKey(r.EncryptionKeyFile)
-		if err != nil {
-			return opts, fmt.Errorf("tls.acme.storage.redis.encryption_key_file: %v", err)
-		}
-		opts.EncryptionKey = k
-	}
-	if r.TLS {
-		host, _, _ := net.SplitHostPort(r.Addr)
-		opts.TLS = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
-	}
-	return opts, nil
 }

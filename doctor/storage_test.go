@@ -49,7 +49,7 @@ pool:
 
 	// A value stored by a replica with another key.
 	other := parseConfig(t, cfgFor(r.Addr, "other"))
-	opts, err := storeOptions(other.TLS.ACME.Storage.Redis)
+	opts, err := fleet.OptionsFromConfig(other.TLS.ACME.Storage.Redis)
 	if err != nil {
 		t.Fatal(err)
 	}

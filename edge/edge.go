@@ -64,6 +64,9 @@ type Edge struct {
 	// acme is the tls.acme in effect: e.certs obtains and renews its certificates, and
 	// sources built by reloads share them (a change of tls.acme needs a restart).
 	acme config.ACME
+	// fleet is this replica's handle on its fleet's shared state (tls.acme.storage.redis),
+	// one per process; nil without (see fleet.go).
+	fleet *fleetState
 
 	servers   []server
 	listeners []net.Listener
@@ -78,10 +81,12 @@ func New(cfg *config.Config, log *slog.Logger) (*Edge, error) {
 	e := &Edge{log: log, metrics: telemetry.New()}
 	e.cfg.Store(cfg)
 	if err := e.build(); err != nil {
+		e.fleet.close()
 		return nil, err
 	}
 	if err := e.bind(); err != nil {
 		e.closeListeners()
+		e.fleet.close()
 		return nil, err
 	}
 	return e, nil
@@ -134,6 +139,7 @@ func (e *Edge) bind() error {
 			return err
 		}
 		e.tls = tlsserve.New(settings)
+		e.fleet.shareTicketKeys(e.tls)
 		srv := newServer(handler)
 		proxy.ConformHTTP2(srv)
 		srv.TLSConfig = e.tls.Config()
@@ -268,6 +274,7 @@ func (e *Edge) Metrics() *telemetry.Metrics { return e.metrics }
 // in-flight requests finish within limits.shutdown_timeout, and returns. It returns an
 // error only if a listener fails or the drain times out.
 func (e *Edge) Run(ctx context.Context) error {
+	defer e.fleet.run(ctx)() // last: the certificates use the store until they stop
 	// Checks and drains outlive ctx until the servers have drained.
 	checkCtx, stopChecks := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {

@@ -30,6 +30,13 @@ func (e *Edge) newCertSource(cfg *config.Config) (*certs.Source, error) {
 			Email: a.Email, DirectoryURL: a.Directory, RootCAs: cfg.Resolved.ACMERoots,
 			CacheDir: a.CacheDir, RenewBefore: a.RenewBefore, Observer: e.metrics,
 		}
+		if r := a.Storage.Redis; r != nil {
+			f, err := e.openFleet(r)
+			if err != nil {
+				return nil, err
+			}
+			opts.ACME.Fleet = f.store
+		}
 	}
 	return certs.New(opts)
 }

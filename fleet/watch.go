@@ -134,6 +134,9 @@ func (s *Store) notify(name string) {
 func (s *Store) listen(ctx context.Context) {
 	ps := s.rdb.Subscribe(ctx) // subscribes at the first receive, and again after each reconnect
 	defer ps.Close()
+	// A receive in progress does not watch ctx (only its own timeout, up to 10s): closing
+	// the subscription ends it, so that Close does not wait for it.
+	defer context.AfterFunc(ctx, func() { _ = ps.Close() })()
 	if err := ps.Subscribe(ctx, s.channel()); err != nil && ctx.Err() == nil {
 		s.fail("subscribe", "", err)
 	}

@@ -79,3 +79,26 @@ func TestWatch_PeriodicResync(t *testing.T) {
 	wg.Go(func() { s.Watch(ctx, got.add) })
 	waitFor(t, 5*time.Second, "three resyncs", func() bool { return got.count(ResyncAll) >= 3 })
 }
+
+// Close does not wait for the subscription's receive, which waits up to 10s for a
+// message: an edge shutting down is not held up by it.
+func TestStore_CloseEndsAWaitingReceive(t *testing.T) {
+	r := testutil.StartRedis(t, testutil.RedisOptions{})
+	opts := testOptions(r)
+	opts.ResyncInterval = time.Minute // the receive waits its longest, 10s
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(context.Background(), "a.test", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the subscription is receiving
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close still waiting after 5s, half the receive's 10s timeout")
+	}
+}

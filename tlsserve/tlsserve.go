@@ -40,9 +40,20 @@ type Prepared struct {
 	cost *tlscost.Accountant
 }
 
+// TicketKeySource installs session ticket keys on a configuration, now and whenever they
+// change, until remove is called: the keys a fleet of replicas shares
+// (fleet.TicketKeys), so that a client resumes on any replica.
+type TicketKeySource interface {
+	Apply(cfg *tls.Config) (remove func())
+}
+
 // Server is the TLS side of the HTTPS listener. Use New.
 type Server struct {
 	tickets SessionTickets
+	// shared, when set (ShareTicketKeys), supplies the ticket keys instead of tickets;
+	// removeShared stops it updating the configuration in effect.
+	shared       TicketKeySource
+	removeShared func()
 	// base is the configuration each connection starts with: its GetConfigForClient
 	// hands over the current one.
 	base *tls.Config
@@ -78,10 +89,27 @@ func (srv *Server) Prepare(s Settings) *Prepared {
 // read, their configuration. p gets the session-ticket keys in use, so clients keep
 // resuming across the swap.
 func (srv *Server) Swap(p *Prepared) {
+	if srv.shared != nil {
+		remove := srv.shared.Apply(p.conf)
+		srv.cur.Swap(p)
+		srv.removeShared()
+		srv.removeShared = remove
+		return
+	}
 	srv.tickets.Attach(p.conf)
 	if old := srv.cur.Swap(p); old != nil {
 		srv.tickets.Detach(old.conf)
 	}
+}
+
+// ShareTicketKeys makes src supply the session ticket keys of this and every later
+// configuration, instead of the keys this Server rotates for itself. Call it once, before
+// serving, and not concurrently with Swap.
+func (srv *Server) ShareTicketKeys(src TicketKeySource) {
+	p := srv.cur.Load()
+	srv.tickets.Detach(p.conf)
+	srv.shared = src
+	srv.removeShared = src.Apply(p.conf)
 }
 
 // Current returns the configuration the next handshake gets: for tests and for clients

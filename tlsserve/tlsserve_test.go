@@ -271,3 +271,48 @@ func TestServer_NetHTTPServesHTTP2(t *testing.T) {
 		t.Errorf("served over %s; want HTTP/2.0", body)
 	}
 }
+
+// sharedKeys is a TicketKeySource with one fixed key, as a fleet's would be.
+type sharedKeys struct {
+	key     [32]byte
+	mu      sync.Mutex
+	applied map[*tls.Config]bool
+}
+
+func (s *sharedKeys) Apply(cfg *tls.Config) (remove func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applied[cfg] = true
+	cfg.SetSessionTicketKeys([][32]byte{s.key})
+	return func() {
+		s.mu.Lock()
+		delete(s.applied, cfg)
+		s.mu.Unlock()
+	}
+}
+
+// Two servers sharing their ticket keys (two replicas of a fleet) resume each other's
+// sessions, across a swap too; a replaced configuration is no longer updated.
+func TestServer_SharedTicketKeysResumeOnAnotherServer(t *testing.T) {
+	keys := &sharedKeys{key: [32]byte{1, 2, 3}, applied: map[*tls.Config]bool{}}
+	tmpl := selfSigned(t)
+	a, b := New(Settings{Template: tmpl}), New(Settings{Template: tmpl})
+	a.ShareTicketKeys(keys)
+	b.ShareTicketKeys(keys)
+	addrA := serveEcho(t, a.Listener(listen(t)), Handshake)
+	addrB := serveEcho(t, b.Listener(listen(t)), Handshake)
+	ccfg := client(tls.VersionTLS13)
+	if _, err := dial(addrA, ccfg); err != nil {
+		t.Fatal(err)
+	}
+	old := b.Current()
+	b.Swap(b.Prepare(Settings{Template: tmpl}))
+	if resumed, err := dial(addrB, ccfg); err != nil || !resumed {
+		t.Errorf("on B with A's ticket: resumed %v, err %v; want resumed", resumed, err)
+	}
+	keys.mu.Lock()
+	defer keys.mu.Unlock()
+	if keys.applied[old] || !keys.applied[b.Current()] || len(keys.applied) != 2 {
+		t.Errorf("configurations updated: %d, replaced one still: %v; want A's and B's current only", len(keys.applied), keys.applied[old])
+	}
+}

@@ -1,0 +1,420 @@
+package e2e
+
+// End-to-end tests of a fleet (issue 15): three edgeproxy processes share their ACME
+// state and session ticket keys through a real redis-server, and get their certificate
+// from a real Pebble that validates TLS-ALPN-01 on the second replica's HTTPS port and
+// HTTP-01 on the third's plain-HTTP port, so the replica that orders is often not the
+// one the CA reaches.
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"edgeproxy/internal/testutil"
+)
+
+// fleetReplica is one edgeproxy of the fleet.
+type fleetReplica struct {
+	name                 string
+	https, http, metrics string
+	cacheDir             string // tls.acme.cache_dir, kept across restarts
+	keyFile              string
+	proc                 *testutil.Proc
+}
+
+// fleetSite is Redis, Pebble and three replicas for acmeDomain.
+type fleetSite struct {
+	redis    *testutil.Redis
+	pebble   *testutil.Pebble
+	roots    *x509.CertPool
+	replicas []*fleetReplica
+	bin      string
+	target   string // the replicas' pool target
+}
+
+// newReplica returns a replica on free loopback ports, not started.
+func newReplica(t *testing.T, name string) *fleetReplica {
+	return &fleetReplica{name: name,
+		https:    testutil.LoopbackAddr(t, "127.0.0.1"),
+		http:     testutil.LoopbackAddr(t, "127.0.0.1"),
+		metrics:  testutil.LoopbackAddr(t, "127.0.0.1"),
+		cacheDir: filepath.Join(t.TempDir(), "acme")}
+}
+
+// writeKey writes a fleet encryption key file of 32 bytes of b.
+func writeKey(t *testing.T, b byte) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "fleet-key")
+	if err := os.WriteFile(file, []byte(strings.Repeat(fmt.Sprintf("%02x", b), 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// start runs r as a replica of the fleet whose values are sealed with keyFile's key.
+func (s *fleetSite) start(t *testing.T, r *fleetReplica, keyFile string) {
+	t.Helper()
+	config := fmt.Sprintf(`listen:
+  https: %q
+  http: %q
+  http_mode: redirect
+  metrics: %q
+tls:
+  acme:
+    domains: [%s]
+    directory: %q
+    ca_roots: %q
+    cache_dir: %q
+    storage:
+      redis:
+        addr: %q
+        encryption_key_file: %q
+pool:
+  targets: [%q]
+`, r.https, r.http, r.metrics, acmeDomain, s.pebble.DirectoryURL, s.pebble.CARootsFile,
+		r.cacheDir, s.redis.Addr, keyFile, s.target)
+	file := filepath.Join(t.TempDir(), "edgeproxy.yaml")
+	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.keyFile = keyFile
+	r.proc = testutil.StartProcWith(t, testutil.ProcOptions{Name: "edgeproxy-" + r.name}, s.bin, "run", "-config", file)
+}
+
+// fleetOptions shape startFleet.
+type fleetOptions struct {
+	// pebbleEnv are extra environment variables for Pebble.
+	pebbleEnv []string
+	// validity is the lifetime of Pebble's certificates; 0 means Pebble's default.
+	validity time.Duration
+	// http01Only closes Pebble's TLS-ALPN-01 port: only HTTP-01, on replica C, validates.
+	http01Only bool
+	// firstOrders starts replica A alone and the others once A is ordering (A then holds
+	// the order lock); otherwise all three start together.
+	firstOrders bool
+}
+
+// startFleet starts Redis, Pebble and three replicas, and waits until each serves (not
+// yet until each has a certificate).
+func startFleet(t *testing.T, opts fleetOptions) *fleetSite {
+	t.Helper()
+	s := &fleetSite{redis: testutil.StartRedis(t, testutil.RedisOptions{})}
+	for _, name := range []string{"A", "B", "C"} {
+		s.replicas = append(s.replicas, newReplica(t, name))
+	}
+	tlsPort := acmePort(t, s.replicas[1].https)
+	if opts.http01Only {
+		tlsPort = 0 // a free port nothing listens on
+	}
+	s.pebble = testutil.StartPebble(t, testutil.PebbleOptions{
+		TLSPort:  tlsPort,
+		HTTPPort: acmePort(t, s.replicas[2].http),
+		Env:      append([]string{"PEBBLE_AUTHZREUSE=0"}, opts.pebbleEnv...),
+
+		CertificateValidity: opts.validity,
+	})
+	s.roots = s.pebble.Roots()
+	s.target = strings.TrimPrefix(testutil.EchoBackend(t, new(atomic.Int64)).URL, "http://")
+	s.bin = testutil.BuildEdgeproxy(t)
+	keyFile := writeKey(t, 0xab)
+	for i, r := range s.replicas {
+		s.start(t, r, keyFile)
+		if i == 0 && opts.firstOrders && !r.proc.WaitForOutput("acme: ordering a certificate for "+acmeDomain, 30*time.Second) {
+			t.Fatalf("replica A did not start ordering within 30s:\n%s", r.proc.Output())
+		}
+	}
+	for _, r := range s.replicas {
+		if !r.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
+			t.Fatalf("replica %s did not start:\n%s", r.name, r.proc.Output())
+		}
+	}
+	return s
+}
+
+// dialReplica makes a TLS connection to r for acmeDomain, verified against Pebble's root,
+// with cfg's other settings (nil: none), reads one HTTP response (and so the TLS 1.3
+// session ticket), and returns the connection's state.
+func (s *fleetSite) dialReplica(r *fleetReplica, cfg *tls.Config) (tls.ConnectionState, error) {
+	if cfg == nil {
+		cfg = &tls.Config{}
+	}
+	cfg.ServerName, cfg.RootCAs, cfg.NextProtos = acmeDomain, s.roots, []string{"http/1.1"}
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", r.https, cfg)
+	if err != nil {
+		return tls.ConnectionState{}, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: "+acmeDomain+"\r\nConnection: close\r\n\r\n"); err != nil {
+		return tls.ConnectionState{}, err
+	}
+	_, _ = io.Copy(io.Discard, conn)
+	return conn.ConnectionState(), nil
+}
+
+// waitServing waits until every replica presents a trusted certificate, and returns each
+// one's leaf.
+func (s *fleetSite) waitServing(t *testing.T, timeout time.Duration) []*x509.Certificate {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var leaves []*x509.Certificate
+	for _, r := range s.replicas {
+		for {
+			st, err := s.dialReplica(r, nil)
+			if err == nil {
+				leaves = append(leaves, st.PeerCertificates[0])
+				break
+			}
+			if time.Now().After(deadline) || r.proc.Exited() {
+				t.Fatalf("replica %s: no trusted certificate within %v: %v\n%s", r.name, timeout, err, s.logs())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return leaves
+}
+
+// logs are the replicas' outputs, for failures.
+func (s *fleetSite) logs() string {
+	var b strings.Builder
+	for _, r := range s.replicas {
+		fmt.Fprintf(&b, "--- replica %s:\n%s\n", r.name, r.proc.Output())
+	}
+	return b.String()
+}
+
+// Three replicas started together place one order for their name, whichever replica the
+// CA validates, and serve the same certificate; a TLS 1.3 session from one resumes on
+// another (shared ticket keys); with Redis stopped after issuance every replica still
+// completes handshakes and /healthz answers 200.
+func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{})
+	leaves := s.waitServing(t, 90*time.Second)
+	for i, leaf := range leaves {
+		checkIssued(t, leaf)
+		if leaf.SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+			t.Errorf("replica %s serves serial %x; replica A %x: want one certificate for the fleet", s.replicas[i].name, leaf.SerialNumber, leaves[0].SerialNumber)
+		}
+	}
+	if n := s.pebble.Orders(); n != 1 {
+		t.Errorf("Pebble got %d orders; want 1 for the fleet\n%s", n, s.logs())
+	}
+	var ordered, answered []string
+	for _, r := range s.replicas {
+		out := r.proc.Output()
+		if strings.Contains(out, "acme: certificate obtained for "+acmeDomain) {
+			ordered = append(ordered, r.name)
+		}
+		if strings.Contains(out, "challenge for "+acmeDomain) {
+			answered = append(answered, r.name)
+		}
+	}
+	if len(ordered) != 1 || len(answered) == 0 {
+		t.Errorf("replicas that obtained the certificate: %v, that answered a challenge: %v; want one, and at least one\n%s", ordered, answered, s.logs())
+	}
+	t.Logf("one order for three replicas (placed by %v, challenge answered by %v), serial %x", ordered, answered, leaves[0].SerialNumber)
+
+	t.Run("ResumesOnAnotherReplica", func(t *testing.T) {
+		// The replicas install the fleet's keys when they read them: retry for a while.
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			cfg := &tls.Config{MinVersion: tls.VersionTLS13, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+			_, errA := s.dialReplica(s.replicas[0], cfg)
+			st, errB := s.dialReplica(s.replicas[1], cfg)
+			if errA == nil && errB == nil && st.DidResume {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a TLS 1.3 session from replica A did not resume on B within 15s (errors %v, %v)\n%s", errA, errB, s.logs())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+
+	t.Run("RedisStoppedHandshakesSucceed", func(t *testing.T) {
+		s.redis.Stop()
+		for _, r := range s.replicas {
+			for i := range 3 {
+				st, err := s.dialReplica(r, nil)
+				if err != nil {
+					t.Fatalf("replica %s, handshake %d with Redis down: %v", r.name, i, err)
+				}
+				if st.PeerCertificates[0].SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+					t.Errorf("replica %s serves serial %x with Redis down; want %x", r.name, st.PeerCertificates[0].SerialNumber, leaves[0].SerialNumber)
+				}
+			}
+			resp, err := http.Get("http://" + r.metrics + "/healthz")
+			if err != nil {
+				t.Fatalf("replica %s /healthz: %v", r.name, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("replica %s /healthz with Redis down: %s; want 200", r.name, resp.Status)
+			}
+		}
+		if n := s.pebble.Orders(); n != 1 {
+			t.Errorf("Pebble got %d orders after Redis stopped; want still 1", n)
+		}
+	})
+
+	t.Run("RestartedWithRedisDownServesLocalCopy", func(t *testing.T) {
+		c := s.replicas[2]
+		acmeStop(t, c.proc)
+		s.start(t, c, c.keyFile)
+		if !c.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
+			t.Fatalf("replica C did not start with Redis down:\n%s", c.proc.Output())
+		}
+		st, err := s.dialReplica(c, nil)
+		if err != nil {
+			t.Fatalf("replica C restarted with Redis down: handshake: %v\n%s", err, c.proc.Output())
+		}
+		if st.PeerCertificates[0].SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+			t.Errorf("replica C restarted with Redis down serves %x; want its local copy %x", st.PeerCertificates[0].SerialNumber, leaves[0].SerialNumber)
+		}
+	})
+
+	rdb := redis.NewClient(&redis.Options{Addr: s.redis.Addr})
+	defer rdb.Close()
+	t.Run("RedisRestartedEmptyIsRefilled", func(t *testing.T) {
+		s.redis.Start() // empty
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			n, err := rdb.Exists(context.Background(), "edgeproxy:data:"+acmeDomain, "edgeproxy:data:acme_account+key").Result()
+			if err == nil && n == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Redis restarted empty has not got the certificate and account back within 60s (%d of 2, %v)\n%s", n, err, s.logs())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if n := s.pebble.Orders(); n != 1 {
+			t.Errorf("Pebble got %d orders after Redis came back empty; want still 1\n%s", n, s.logs())
+		}
+	})
+
+	t.Run("OtherKeyRefusesStoredValues", func(t *testing.T) {
+		d := newReplica(t, "D")
+		s.start(t, d, writeKey(t, 0xcd))
+		if !d.proc.WaitForOutput("encrypted with another key", 30*time.Second) {
+			t.Fatalf("replica D with another key did not say so within 30s:\n%s", d.proc.Output())
+		}
+		if _, err := s.dialReplica(d, nil); err == nil {
+			t.Errorf("replica D with another key completed a trusted handshake; want no certificate")
+		}
+		if n := s.pebble.Orders(); n != 1 {
+			t.Errorf("Pebble got %d orders after a replica with another key started; want still 1", n)
+		}
+	})
+}
+
+// The lock holder killed with SIGKILL in the middle of its order (Pebble's validation is
+// held by its random sleep) blocks the fleet only until its lock expires: another replica
+// orders and every survivor serves the certificate within the lock's TTL (30 s) plus a
+// retry and an order, and the fleet placed at most two orders.
+func TestFleet_LockHolderKilledMidOrder(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{firstOrders: true, pebbleEnv: []string{"PEBBLE_VA_NOSLEEP=0", "PEBBLE_VA_SLEEPTIME=10"}})
+	a := s.replicas[0]
+	deadline := time.Now().Add(30 * time.Second)
+	for s.pebble.Orders() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica A placed no order within 30s\n%s", s.logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := a.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if _, err := a.proc.Wait(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	midOrder := !strings.Contains(a.proc.Output(), "acme: certificate obtained")
+	survivors := &fleetSite{pebble: s.pebble, roots: s.roots, replicas: s.replicas[1:]}
+	leaves := survivors.waitServing(t, 90*time.Second)
+	if leaves[0].SerialNumber.Cmp(leaves[1].SerialNumber) != 0 {
+		t.Errorf("B serves serial %x, C %x; want one certificate", leaves[0].SerialNumber, leaves[1].SerialNumber)
+	}
+	if n := s.pebble.Orders(); n > 2 {
+		t.Errorf("Pebble got %d orders; want at most 2 (the killed holder's and one more)\n%s", n, survivors.logs())
+	}
+	t.Logf("holder killed mid-order: %v; the survivors served the certificate %v after the kill, %d order(s) in all",
+		midOrder, time.Since(killed).Round(time.Millisecond), s.pebble.Orders())
+}
+
+// A renewal is one order for the fleet too, and every replica switches to the renewed
+// certificate: 90-second certificates renew about 60 s in, on the first replica whose
+// (jittered) renewal time comes; the others find it stored when they take the lock, or are
+// told before.
+func TestFleet_RenewalOneOrderAllSwitch(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{validity: 90 * time.Second})
+	first := s.waitServing(t, 90*time.Second)[0]
+	deadline := first.NotAfter
+	for _, r := range s.replicas {
+		for {
+			st, err := s.dialReplica(r, nil)
+			if err != nil {
+				t.Fatalf("replica %s: handshake during renewal: %v", r.name, err)
+			}
+			if leaf := st.PeerCertificates[0]; leaf.SerialNumber.Cmp(first.SerialNumber) != 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %s still serves %x at its expiry\n%s", r.name, first.SerialNumber, s.logs())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	leaves := s.waitServing(t, 10*time.Second)
+	for i, leaf := range leaves {
+		if leaf.SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+			t.Errorf("replica %s serves %x after the renewal, A %x; want one certificate", s.replicas[i].name, leaf.SerialNumber, leaves[0].SerialNumber)
+		}
+	}
+	if n := s.pebble.Orders(); n != 2 {
+		t.Errorf("Pebble got %d orders; want 2 (first issue and one renewal for the fleet)\n%s", n, s.logs())
+	}
+	t.Logf("renewed %v before expiry: serial %x -> %x on all three", time.Until(first.NotAfter).Round(time.Second), first.SerialNumber, leaves[0].SerialNumber)
+}
+
+// Any replica answers HTTP-01 too: with Pebble's TLS-ALPN-01 port closed, only replica C's
+// plain-HTTP listener can validate, whichever replica orders.
+func TestFleet_HTTP01AnsweredByAnyReplica(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{http01Only: true})
+	leaves := s.waitServing(t, 90*time.Second)
+	for i, leaf := range leaves {
+		if leaf.SerialNumber.Cmp(leaves[0].SerialNumber) != 0 {
+			t.Errorf("replica %s serves %x, A %x; want one certificate", s.replicas[i].name, leaf.SerialNumber, leaves[0].SerialNumber)
+		}
+	}
+	if !strings.Contains(s.replicas[2].proc.Output(), "answering the HTTP-01 challenge for "+acmeDomain) {
+		t.Errorf("replica C did not answer the HTTP-01 challenge\n%s", s.logs())
+	}
+	for _, r := range s.replicas {
+		if strings.Contains(r.proc.Output(), "acme: certificate obtained for "+acmeDomain) {
+			t.Logf("ordered by replica %s, HTTP-01 answered by replica C", r.name)
+		}
+	}
+	// One failed TLS-ALPN-01 order, then one validated by HTTP-01.
+	if n := s.pebble.Orders(); n != 2 {
+		t.Errorf("Pebble got %d orders; want 2 (TLS-ALPN-01 failed, HTTP-01)\n%s", n, s.logs())
+	}
+}
