@@ -212,6 +212,36 @@ func (s *Store) remember(name string, sealed []byte) {
 	}
 }
 
+// dropDeleted forgets the mirrored values another replica deleted while this one's
+// subscription was down (their tombstones say so): the change message was lost, and the
+// mirror must not keep what the fleet deleted.
+func (s *Store) dropDeleted(ctx context.Context) {
+	s.mu.Lock()
+	names := make([]string, 0, len(s.mirror))
+	for n := range s.mirror {
+		names = append(names, n)
+	}
+	s.mu.Unlock()
+	if len(names) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	defer cancel()
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, len(names))
+	for i, n := range names {
+		cmds[i] = pipe.Exists(cctx, s.deletedKey(n))
+	}
+	if _, err := pipe.Exec(cctx); err != nil {
+		return // the next resync tries again
+	}
+	for i, c := range cmds {
+		if c.Val() > 0 {
+			s.forget(names[i])
+		}
+	}
+}
+
 func (s *Store) forget(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -154,7 +154,9 @@ func (s *Store) listen(ctx context.Context) {
 				if broken {
 					s.log.Info(fmt.Sprintf("fleet: subscribed again to %s on Redis %s", s.channel(), s.opts.Addr))
 				}
-				// Redis may have restarted empty: have its data back before the re-read.
+				// Changes may have been missed: forget what was deleted meanwhile, and, as
+				// Redis may have restarted empty, have its data back before the re-read.
+				s.dropDeleted(ctx)
 				_, _ = s.checkEpoch(ctx)
 				broken = false
 				backoff = s.opts.RetryMin
@@ -191,6 +193,7 @@ func (s *Store) listen(ctx context.Context) {
 		}
 		if time.Since(lastResync) >= s.opts.ResyncInterval {
 			lastResync = time.Now()
+			s.dropDeleted(ctx)
 			s.notify(ResyncAll)
 		}
 	}
