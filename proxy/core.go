@@ -38,7 +38,6 @@ type Exchange struct {
 	pool   *poolState // the route's pool; nil for a redirect or fixed response
 	target *pool.Target
 	tries  int
-	action Action // the edge's own answer, when the route has one
 
 	// watch is set by the net/http path: the attempt's context is cancelled, with
 	// errDeregistered as its cause, when the target is retired by a reload whose
@@ -113,7 +112,6 @@ func (h *Handler) Begin(x *Exchange, route int, contentLength int64) (refuse int
 	x.start, x.target, x.tries, x.pool = time.Now(), nil, 0, nil
 	x.route = h.routeAt(route)
 	if x.route.pool == nil {
-		x.action = Action{}
 		if route < 0 {
 			h.obs.ProxyError(ReasonNoRoute)
 		}

@@ -130,24 +130,36 @@ func errorBody(code int) string {
 
 // writeErrorPage answers code through net/http.
 func writeErrorPage(w http.ResponseWriter, code int) {
-	for _, f := range errorFields {
-		w.Header().Set(f[0], f[1])
-	}
-	w.WriteHeader(code)
-	_, _ = w.Write([]byte(errorBody(code)))
+	writeResponse(w, code, errorFields[:], errorBody(code))
 }
 
 // AppendErrorResponse appends the whole error response for code as the fast path writes
 // it: the same fields and body as the net/http path's, plus extra (HSTS) and, with
 // closeAfter, Connection: close.
 func AppendErrorResponse(dst []byte, code int, extra h1.Header, closeAfter bool) []byte {
-	body := errorBody(code)
+	return appendResponse(dst, code, errorFields[:], errorBody(code), extra, closeAfter)
+}
+
+// writeResponse answers through net/http with a response the edge writes itself: its
+// status, fields and body.
+func writeResponse(w http.ResponseWriter, status int, fields [][2]string, body string) {
+	for _, f := range fields {
+		w.Header().Set(f[0], f[1])
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body))
+}
+
+// appendResponse appends a whole response the edge writes itself, as the fast path sends
+// it: the status line, fields, Content-Length, extra (HSTS), Connection: close with
+// closeAfter, and the body.
+func appendResponse(dst []byte, status int, fields [][2]string, body string, extra h1.Header, closeAfter bool) []byte {
 	dst = append(dst, "HTTP/1.1 "...)
-	dst = strconv.AppendInt(dst, int64(code), 10)
+	dst = strconv.AppendInt(dst, int64(status), 10)
 	dst = append(dst, ' ')
-	dst = append(dst, http.StatusText(code)...)
+	dst = append(dst, http.StatusText(status)...)
 	dst = append(dst, "\r\n"...)
-	for _, f := range errorFields {
+	for _, f := range fields {
 		dst = append(dst, f[0]...)
 		dst = append(dst, ": "...)
 		dst = append(dst, f[1]...)

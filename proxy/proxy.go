@@ -111,8 +111,8 @@ type Handler struct {
 	hsts   h1.Header // the HSTS field the fast path adds; nil for none
 	table  *routing.Table
 	routes []*route // the table's routes, compiled, in its order
-	// singleDefault is true when the table is one route without conditions: the match
-	// is skipped.
+	// singleDefault is true when the table is one route to a pool, without conditions:
+	// the match is skipped.
 	singleDefault bool
 }
 

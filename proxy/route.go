@@ -70,10 +70,13 @@ func (h *Handler) compileRoutes(opts Options) {
 		h.table, _ = routing.New([]routing.Route{{Name: "default", Pool: pools[0].Name}})
 	}
 	rs := h.table.Routes()
-	h.singleDefault = len(rs) == 1 && rs[0].Pool != "" && len(rs[0].Hosts) == 0 && rs[0].Path == "" &&
-		rs[0].PathPrefix == "" && len(rs[0].Methods) == 0 && len(rs[0].Headers) == 0
-	for _, r := range h.table.Routes() {
+	for _, r := range rs {
 		h.routes = append(h.routes, &route{name: r.Name, pool: byName[r.Pool], redirect: r.Redirect, fixed: r.FixedResponse})
+	}
+	if len(rs) == 1 {
+		r := rs[0]
+		h.singleDefault = h.routes[0].pool != nil && len(r.Hosts) == 0 && r.Path == "" &&
+			r.PathPrefix == "" && len(r.Methods) == 0 && len(r.Headers) == 0
 	}
 }
 
@@ -91,7 +94,7 @@ func (h *Handler) routeAt(i int) *route {
 
 // RouteFast returns the route of a request the fast path parsed, for Begin.
 func (h *Handler) RouteFast(req *h1.Request) int {
-	if len(h.routes) == 1 && h.routes[0].pool != nil && h.singleDefault {
+	if h.singleDefault {
 		return 0 // the one pool: no conditions to look at
 	}
 	host := req.Host
@@ -102,7 +105,7 @@ func (h *Handler) RouteFast(req *h1.Request) int {
 
 // routeHTTP returns the route of a request net/http parsed.
 func (h *Handler) routeHTTP(r *http.Request) int {
-	if len(h.routes) == 1 && h.routes[0].pool != nil && h.singleDefault {
+	if h.singleDefault {
 		return 0
 	}
 	i, _ := routing.Match(h.table, routing.Request[string]{Host: r.Host, Target: r.RequestURI, Method: r.Method,
@@ -181,44 +184,27 @@ func (r *route) action(host, target string, isTLS bool) (a Action, ok bool) {
 	return Action{}, false
 }
 
+// fields are the fields of a's response: Location for a redirect, then Content-Type and
+// Cache-Control. n of the array are used.
+func (a *Action) fields() (f [3][2]string, n int) {
+	if a.Location != "" {
+		f[n] = [2]string{"Location", a.Location}
+		n++
+	}
+	f[n] = [2]string{"Content-Type", a.ContentType}
+	f[n+1] = [2]string{"Cache-Control", "no-store"}
+	return f, n + 2
+}
+
 // writeAction answers a through net/http.
 func writeAction(w http.ResponseWriter, a Action) {
-	if a.Location != "" {
-		w.Header().Set("Location", a.Location)
-	}
-	w.Header().Set("Content-Type", a.ContentType)
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(a.Status)
-	_, _ = w.Write([]byte(a.Body))
+	f, n := a.fields()
+	writeResponse(w, a.Status, f[:n], a.Body)
 }
 
 // AppendAction appends the whole response of a as the fast path writes it, with extra
 // fields (HSTS) and, with closeAfter, Connection: close.
 func AppendAction(dst []byte, a Action, extra h1.Header, closeAfter bool) []byte {
-	dst = append(dst, "HTTP/1.1 "...)
-	dst = strconv.AppendInt(dst, int64(a.Status), 10)
-	dst = append(dst, ' ')
-	dst = append(dst, http.StatusText(a.Status)...)
-	dst = append(dst, "\r\n"...)
-	if a.Location != "" {
-		dst = append(dst, "Location: "...)
-		dst = append(dst, a.Location...)
-		dst = append(dst, "\r\n"...)
-	}
-	dst = append(dst, "Content-Type: "...)
-	dst = append(dst, a.ContentType...)
-	dst = append(dst, "\r\nCache-Control: no-store\r\nContent-Length: "...)
-	dst = strconv.AppendInt(dst, int64(len(a.Body)), 10)
-	dst = append(dst, "\r\n"...)
-	for _, f := range extra {
-		dst = append(dst, f.Name...)
-		dst = append(dst, ": "...)
-		dst = append(dst, f.Value...)
-		dst = append(dst, "\r\n"...)
-	}
-	if closeAfter {
-		dst = append(dst, "Connection: close\r\n"...)
-	}
-	dst = append(dst, "\r\n"...)
-	return append(dst, a.Body...)
+	f, n := a.fields()
+	return appendResponse(dst, a.Status, f[:n], a.Body, extra, closeAfter)
 }
