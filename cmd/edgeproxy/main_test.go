@@ -149,7 +149,7 @@ func TestDemo_ServesWithNoSetup(t *testing.T) {
 // validate reports a route to an undefined pool (an error), an unreachable route and a
 // pool no route uses (warnings), each at its FILE:LINE:COL.
 func TestValidate_RoutesAndPools(t *testing.T) {
-	bad := writeConfig(t, `listen: {https: "127.0.0.1:8443"}
+	const pools = `listen: {https: "127.0.0.1:8443"}
 tls: {self_signed: true}
 pools:
   web: {targets: ["127.0.0.1:8000"]}
@@ -157,43 +157,28 @@ pools:
 routes:
   - {name: all, pool: web}
   - {name: shadowed, path_prefix: /api/, pool: web}
-  - {name: typo, hosts: [api.app.test], pool: wbe}
-`)
+`
+	bad := writeConfig(t, pools+"  - {name: typo, hosts: [api.app.test], pool: wbe}\n")
+	expectValidate(t, bad, 1, bad+`:9:47: routes[2].pool: no pool named "wbe"`)
+	good := writeConfig(t, pools)
+	expectValidate(t, good, 0, // warnings only
+		good+":8:5: warning: routes[1] (shadowed) is unreachable",
+		good+`:5:3: warning: pools.spare: no route sends requests to pool "spare"`)
+}
+
+// expectValidate runs validate -syntax-only on file and checks its exit code and that its
+// output has each of want.
+func expectValidate(t *testing.T, file string, wantCode int, want ...string) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
-	code := mainArgs([]string{"validate", "-syntax-only", "-config", bad}, &stdout, &stderr)
+	code := mainArgs([]string{"validate", "-syntax-only", "-config", file}, &stdout, &stderr)
 	out := stdout.String() + stderr.String()
-	if code != 1 {
-		t.Errorf("validate exit %d; want 1:\n%s", code, out)
+	if code != wantCode {
+		t.Errorf("validate exit %d; want %d:\n%s", code, wantCode, out)
 	}
-	for _, want := range []string{
-		bad + `:9:47: routes[2].pool: no pool named "wbe"`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("validate output lacks %q:\n%s", want, out)
-		}
-	}
-	good := writeConfig(t, `listen: {https: "127.0.0.1:8443"}
-tls: {self_signed: true}
-pools:
-  web: {targets: ["127.0.0.1:8000"]}
-  spare: {targets: ["127.0.0.1:8001"]}
-routes:
-  - {name: all, pool: web}
-  - {name: shadowed, path_prefix: /api/, pool: web}
-`)
-	stdout.Reset()
-	stderr.Reset()
-	code = mainArgs([]string{"validate", "-syntax-only", "-config", good}, &stdout, &stderr)
-	out = stdout.String() + stderr.String()
-	if code != 0 {
-		t.Errorf("validate exit %d; want 0 (warnings only):\n%s", code, out)
-	}
-	for _, want := range []string{
-		good + ":8:5: warning: routes[1] (shadowed) is unreachable",
-		good + `:5:3: warning: pools.spare: no route sends requests to pool "spare"`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("validate output lacks %q:\n%s", want, out)
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("validate output lacks %q:\n%s", w, out)
 		}
 	}
 }
