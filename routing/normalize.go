@@ -46,7 +46,9 @@ func normalPath[S ~string | ~[]byte](target S) (path S, norm []byte) {
 			break
 		}
 	}
-	if !needsNormalizing(path) {
+	if len(path) == 0 || path[0] != '/' || !needsNormalizing(path) {
+		// A target with no absolute path ("*", or a malformed "%2Fadmin") has nothing
+		// to normalise: decoding it could make a path that no server would see.
 		return path, nil
 	}
 	buf := make([]byte, 0, len(path))

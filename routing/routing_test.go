@@ -191,6 +191,7 @@ func FuzzMatch(f *testing.F) {
 	}
 	f.Add("API.EXAMPLE.COM.", "/img/x", "POST")
 	f.Add("a.b.example.com", "/", "PUT")
+	f.Add("0.eXAmple.Com", "%2Fadmin", "0") // not origin-form: decoding must not invent a path
 	tab, err := New([]Route{
 		{Name: "admin", Hosts: []string{"*.example.com"}, PathPrefix: "/admin", Pool: "admin"},
 		{Name: "api", Hosts: []string{"api.example.com"}, PathPrefix: "/api/", Methods: []string{"GET"}, Pool: "api"},
