@@ -169,7 +169,7 @@ func TestCheckListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics := httptest.NewServer(telemetry.New().AdminHandler(func() any { return []any{} }))
+	metrics := httptest.NewServer(telemetry.New().AdminHandler(func(*http.Request) any { return []any{} }))
 	defer metrics.Close()
 	https := httptest.NewUnstartedServer(http.NotFoundHandler())
 	https.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}

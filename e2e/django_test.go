@@ -157,8 +157,8 @@ func TestDjango_RoundRobinAndForwarding(t *testing.T) {
 	for _, d := range pool {
 		for _, want := range []string{
 			fmt.Sprintf(`edgeproxy_requests_total{code="200",pool="pool",route="default",target=%q}`, d.Addr),
-			fmt.Sprintf(`edgeproxy_target_healthy{target=%q} 1`, d.Addr),
-			fmt.Sprintf(`edgeproxy_health_checks_total{reason="none",result="pass",target=%q}`, d.Addr),
+			fmt.Sprintf(`edgeproxy_target_healthy{pool="pool",target=%q} 1`, d.Addr),
+			fmt.Sprintf(`edgeproxy_health_checks_total{pool="pool",reason="none",result="pass",target=%q}`, d.Addr),
 		} {
 			if !strings.Contains(m, want) {
 				t.Errorf("/metrics lacks %s", want)
@@ -200,7 +200,7 @@ func TestDjango_AllowedHostsTrapAndFix(t *testing.T) {
 	if w, _ := getWhoami(t, c, nil); w.Instance == "" {
 		t.Error("fail-open request not served")
 	}
-	if !regexp.MustCompile(`edgeproxy_fail_open_total [1-9]`).MatchString(e.metrics(t)) {
+	if !regexp.MustCompile(`edgeproxy_fail_open_total\{pool="pool"\} [1-9]`).MatchString(e.metrics(t)) {
 		t.Error("edgeproxy_fail_open_total not counted")
 	}
 	if !strings.Contains(e.metrics(t), `reason="Target.ResponseCodeMismatch",result="fail"`) {
@@ -282,7 +282,7 @@ func TestDjango_AllBackendsDown(t *testing.T) {
 	if !e.WaitForOutput("no healthy target: failing open", time.Second) {
 		t.Error("log lacks the fail-open notice")
 	}
-	if !regexp.MustCompile(`edgeproxy_fail_open_total [1-9]`).MatchString(e.metrics(t)) {
+	if !regexp.MustCompile(`edgeproxy_fail_open_total\{pool="pool"\} [1-9]`).MatchString(e.metrics(t)) {
 		t.Error("edgeproxy_fail_open_total not counted")
 	}
 }

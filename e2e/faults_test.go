@@ -63,7 +63,7 @@ pool:
 				mu.Unlock()
 			}
 		})
-		ejectionSeries := fmt.Sprintf(`edgeproxy_passive_ejections_total{target=%q}`, victim.Addr)
+		ejectionSeries := fmt.Sprintf(`edgeproxy_passive_ejections_total{pool="pool",target=%q}`, victim.Addr)
 
 		time.Sleep(3 * time.Second)
 		victim.Kill()
@@ -103,7 +103,7 @@ pool:
 		if !back {
 			t.Errorf("restarted target never served again:\n%s", e.Output())
 		}
-		retries := counterValue(e.metrics(t), fmt.Sprintf(`edgeproxy_retries_total{target=%q}`, victim.Addr))
+		retries := counterValue(e.metrics(t), fmt.Sprintf(`edgeproxy_retries_total{pool="pool",target=%q}`, victim.Addr))
 		t.Logf("kill test: %d requests, %d client-visible errors, %.0f retries", load.sent.Load(), load.failed.Load(), retries)
 		if load.failed.Load() != 0 {
 			t.Errorf("%d of %d requests failed; want 0", load.failed.Load(), load.sent.Load())

@@ -22,8 +22,8 @@ import (
 	"edgeproxy/certs"
 	"edgeproxy/config"
 	"edgeproxy/fastpath"
-	"edgeproxy/health"
 	"edgeproxy/passthrough"
+	"edgeproxy/pool"
 	"edgeproxy/proxy"
 	"edgeproxy/telemetry"
 	"edgeproxy/telemetry/tlscost"
@@ -168,32 +168,59 @@ func (e *Edge) bind() error {
 			return err
 		}
 		admin := http.NewServeMux()
-		admin.Handle("/", e.metrics.AdminHandler(func() any { return e.targetStatuses() }))
+		admin.Handle("/", e.metrics.AdminHandler(e.targetsView))
 		admin.Handle("GET /certificates", telemetry.JSONHandler(func() any { return e.certSrc.Load().Certificates() }))
 		e.add(newServer(admin), ln)
 	}
 	return nil
 }
 
-// targetStatus is one entry of /targets: a target's health, and the set it belongs to
-// (one address may be in both: a backend that takes re-encrypted and passed-through TLS).
-type targetStatus struct {
-	// Pool is "pool" for pool.targets (HTTP(S) health checks) or "passthrough" for the
-	// targets of the passthrough entries (TCP connect checks).
-	Pool string `json:"pool"`
-	health.Status
+// poolTargets is one entry of /targets?group=pool: a pool and its targets' health and
+// balancing state.
+type poolTargets struct {
+	// Pool is the pool's name ("pool" for the pool block) or "passthrough" for the
+	// targets of the passthrough entries (TCP connect checks, no balancing state).
+	Pool    string        `json:"pool"`
+	Targets []pool.Status `json:"targets"`
 }
 
-// targetStatuses lists the pool's targets, then the passthrough targets.
-func (e *Edge) targetStatuses() []targetStatus {
-	out := []targetStatus{} // [], not null, when there are none
+// targetStatus is one entry of /targets: a target's status and the pool it belongs to
+// (one address may be in several: a backend that takes re-encrypted and passed-through
+// TLS, or serves two pools).
+type targetStatus struct {
+	Pool string `json:"pool"`
+	pool.Status
+}
+
+// targetGroups lists the pools in name order, each with its targets by address, then the
+// passthrough targets.
+func (e *Edge) targetGroups() []poolTargets {
+	out := []poolTargets{} // [], not null, when there are none
 	for _, p := range e.poolList() {
-		for _, s := range p.Statuses() {
-			out = append(out, targetStatus{Pool: p.Name(), Status: s})
-		}
+		out = append(out, poolTargets{Pool: p.Name(), Targets: p.Statuses()})
 	}
-	for _, s := range e.passthrough.Statuses() {
-		out = append(out, targetStatus{Pool: "passthrough", Status: s})
+	if st := e.passthrough.Statuses(); len(st) > 0 {
+		g := poolTargets{Pool: "passthrough"}
+		for _, s := range st {
+			g.Targets = append(g.Targets, pool.Status{Status: s})
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// targetsView is what /targets shows: one list of every target, each with its pool, in
+// the order of targetGroups; or with ?group=pool, targetGroups itself.
+func (e *Edge) targetsView(r *http.Request) any {
+	groups := e.targetGroups()
+	if r.URL.Query().Get("group") == "pool" {
+		return groups
+	}
+	out := []targetStatus{}
+	for _, g := range groups {
+		for _, s := range g.Targets {
+			out = append(out, targetStatus{Pool: g.Pool, Status: s})
+		}
 	}
 	return out
 }

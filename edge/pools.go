@@ -92,7 +92,7 @@ func (e *Edge) planPools(cfg *config.Config) []poolPlan {
 			p.pool = cur.pool
 		} else {
 			name := np.Name
-			p.pool, p.new = pool.New(p.cfg, pool.Options{Observer: e.metrics, Logger: e.log,
+			p.pool, p.new = pool.New(p.cfg, pool.Options{Observer: e.metrics.Pool(name), Logger: e.log,
 				OnRetire: func(addr string) { e.retireTarget(name, addr) }}), true
 		}
 		out = append(out, p)
@@ -148,6 +148,7 @@ func (e *Edge) commitPools(plans []poolPlan) {
 			})
 			delete(e.pools.byName, name)
 			e.pools.gone = append(e.pools.gone, cur)
+			e.metrics.ForgetPool(name)
 			e.log.Info("pool "+name+" removed: its targets drain", "pool", name)
 		}
 	}
@@ -181,7 +182,7 @@ func (e *Edge) retireTarget(poolName, addr string) {
 			u.fast.AbortTarget(addr)
 		}
 	}
-	e.metrics.ForgetTarget(addr)
+	e.metrics.ForgetTarget(poolName, addr)
 }
 
 // startPools starts every pool's checks; they stop when ctx is done.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -80,6 +81,16 @@ routes:
 	}
 	if got := getPath(t, e, "/x"); got != "a" {
 		t.Errorf("/x after adding the api pool: %q; want a", got)
+	}
+	// /targets lists every target with its pool; ?group=pool groups them, pools in name
+	// order.
+	flat := e.targetsView(httptest.NewRequest("GET", "/targets", nil)).([]targetStatus)
+	if len(flat) != 2 || flat[0].Pool != "api" || flat[0].Address != b || flat[1].Pool != "pool" || flat[1].Address != a {
+		t.Errorf("/targets: %+v; want api's %s, then pool's %s", flat, b, a)
+	}
+	groups := e.targetsView(httptest.NewRequest("GET", "/targets?group=pool", nil)).([]poolTargets)
+	if len(groups) != 2 || groups[0].Pool != "api" || len(groups[0].Targets) != 1 || groups[1].Pool != "pool" || groups[1].Targets[0].Address != a {
+		t.Errorf("/targets?group=pool: %+v; want groups api and pool", groups)
 	}
 
 	if err := e.Reload(single); err != nil {

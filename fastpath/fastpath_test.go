@@ -322,8 +322,8 @@ func benchmarkFastPath(b *testing.B, obs proxy.Observer, useTLS bool) {
 type nopObserver struct{}
 
 func (nopObserver) Request(int, string, string, string, time.Duration) {}
-func (nopObserver) FailOpen()                                          {}
-func (nopObserver) Retry(string)                                       {}
+func (nopObserver) FailOpen(string)                                    {}
+func (nopObserver) Retry(string, string)                               {}
 func (nopObserver) ProxyError(string)                                  {}
 
 // The retry rules hold on the fast path too: a GET reset before its response is retried

@@ -226,7 +226,7 @@ func (r *Router) Statuses() []health.Status {
 	for _, p := range r.table.Load().pools {
 		for _, s := range p.Statuses() {
 			if prev, ok := byAddr[s.Address]; !ok || prev.State == health.Draining {
-				byAddr[s.Address] = s
+				byAddr[s.Address] = s.Status // health only: passthrough balances connections, not requests
 			}
 		}
 	}

@@ -429,19 +429,42 @@ func (p *Pool) Lookup(addr string) *Target {
 // modified.
 func (p *Pool) Targets() []*Target { return p.snap.Load().all }
 
-// Statuses returns the health of every target, draining ones included (state
-// draining), sorted by address.
-func (p *Pool) Statuses() []health.Status {
+// Status is a target's health and its live balancing state, as /targets shows them.
+type Status struct {
+	health.Status
+	// Balancing is nil for a status that is only health (passthrough's targets).
+	*Balancing
+}
+
+// Balancing is what a pool's balancing knows of a target now.
+type Balancing struct {
+	// Weight is the configured weight (1 unless the pool is weighted).
+	Weight int `json:"weight"`
+	// InFlight is the number of requests in flight to the target.
+	InFlight int64 `json:"in_flight"`
+	// SlowStartUntil is when the target's slow start ends, while its share ramps; nil
+	// otherwise.
+	SlowStartUntil *time.Time `json:"slow_start_until,omitempty"`
+	// EjectedUntil is when the target's passive ejection ends at the latest (passing
+	// active checks end it earlier); nil when it is not ejected.
+	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
+}
+
+// Statuses returns the health and balancing state of every target, draining ones
+// included (state draining), sorted by address.
+func (p *Pool) Statuses() []Status {
+	now := time.Now()
 	p.mu.Lock()
-	out := make([]health.Status, 0, len(p.targets)+len(p.draining))
+	slow := p.cfg.SlowStart.Duration
+	out := make([]Status, 0, len(p.targets)+len(p.draining))
 	live := make(map[string]bool, len(p.targets))
 	for _, t := range p.targets {
 		live[t.Addr] = true
-		out = append(out, t.health.Status())
+		out = append(out, t.status(now, slow))
 	}
 	for _, t := range p.draining {
 		if !live[t.Addr] { // removed, then added back: the new target stands for it
-			out = append(out, t.health.Status())
+			out = append(out, t.status(now, slow))
 		}
 	}
 	p.mu.Unlock()

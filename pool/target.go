@@ -77,6 +77,20 @@ func (t *Target) Since() time.Time {
 	return time.Time{}
 }
 
+// status is t's Status at now, with slow start lasting slow.
+func (t *Target) status(now time.Time, slow time.Duration) Status {
+	b := &Balancing{Weight: t.Weight(), InFlight: t.InFlight()}
+	if since := t.Since(); slow > 0 && !since.IsZero() && t.Healthy() && now.Before(since.Add(slow)) {
+		end := since.Add(slow).UTC()
+		b.SlowStartUntil = &end
+	}
+	if until := t.ejectedUntil.Load(); until != 0 && now.UnixNano() < until {
+		end := time.Unix(0, until).UTC()
+		b.EjectedUntil = &end
+	}
+	return Status{Status: t.health.Status(), Balancing: b}
+}
+
 // Retired is done once the target was removed from its pool and retired: its requests
 // drained, or its deregistration delay ended (then requests still running to it are to be
 // cancelled). Its context.Cause is then ErrDeregistered, which tells such a cancellation

@@ -128,7 +128,7 @@ func (h *Handler) Begin(x *Exchange, route int, contentLength int64) (refuse int
 		return http.StatusRequestEntityTooLarge
 	}
 	if pick.FailOpen {
-		h.obs.FailOpen()
+		h.obs.FailOpen(x.pool.Name)
 	}
 	x.pool.budget.deposit()
 	x.moveTo(pick.Target)
@@ -173,7 +173,7 @@ func (h *Handler) Forward(x *Exchange, s Sender, idempotent bool) error {
 		}
 		x.tries++
 		x.moveTo(next.Target)
-		h.obs.Retry(failed.Addr)
+		h.obs.Retry(x.pool.Name, failed.Addr)
 		method, _ := s.Describe()
 		h.log.Info("retrying on another target", "failed", failed.Addr, "target", next.Target.Addr, "method", method, "error", err.Error())
 	}

@@ -52,10 +52,11 @@ type Observer interface {
 	// request took ("" for none: pool for a redirect or fixed response, route when no
 	// route matched) and its target ("" when none was chosen).
 	Request(code int, pool, route, target string, d time.Duration)
-	// FailOpen is called for a request routed while no target was healthy.
-	FailOpen()
-	// Retry is called when a request that failed on target is sent to another one.
-	Retry(target string)
+	// FailOpen is called for a request routed while no target of pool was healthy.
+	FailOpen(pool string)
+	// Retry is called when a request of pool that failed on target is sent to another
+	// one.
+	Retry(pool, target string)
 	// ProxyError is called for a request the edge answered itself, with why (one of the
 	// Reason constants).
 	ProxyError(reason string)
@@ -150,8 +151,8 @@ func New(opts Options) *Handler {
 type nopObserver struct{}
 
 func (nopObserver) Request(int, string, string, string, time.Duration) {}
-func (nopObserver) FailOpen()                                          {}
-func (nopObserver) Retry(string)                                       {}
+func (nopObserver) FailOpen(string)                                    {}
+func (nopObserver) Retry(string, string)                               {}
 func (nopObserver) ProxyError(string)                                  {}
 
 type nopPassive struct{}

@@ -37,9 +37,9 @@ func (o *countingObserver) Request(code int, pool, route, target string, d time.
 	defer o.mu.Unlock()
 	o.codes = append(o.codes, code)
 }
-func (o *countingObserver) FailOpen()         {}
-func (o *countingObserver) Retry(string)      {}
-func (o *countingObserver) ProxyError(string) {}
+func (o *countingObserver) FailOpen(string)      {}
+func (o *countingObserver) Retry(string, string) {}
+func (o *countingObserver) ProxyError(string)    {}
 
 func frontend(t *testing.T, opts Options) *httptest.Server {
 	t.Helper()

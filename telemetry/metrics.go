@@ -1,7 +1,7 @@
 // Package telemetry owns edgeproxy's Prometheus registry and the metrics every other part
 // reports to. Parts do not import Prometheus: they call small observer methods on *Metrics
-// (health.Observer, proxy.Observer, certs.Observer), and a nil observer in those packages
-// means nothing is recorded.
+// (proxy.Observer, certs.Observer) or on one pool's *PoolMetrics (pool.Observer), and a
+// nil observer in those packages means nothing is recorded.
 package telemetry
 
 import (
@@ -24,7 +24,7 @@ type Metrics struct {
 	requestDuration   prometheus.Histogram
 	targetHealthy     *prometheus.GaugeVec
 	healthChecks      *prometheus.CounterVec
-	failOpen          prometheus.Counter
+	failOpen          *prometheus.CounterVec
 	retries           *prometheus.CounterVec
 	ejections         *prometheus.CounterVec
 	unknownServerName prometheus.Counter
@@ -55,24 +55,24 @@ func New() *Metrics {
 		}),
 		targetHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "edgeproxy_target_healthy",
-			Help: "1 if the target passes its health checks, else 0.",
-		}, []string{"target"}),
+			Help: "1 if the target passes its health checks, else 0, by pool and target.",
+		}, []string{"pool", "target"}),
 		healthChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_health_checks_total",
-			Help: "Active health checks, by target, result (pass, fail) and ALB reason code.",
-		}, []string{"target", "result", "reason"}),
-		failOpen: prometheus.NewCounter(prometheus.CounterOpts{
+			Help: "Active health checks, by pool, target, result (pass, fail) and ALB reason code.",
+		}, []string{"pool", "target", "result", "reason"}),
+		failOpen: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_fail_open_total",
-			Help: "Requests sent to a target chosen among all targets because none was healthy.",
-		}),
+			Help: "Requests sent to a target chosen among all the pool's targets because none was healthy, by pool.",
+		}, []string{"pool"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_retries_total",
-			Help: "Requests sent to another target after failing on this one.",
-		}, []string{"target"}),
+			Help: "Requests sent to another target after failing on this one, by pool and target.",
+		}, []string{"pool", "target"}),
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_passive_ejections_total",
-			Help: "Times passive health ejected the target after consecutive failed requests.",
-		}, []string{"target"}),
+			Help: "Times passive health ejected the target after consecutive failed requests, by pool and target.",
+		}, []string{"pool", "target"}),
 		unknownServerName: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgeproxy_tls_unknown_server_name_total",
 			Help: "TLS handshakes for a server name no certificate covers (or without SNI).",
@@ -151,45 +151,77 @@ func codeLabel(code int) string {
 	return strconv.Itoa(code)
 }
 
-// FailOpen records one request routed while no target was healthy.
-func (m *Metrics) FailOpen() { m.failOpen.Inc() }
+// FailOpen records one request of pool routed while none of its targets was healthy; it
+// implements proxy.Observer.
+func (m *Metrics) FailOpen(pool string) { m.failOpen.WithLabelValues(pool).Inc() }
 
-// Retry records a request retried after failing on target; it implements proxy.Observer.
-func (m *Metrics) Retry(target string) { m.retries.WithLabelValues(target).Inc() }
+// Retry records a request of pool retried after failing on target; it implements
+// proxy.Observer.
+func (m *Metrics) Retry(pool, target string) { m.retries.WithLabelValues(pool, target).Inc() }
 
 // ProxyError records a request the edge answered itself, by reason; it implements
 // proxy.Observer.
 func (m *Metrics) ProxyError(reason string) { m.proxyErrors.WithLabelValues(reason).Inc() }
 
-// PassiveEjection records target being ejected by passive health.
-func (m *Metrics) PassiveEjection(target string) { m.ejections.WithLabelValues(target).Inc() }
+// Pool returns the observer of the pool named name (a name from the configuration: pool
+// for the pool block, or a key of pools), which labels every target's series with it, and
+// creates the pool's fail-open count at zero so that a rate over it answers before the
+// first fail-open.
+func (m *Metrics) Pool(name string) *PoolMetrics {
+	m.failOpen.WithLabelValues(name)
+	return &PoolMetrics{m: m, pool: name}
+}
+
+// PoolMetrics records the health checks, health and passive ejections of one pool's
+// targets, under the label pool. It implements pool.Observer (and health.Observer). Use
+// Metrics.Pool.
+type PoolMetrics struct {
+	m    *Metrics
+	pool string
+}
 
 // HealthCheck records one active check; it implements health.Observer.
-func (m *Metrics) HealthCheck(target string, pass bool, reason string) {
+func (p *PoolMetrics) HealthCheck(target string, pass bool, reason string) {
 	result := "pass"
 	if !pass {
 		result = "fail"
 	}
-	m.healthChecks.WithLabelValues(target, result, reason).Inc()
+	p.m.healthChecks.WithLabelValues(p.pool, target, result, reason).Inc()
 }
 
 // TargetHealthy sets a target's health gauge; it implements health.Observer.
-func (m *Metrics) TargetHealthy(target string, healthy bool) {
+func (p *PoolMetrics) TargetHealthy(target string, healthy bool) {
 	v := 0.0
 	if healthy {
 		v = 1
 	}
-	m.targetHealthy.WithLabelValues(target).Set(v)
+	p.m.targetHealthy.WithLabelValues(p.pool, target).Set(v)
 }
 
-// ForgetTarget removes a target's series once a reload has removed the target, so that
-// the label set stays that of the configuration.
-func (m *Metrics) ForgetTarget(target string) {
-	m.targetHealthy.DeleteLabelValues(target)
-	m.healthChecks.DeletePartialMatch(prometheus.Labels{"target": target})
-	m.requests.DeletePartialMatch(prometheus.Labels{"target": target})
-	m.retries.DeleteLabelValues(target)
-	m.ejections.DeleteLabelValues(target)
+// PassiveEjection records target being ejected by passive health; it implements
+// pool.Observer.
+func (p *PoolMetrics) PassiveEjection(target string) {
+	p.m.ejections.WithLabelValues(p.pool, target).Inc()
+}
+
+// ForgetTarget removes the series of target in pool once a reload has removed the target
+// and it drained, so that the label set stays that of the configuration. The same
+// address in another pool keeps its series.
+func (m *Metrics) ForgetTarget(pool, target string) {
+	l := prometheus.Labels{"pool": pool, "target": target}
+	m.targetHealthy.Delete(l)
+	m.healthChecks.DeletePartialMatch(l)
+	m.requests.DeletePartialMatch(l)
+	m.retries.Delete(l)
+	m.ejections.Delete(l)
+}
+
+// ForgetPool removes the series of a pool a reload removed that are not a target's (its
+// fail-open count, its requests answered without a target); each target's go with
+// ForgetTarget once it drained.
+func (m *Metrics) ForgetPool(pool string) {
+	m.failOpen.DeleteLabelValues(pool)
+	m.requests.DeletePartialMatch(prometheus.Labels{"pool": pool, "target": "none"})
 }
 
 // UnknownServerName counts a handshake for a name no certificate covers; it implements
@@ -224,12 +256,14 @@ func (m *Metrics) CertificateRenewal(domain string, at time.Time) {
 // JSONHandler serves the value of v, encoded as indented JSON at each request: the
 // admin listener's /targets and /certificates.
 func JSONHandler(v func() any) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(v())
-	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, v()) })
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }
 
 // CertificateNotBefore sets the start of validity of the certificate served for domain,
@@ -240,14 +274,15 @@ func (m *Metrics) CertificateNotBefore(domain string, notBefore time.Time) {
 }
 
 // AdminHandler serves /metrics, /healthz and /targets. targets returns the value encoded
-// as JSON at /targets (the health checker's statuses).
-func (m *Metrics) AdminHandler(targets func() any) http.Handler {
+// as JSON at /targets (the targets' statuses), given the request, whose query may ask for
+// another view of them.
+func (m *Metrics) AdminHandler(targets func(*http.Request) any) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.Handle("GET /targets", JSONHandler(targets))
+	mux.HandleFunc("GET /targets", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, targets(r)) })
 	return mux
 }
