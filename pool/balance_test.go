@@ -139,3 +139,44 @@ func BenchmarkNext(b *testing.B) {
 		}
 	})
 }
+
+// A target that becomes healthy while another is gets slow start, and keeps its ramp's
+// end across a reload; the first target healthy in a pool has no one to share with and
+// gets none, as on an ALB, so it is not held back when the second joins.
+func TestSlowStart_OnlyBesideAHealthyTargetAndKeptAcrossUpdate(t *testing.T) {
+	cfg := checkedConfig(addrs(2))
+	cfg.SlowStart.Duration = time.Minute
+	p := New(cfg, Options{})
+	a, b := addrs(2)[0], addrs(2)[1]
+	slowUntil := func(addr string) *time.Time {
+		for _, s := range p.Statuses() {
+			if s.Address == addr {
+				return s.SlowStartUntil
+			}
+		}
+		t.Fatalf("%s not in Statuses", addr)
+		return nil
+	}
+	setHealthy(p, a, true)
+	if u := slowUntil(a); u != nil {
+		t.Errorf("first healthy target in slow start until %v; want none", u)
+	}
+	joined := time.Now()
+	setHealthy(p, b, true)
+	u := slowUntil(b)
+	if u == nil || u.Before(joined.Add(time.Minute-time.Second)) || u.After(time.Now().Add(time.Minute)) {
+		t.Fatalf("second target slow start until %v; want about a minute from %v", u, joined)
+	}
+	p.Update(cfg)
+	if got := slowUntil(b); got == nil || !got.Equal(*u) {
+		t.Errorf("after Update slow start until %v; want %v kept", got, *u)
+	}
+	// Its share ramps from the floor: far fewer picks than a's at first.
+	n := map[string]int{}
+	for range 1000 {
+		n[p.Next().Target.Addr]++
+	}
+	if n[b] > 200 {
+		t.Errorf("picks %v; want b (just joined) near 10%% of a's", n)
+	}
+}

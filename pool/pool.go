@@ -294,11 +294,17 @@ func (p *Pool) publish() {
 			wasHealthy[t] = true
 		}
 	}
+	// Joined, or back: slow start ramps from now, unless no other target was healthy, as on
+	// an ALB: such a target takes all the traffic at once, and must not be held back when
+	// others join later. 0 means no slow start.
 	now := time.Now().UnixNano()
+	if len(wasHealthy) == 0 {
+		now = 0
+	}
 	for _, t := range p.targets {
 		if t.Healthy() {
 			if !wasHealthy[t] {
-				t.since.Store(now) // joined, or back: slow start ramps from here
+				t.since.Store(now)
 			}
 			s.healthy = append(s.healthy, t)
 		} else if t.health.Status().State == health.Unhealthy {
