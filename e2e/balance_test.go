@@ -193,3 +193,93 @@ func TestLeastOutstanding_SlowTargetGetsFarFewerThanItsRoundRobinShare(t *testin
 		t.Errorf("slow target got %.1f%% of the requests; want under a third of round robin's 33.3%%", 100*share)
 	}
 }
+
+// A target coming back healthy beside a healthy one, under a steady load, gets a share
+// that rises linearly over slow_start.duration_seconds (30 s, the least allowed), from
+// the 10% floor to full, and a reload in the middle of the window (a route added) keeps
+// the ramp where it was. Measured per fifth of the window: the returning target's
+// requests per request of the other (its effective weight) against the linear ramp's
+// mean over that fifth. About 35 s; 2 workers, at most 10,000 requests.
+func TestSlowStart_ShareRampsLinearlyAcrossAReload(t *testing.T) {
+	const window = 30 * time.Second
+	dir := t.TempDir()
+	_, _, roots := testutil.CertFiles(t, dir, "app.test")
+	steady, back := newSwitchBackend(t, "127.0.0.2", "steady"), newSwitchBackend(t, "127.0.0.3", "back")
+	back.down.Store(true)
+	pools := fmt.Sprintf(`pools:
+  app:
+    targets: [%q, %q]
+    slow_start: {duration_seconds: 30}
+    health_check: {{CHECK}}
+`, steady.Addr, back.Addr)
+	e := startEdge(t, poolsConfig(dir, pools))
+	e.waitTargetIn(t, "app", steady.Addr, "healthy", 5*time.Second)
+	e.waitTargetIn(t, "app", back.Addr, "unhealthy", 5*time.Second)
+	if s := e.targetsOf(t, "app")[steady.Addr]; s.SlowStartUntil != nil {
+		t.Errorf("the first healthy target is in slow start until %v; want none", s.SlowStartUntil)
+	}
+
+	var got answers
+	stats, stop := steadyLoad(t, httpsClient(roots, e.HTTPS), "https://app.test/", 2, 5*time.Millisecond, got.record("/"))
+	defer stop()
+	back.down.Store(false)
+	e.waitTargetIn(t, "app", back.Addr, "healthy", 5*time.Second)
+	until := e.targetsOf(t, "app")[back.Addr].SlowStartUntil
+	if until == nil {
+		t.Fatal("the returning target is not in slow start")
+	}
+	end := *until
+	start := end.Add(-window)
+
+	// The reload, 14 s in: a route added, the pool unchanged.
+	time.Sleep(time.Until(start.Add(14 * time.Second)))
+	e.rewriteConfig(t, poolsConfig(dir, pools+`routes:
+  - {name: lb-status, path: /lb-status, fixed_response: {status: 200}}
+  - {name: default, pool: app}
+`))
+	e.reload(t, "reloaded configuration")
+	if u := e.targetsOf(t, "app")[back.Addr].SlowStartUntil; u == nil || !u.Equal(end) {
+		t.Errorf("after the reload slow start ends %v; want %v kept", u, end)
+	}
+	time.Sleep(time.Until(end.Add(3 * time.Second)))
+	stop()
+	if stats.failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed; want 0", stats.failed.Load(), stats.sent.Load())
+	}
+
+	// f(x) = 0.1 + 0.9x is the returning target's weight x of the way through; the other's
+	// is 1, so its requests per request of the other follow f, and its share f/(1+f).
+	const margin = 0.1
+	var ratios [5]float64
+	var report []string
+	for k := range 5 {
+		from := start.Add(time.Duration(k) * window / 5)
+		n := got.count("/", from, from.Add(window/5))
+		ratios[k] = float64(n["back"]) / float64(max(n["steady"], 1))
+		wantRatio, wantShare := 0.0, 0.0
+		for i := range 100 { // means over the fifth
+			f := 0.1 + 0.9*(float64(k)+(float64(i)+0.5)/100)/5
+			wantRatio += f / 100
+			wantShare += f / (1 + f) / 100
+		}
+		share := float64(n["back"]) / float64(max(n["back"]+n["steady"], 1))
+		report = append(report, fmt.Sprintf("fifth %d: %d/%d requests, share %.3f (linear %.3f), weight %.3f (linear %.3f)",
+			k+1, n["back"], n["back"]+n["steady"], share, wantShare, ratios[k], wantRatio))
+		if math.Abs(ratios[k]-wantRatio) > margin {
+			t.Errorf("fifth %d: weight %.3f; want %.3f ± %.2f", k+1, ratios[k], wantRatio, margin)
+		}
+		if k > 0 && ratios[k] <= ratios[k-1] {
+			t.Errorf("fifth %d: weight %.3f not above the previous fifth's %.3f", k+1, ratios[k], ratios[k-1])
+		}
+	}
+	after := got.count("/", end, end.Add(3*time.Second))
+	afterRatio := float64(after["back"]) / float64(max(after["steady"], 1))
+	report = append(report, fmt.Sprintf("after the window: %d/%d requests, weight %.3f (full 1)", after["back"], after["back"]+after["steady"], afterRatio))
+	t.Logf("slow start over %v, %d requests, reload at 14 s:\n  %s", window, stats.sent.Load(), strings.Join(report, "\n  "))
+	if ratios[0] > ratios[4]/2 {
+		t.Errorf("first fifth's weight %.3f not well under the last's %.3f", ratios[0], ratios[4])
+	}
+	if math.Abs(afterRatio-1) > 0.15 {
+		t.Errorf("after the window: weight %.3f; want full (1 ± 0.15)", afterRatio)
+	}
+}

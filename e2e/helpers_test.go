@@ -55,7 +55,7 @@ func startEdge(t *testing.T, config string) *edgeProc {
 
 // targetStatus is one entry of /targets.
 type targetStatus struct {
-	Pool                string    `json:"pool"` // "pool" or "passthrough"
+	Pool                string    `json:"pool"` // the pool's name, or "passthrough"
 	Address             string    `json:"address"`
 	State               string    `json:"state"`
 	LastCheck           time.Time `json:"last_check"`
@@ -63,6 +63,9 @@ type targetStatus struct {
 	Reason              string    `json:"reason"`
 	ConsecutivePasses   int       `json:"consecutive_passes"`
 	ConsecutiveFailures int       `json:"consecutive_failures"`
+	// For pools' targets: when slow start and passive ejection end (nil: not now).
+	SlowStartUntil *time.Time `json:"slow_start_until"`
+	EjectedUntil   *time.Time `json:"ejected_until"`
 }
 
 // targets returns the pool's targets from /targets, by address.
@@ -182,7 +185,7 @@ func certPoolFromConfig(t *testing.T, configFile string) *x509.CertPool {
 type loadStats struct{ sent, failed atomic.Int64 }
 
 // steadyLoad starts workers that GET url in a loop, pausing between requests, until the
-// returned stop is called (which waits for them); each worker sends at most 20,000
+// returned stop is called (which waits for them; calling it again does nothing more); each worker sends at most 20,000
 // requests. Errors and non-200 answers count as failed and are logged; onBody, if not nil,
 // sees every 200 answer's body.
 func steadyLoad(t *testing.T, c *http.Client, url string, workers int, pause time.Duration, onBody func([]byte)) (*loadStats, func()) {
@@ -221,5 +224,6 @@ func steadyLoad(t *testing.T, c *http.Client, url string, workers int, pause tim
 			}
 		}()
 	}
-	return stats, func() { close(done); wg.Wait() }
+	var once sync.Once
+	return stats, func() { once.Do(func() { close(done) }); wg.Wait() }
 }
