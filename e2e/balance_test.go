@@ -283,3 +283,177 @@ func TestSlowStart_ShareRampsLinearlyAcrossAReload(t *testing.T) {
 		t.Errorf("after the window: weight %.3f; want full (1 ± 0.15)", afterRatio)
 	}
 }
+
+// Two reloads under a steady load on four paths add a pool and its route, remove a pool
+// and its route, change a pool (a target added, another policy) and point a route at
+// another pool: no request fails, every path follows the table in effect, a request in
+// flight to the removed pool finishes (drained within its deregistration delay), and the
+// targets that stay keep their health (passes counted on) and their passive ejection. About
+// 8 s; 4 workers, at most 20,000 requests each.
+func TestReload_RoutesAndPoolsUnderLoadKeepStateAndDrain(t *testing.T) {
+	dir := t.TempDir()
+	_, _, roots := testutil.CertFiles(t, dir, "app.test")
+	a1, a2 := newSwitchBackend(t, "127.0.0.2", "a1"), newSwitchBackend(t, "127.0.0.2", "a2")
+	b1, b2 := newSwitchBackend(t, "127.0.0.3", "b1"), newSwitchBackend(t, "127.0.0.3", "b2")
+	c1, d1 := newSwitchBackend(t, "127.0.0.4", "c1"), newSwitchBackend(t, "127.0.0.5", "d1")
+	// Pool app's checks are slow (1 s, 5 passes to end an ejection), so that an ejection
+	// outlasts the first reload by seconds.
+	app := fmt.Sprintf(`  app:
+    targets: [%q, %q]
+    passive: {consecutive_failures: 3, ejection_time: 30s}
+    health_check: {path: /healthz, interval: 1s, timeout: 500ms, healthy_threshold: 5}
+`, a1.Addr, a2.Addr)
+	v1 := poolsConfig(dir, "pools:\n"+app+fmt.Sprintf(`  api: {targets: [%q], health_check: {{CHECK}}}
+  old: {targets: [%q], deregistration_delay: 5s, health_check: {{CHECK}}}
+routes:
+  - {name: api, path_prefix: /api/, pool: api}
+  - {name: old, path_prefix: /old/, pool: old}
+  - {name: default, pool: app}
+`, b1.Addr, c1.Addr))
+	v2 := poolsConfig(dir, "pools:\n"+app+fmt.Sprintf(`  api: {targets: [%q, %q], balance: least_outstanding_requests, health_check: {{CHECK}}}
+  new: {targets: [%q], health_check: {{CHECK}}}
+routes:
+  - {name: api, path_prefix: /api/, pool: api}
+  - {name: new, path_prefix: /new/, pool: new}
+  - {name: default, pool: app}
+`, b1.Addr, b2.Addr, d1.Addr))
+	v3 := poolsConfig(dir, "pools:\n"+app+fmt.Sprintf(`  new: {targets: [%q], health_check: {{CHECK}}}
+routes:
+  - {name: api, path_prefix: /api/, pool: new}
+  - {name: default, pool: app}
+`, d1.Addr))
+	e := startEdge(t, v1)
+	for pool, addrs := range map[string][]string{"app": {a1.Addr, a2.Addr}, "api": {b1.Addr}, "old": {c1.Addr}} {
+		for _, a := range addrs {
+			e.waitTargetIn(t, pool, a, "healthy", 5*time.Second)
+		}
+	}
+	c := httpsClient(roots, e.HTTPS)
+
+	var got answers
+	paths := []string{"/", "/api/x", "/old/x", "/new/x"}
+	var stops []func()
+	var loads []*loadStats
+	for _, p := range paths {
+		st, stop := steadyLoad(t, c, "https://app.test"+p, 1, 5*time.Millisecond, got.record(p))
+		loads, stops = append(loads, st), append(stops, stop)
+	}
+	stopAll := func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}
+	defer stopAll()
+
+	// a2 resets its connections until passive health ejects it (the load's requests to it
+	// are retried on a1), then serves again: it stays ejected until 5 checks pass.
+	a2.reset.Store(true)
+	ejected := fmt.Sprintf(`edgeproxy_passive_ejections_total{pool="app",target=%q}`, a2.Addr)
+	deadline := time.Now().Add(5 * time.Second)
+	for counterValue(e.metrics(t), ejected) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not counted within 5s", ejected)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a2.reset.Store(false)
+	before := e.targetsOf(t, "app")
+	if before[a2.Addr].EjectedUntil == nil {
+		t.Fatalf("/targets shows no ejection of %s: %+v", a2.Addr, before[a2.Addr])
+	}
+
+	// A slow request in flight to pool old when the reload removes it.
+	drained := make(chan string, 1)
+	go func() {
+		resp, err := c.Get("https://app.test/old/slow?ms=1500")
+		if err != nil {
+			drained <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		drained <- fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}()
+	time.Sleep(300 * time.Millisecond)
+
+	e.rewriteConfig(t, v2)
+	r1 := time.Now()
+	e.reload(t, "reloaded configuration")
+	after := e.targetsOf(t, "app")
+	if u := after[a2.Addr].EjectedUntil; u == nil || !u.Equal(*before[a2.Addr].EjectedUntil) {
+		t.Errorf("after the reload %s ejected until %v; want %v kept", a2.Addr, u, before[a2.Addr].EjectedUntil)
+	}
+	if s := after[a1.Addr]; s.State != "healthy" || s.ConsecutivePasses < before[a1.Addr].ConsecutivePasses {
+		t.Errorf("after the reload %s: %s with %d passes; want healthy, passes counted on from %d", a1.Addr, s.State, s.ConsecutivePasses, before[a1.Addr].ConsecutivePasses)
+	}
+	if s := e.targetsOf(t, "old")[c1.Addr].State; s != "draining" {
+		t.Errorf("removed pool's target %s; want draining while a request runs", s)
+	}
+	if got := <-drained; got != "200 c1" {
+		t.Errorf("request in flight to the removed pool: %q; want 200 c1", got)
+	}
+	if !e.WaitForOutput("target "+c1.Addr+" removed and drained", 3*time.Second) {
+		t.Error("log lacks the removed pool's target drained")
+	}
+	time.Sleep(time.Until(r1.Add(2 * time.Second)))
+	if n := got.count("/", r1, time.Now())["a2"]; n != 0 {
+		t.Errorf("the ejected target served %d requests within 2 s of the reload; want 0 (ejection kept)", n)
+	}
+	e.rewriteConfig(t, v3)
+	r2 := time.Now()
+	e.reload(t, "reloaded configuration")
+	time.Sleep(2 * time.Second)
+	stopAll()
+	end := time.Now()
+
+	failed, sent := int64(0), int64(0)
+	for _, st := range loads {
+		failed, sent = failed+st.failed.Load(), sent+st.sent.Load()
+	}
+	t.Logf("routes and pools reloaded twice under load: %d requests, %d failed", sent, failed)
+	if failed != 0 {
+		t.Errorf("%d of %d requests failed; want 0", failed, sent)
+	}
+	// Which backends answered each path in each phase, from slack after its reload.
+	want := []struct {
+		phase    string
+		from, to time.Time
+		by       map[string][]string // path -> allowed backends
+	}{
+		{"before", time.Time{}, r1, map[string][]string{"/api/x": {"b1"}, "/old/x": {"c1"}, "/new/x": {"a1", "a2"}}},
+		{"after reload 1", r1.Add(slack), r2, map[string][]string{"/api/x": {"b1", "b2"}, "/old/x": {"a1", "a2"}, "/new/x": {"d1"}}},
+		{"after reload 2", r2.Add(slack), end, map[string][]string{"/api/x": {"d1"}, "/old/x": {"a1", "a2"}, "/new/x": {"a1", "a2"}}},
+	}
+	for _, w := range want {
+		for path, allowed := range w.by {
+			n := got.count(path, w.from, w.to)
+			total := 0
+			for name, k := range n {
+				total += k
+				if !contains(allowed, name) {
+					t.Errorf("%s: %s answered by %s %d times; want only %v", w.phase, path, name, k, allowed)
+				}
+			}
+			if total == 0 {
+				t.Errorf("%s: no answer to %s", w.phase, path)
+			}
+		}
+	}
+	m := e.metrics(t)
+	for _, gone := range []string{`pool="old"`, `pool="api"`} {
+		for _, line := range strings.Split(m, "\n") {
+			if strings.Contains(line, gone) && strings.HasPrefix(line, "edgeproxy_target_healthy") {
+				t.Errorf("a removed pool's series remains: %s", line)
+			}
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

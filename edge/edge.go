@@ -192,12 +192,14 @@ type targetStatus struct {
 	pool.Status
 }
 
-// targetGroups lists the pools in name order, each with its targets by address, then the
-// passthrough targets.
+// targetGroups lists the pools in name order, each with its targets by address (a pool a
+// reload removed is listed while its targets drain), then the passthrough targets.
 func (e *Edge) targetGroups() []poolTargets {
 	out := []poolTargets{} // [], not null, when there are none
-	for _, p := range e.poolList() {
-		out = append(out, poolTargets{Pool: p.Name(), Targets: p.Statuses()})
+	for _, p := range e.poolsAndGone() {
+		if st := p.Statuses(); len(st) > 0 || e.poolNamed(p.Name()) == p {
+			out = append(out, poolTargets{Pool: p.Name(), Targets: st})
+		}
 	}
 	if st := e.passthrough.Statuses(); len(st) > 0 {
 		g := poolTargets{Pool: "passthrough"}

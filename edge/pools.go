@@ -197,15 +197,21 @@ func (e *Edge) startPools(ctx context.Context) {
 
 // waitPools waits for every pool's checks and drains to end.
 func (e *Edge) waitPools() {
+	for _, p := range e.poolsAndGone() {
+		p.Wait()
+	}
+}
+
+// poolsAndGone returns the running pools and those reloads removed, in name order.
+func (e *Edge) poolsAndGone() []*pool.Pool {
 	e.pools.mu.Lock()
 	all := e.poolListLocked()
 	for _, g := range e.pools.gone {
 		all = append(all, g.pool)
 	}
 	e.pools.mu.Unlock()
-	for _, p := range all {
-		p.Wait()
-	}
+	slices.SortStableFunc(all, func(a, b *pool.Pool) int { return strings.Compare(a.Name(), b.Name()) })
+	return all
 }
 
 // poolList returns the running pools in name order.

@@ -151,7 +151,7 @@ func New(cfg Config, opts Options) *Pool {
 	}
 	p := &Pool{name: cfg.Name, log: log, obs: opts.Observer, onRetire: opts.OnRetire}
 	h := cfg.Health
-	h.Observer, h.Logger = nil, log
+	h.Observer, h.Logger = nil, log.With("pool", cfg.Name)
 	if opts.Observer != nil {
 		h.Observer = opts.Observer
 	}
