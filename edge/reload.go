@@ -50,19 +50,32 @@ func (e *Edge) Reload(cfg *config.Config) error {
 	e.backend.Store(backend)
 	e.cfg.Store(cfg)
 
+	was, now := targetsByPool(old), targetsByPool(cfg)
 	var added, removed []string
-	for _, a := range cfg.Pool.Targets {
-		if !slices.Contains(old.Pool.Targets, a) {
+	for _, a := range now {
+		if !slices.Contains(was, a) {
 			added = append(added, a)
 		}
 	}
-	for _, a := range old.Pool.Targets {
-		if !slices.Contains(cfg.Pool.Targets, a) {
+	for _, a := range was {
+		if !slices.Contains(now, a) {
 			removed = append(removed, a)
 		}
 	}
-	e.log.Info("reloaded configuration", "targets", cfg.Pool.Targets, "added", added, "removed", removed)
+	e.log.Info("reloaded configuration", "targets", now, "added", added, "removed", removed)
 	return nil
+}
+
+// targetsByPool lists cfg's targets as "POOL/ADDR", pool by pool, so that the reload's log
+// line says what changed in every pool.
+func targetsByPool(cfg *config.Config) []string {
+	var out []string
+	for _, p := range cfg.Resolved.Pools {
+		for _, a := range p.Targets {
+			out = append(out, p.Name+"/"+a)
+		}
+	}
+	return out
 }
 
 // needsRestart lists the keys that differ between old and cfg and that only a restart
