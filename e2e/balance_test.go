@@ -73,9 +73,8 @@ tls:
 
 // answers records which backend answered, and when, per URL path.
 type answers struct {
-	mu   sync.Mutex
-	by   map[string][]answer
-	sent int
+	mu sync.Mutex
+	by map[string][]answer
 }
 
 type answer struct {

@@ -214,13 +214,6 @@ func (e *Edge) poolsAndGone() []*pool.Pool {
 	return all
 }
 
-// poolList returns the running pools in name order.
-func (e *Edge) poolList() []*pool.Pool {
-	e.pools.mu.Lock()
-	defer e.pools.mu.Unlock()
-	return e.poolListLocked()
-}
-
 // poolListLocked is poolList; e.pools.mu must be held.
 func (e *Edge) poolListLocked() []*pool.Pool {
 	out := make([]*pool.Pool, 0, len(e.pools.byName))
