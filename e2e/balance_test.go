@@ -198,7 +198,7 @@ func TestLeastOutstanding_SlowTargetGetsFarFewerThanItsRoundRobinShare(t *testin
 // the 10% floor to full, and a reload in the middle of the window (a route added) keeps
 // the ramp where it was. Measured per fifth of the window: the returning target's
 // requests per request of the other (its effective weight) against the linear ramp's
-// mean over that fifth. About 35 s; 2 workers, at most 10,000 requests.
+// mean over that fifth. About 35 s; 2 workers, at most 20,000 requests each.
 func TestSlowStart_ShareRampsLinearlyAcrossAReload(t *testing.T) {
 	const window = 30 * time.Second
 	dir := t.TempDir()
