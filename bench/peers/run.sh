@@ -176,15 +176,16 @@ python3 - "$results" "$PEERS" "$WORKLOADS" <<'EOF'
 import json, statistics, sys
 rows = [l.split(" ", 3) for l in open(sys.argv[1]).read().splitlines() if l]
 peers, workloads = sys.argv[2].split(), sys.argv[3].split()
-us, rps = {}, {}
+us, rps, p99 = {}, {}, {}
 for p, w, r, out in rows:
     d = json.loads(out)
     n = d["requests"]
     us.setdefault((p, w), []).append(sum(d["cpu"].values()) / n * 1e6)
     rps.setdefault((p, w), []).append(n / d["seconds"])
+    p99.setdefault((p, w), []).append(d["p99_us"] / 1000)
 titles = {"keepalive": "keep-alive, 64 B", "handshake": "new connection (full handshake)", "bulk": "keep-alive, 64 KiB"}
-print("| peer | " + " | ".join(f"{titles[w]}: µs/req (× nginx) | req/s" for w in workloads) + " |")
-print("|---|" + "---|---|" * len(workloads))
+print("| peer | " + " | ".join(f"{titles[w]}: µs/req (× nginx) [min..max] | req/s | p99 ms" for w in workloads) + " |")
+print("|---|" + "---|---|---|" * len(workloads))
 for p in peers:
     cells = []
     for w in workloads:
@@ -192,7 +193,7 @@ for p in peers:
         base = statistics.median(us[("nginx", w)]) if ("nginx", w) in us else None
         ratio = f" ({m / base:.2f}×)" if base else ""
         spread = f" [{min(us[(p, w)]):.0f}..{max(us[(p, w)]):.0f}]"
-        cells.append(f"{m:.1f}{ratio}{spread} | {statistics.median(rps[(p, w)]):.0f}")
+        cells.append(f"{m:.1f}{ratio}{spread} | {statistics.median(rps[(p, w)]):.0f} | {statistics.median(p99[(p, w)]):.2f}")
     print(f"| {p} | " + " | ".join(cells) + " |")
 # Ratios taken within each round (the peers of a round share its background load), median
 # [min..max] over the rounds: to nginx, and edgeproxy to edgeproxy-before when both ran.
