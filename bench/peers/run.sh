@@ -10,6 +10,11 @@
 #   ROUNDS=5 DURATION=10s bench/peers/run.sh
 #   PEERS="nginx edgeproxy" WORKLOADS=keepalive bench/peers/run.sh
 #   BIN=/path/to/edgeproxy bench/peers/run.sh  # measure that binary, not this tree's build
+#   WORKERS=2 PROXY_CPU=0,1 LOAD_CPU=0,1 bench/peers/run.sh
+#                                              # two cores: GOMAXPROCS=2, nginx worker_processes 2,
+#                                              # HAProxy nbthread 2; the load generator shares the
+#                                              # cores, and its CPU is not the proxy's (only the
+#                                              # proxy's processes are measured, from /proc)
 #   BIN_BEFORE=/path/to/old/edgeproxy PEERS="nginx edgeproxy-before edgeproxy" bench/peers/run.sh
 #                                              # A/B: an older build beside this one, same run
 #
@@ -28,6 +33,7 @@ PEERS="${PEERS:-nginx haproxy caddy edgeproxy edgeproxy-nofast}"
 WORKLOADS="${WORKLOADS:-keepalive handshake bulk}"
 PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
+WORKERS="${WORKERS:-1}" # nginx worker_processes, HAProxy nbthread, GOMAXPROCS of the Go proxies
 PROFILE="${PROFILE:-10s}" # edgeproxy CPU profile under keep-alive; 0 = none
 
 for tool in nginx haproxy caddy openssl taskset python3 go; do
@@ -74,7 +80,7 @@ for p in $PEERS; do port[$p]=$(freeport); done
 
 render() { # template output ADDR PORT [METRICS]
   sed -e "s|@ADDR@|127.0.0.1:$3|g" -e "s|@PORT@|$3|g" -e "s|@METRICS@|${4:-}|g" \
-    -e "s|@B1@|$B1|g" -e "s|@B2@|$B2|g" -e "s|@DIR@|$dir|g" \
+    -e "s|@B1@|$B1|g" -e "s|@B2@|$B2|g" -e "s|@DIR@|$dir|g" -e "s|@WORKERS@|$WORKERS|g" \
     -e "s|@CERT@|$dir/cert.pem|g" -e "s|@KEY@|$dir/key.pem|g" -e "s|@PEM@|$dir/combined.pem|g" \
     "bench/peers/$1" >"$2"
 }
@@ -101,7 +107,7 @@ start_peer() {
     ;;
   caddy)
     render Caddyfile "$dir/Caddyfile" "$pt"
-    XDG_DATA_HOME="$dir" XDG_CONFIG_HOME="$dir" GOMAXPROCS=1 taskset -c "$PROXY_CPU" \
+    XDG_DATA_HOME="$dir" XDG_CONFIG_HOME="$dir" GOMAXPROCS=$WORKERS taskset -c "$PROXY_CPU" \
       caddy run --config "$dir/Caddyfile" --adapter caddyfile >>"$dir/caddy.log" 2>&1 &
     pids+=($!)
     ;;
@@ -110,7 +116,7 @@ start_peer() {
     [ "$p" = edgeproxy-nofast ] && printf 'proxy:\n  fast_path: false\n' >>"$dir/$p.yaml"
     local b=$bin
     [ "$p" = edgeproxy-before ] && b=$bin_before
-    GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$b" run -config "$dir/$p.yaml" 2>>"$dir/$p.log" &
+    GOMAXPROCS=$WORKERS taskset -c "$PROXY_CPU" "$b" run -config "$dir/$p.yaml" 2>>"$dir/$p.log" &
     pids+=($!)
     ;;
   esac
@@ -224,7 +230,7 @@ if [ "$PROFILE" != 0 ] && [[ " $PEERS " == *" edgeproxy "* ]]; then
   sleep 1
   # Profiling starts at SIGUSR1, sent when the warm-up is over: after the TLS cost
   # calibration (waited for) and the warm-up, only the measured window is profiled.
-  GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$bin" bench -role edge-profile -config "$dir/edgeproxy.yaml" \
+  GOMAXPROCS=$WORKERS taskset -c "$PROXY_CPU" "$bin" bench -role edge-profile -config "$dir/edgeproxy.yaml" \
     -cpuprofile "$dir/cpu.pprof" -profile-on-usr1 2>>"$dir/edgeproxy-profile.log" &
   prof=$!
   pids+=("$prof")
