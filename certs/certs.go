@@ -181,14 +181,19 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 	return c, err
 }
 
-// Served returns the leaf of the certificate that a handshake for serverName on the
-// local address gets: GetCertificate's choice, without its log line and count. A request
-// on that connection may ask for the names it covers, and gets 421 for others (package
-// proxy). It returns nil when there is no certificate, and for the self-signed one: that
-// vouches for no name a client could verify (and it serves any name, such as a site
-// behind a CDN that does not verify the origin's certificate).
-func (s *Source) Served(serverName string, local net.Addr) *x509.Certificate {
-	c, _, _ := s.choose(serverName, local)
+// Served returns the leaf of the certificate that a handshake for serverName (its SNI)
+// gets: GetCertificate's choice, without its log line and count. A request on that
+// connection may ask for the names it covers, and gets 421 for others (package proxy).
+// It returns nil, which checks nothing, when there is no certificate; for the
+// self-signed one, which vouches for no name a client could verify (and serves any name,
+// such as a site behind a CDN that does not verify the origin's certificate); and
+// without SNI: a client dialling an IP address (a load balancer's health check, say)
+// named no site it could be misdirected from.
+func (s *Source) Served(serverName string) *x509.Certificate {
+	if serverName == "" {
+		return nil
+	}
+	c, _, _ := s.choose(serverName, nil)
 	if c == nil || c.Leaf == nil || c.Leaf == s.selfSigned {
 		return nil
 	}

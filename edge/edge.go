@@ -226,8 +226,8 @@ func (e *Edge) dataServer(srv *http.Server) server {
 		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
 		Handshake: tlsserve.Handshake, // measured when tls.tls_cost was on at accept
 		// A request whose host the connection's certificate does not cover gets 421.
-		Certificate: func(st *tls.ConnectionState, local net.Addr) *x509.Certificate {
-			return e.certSrc.Load().Served(st.ServerName, local)
+		Certificate: func(st *tls.ConnectionState) *x509.Certificate {
+			return e.certSrc.Load().Served(st.ServerName)
 		},
 	})
 }

@@ -60,11 +60,11 @@ type ServerOptions struct {
 	// serves it; nil means (*tls.Conn).Handshake. The edge passes tlsserve.Handshake,
 	// which measures what the handshake costs when tls.tls_cost was on at accept.
 	Handshake func(*tls.Conn) error
-	// Certificate returns the leaf of the certificate a handshake on the local address
-	// served (chosen for st.ServerName), once per connection; a request on the
-	// connection whose host it does not cover is answered 421 (proxy.Covers). nil, or a
-	// nil result, checks nothing.
-	Certificate func(st *tls.ConnectionState, local net.Addr) *x509.Certificate
+	// Certificate returns the leaf of the certificate the handshake of st served (chosen
+	// for st.ServerName), once per connection; a request on the connection whose host it
+	// does not cover is answered 421 (proxy.Covers). nil, or a nil result, checks
+	// nothing.
+	Certificate func(st *tls.ConnectionState) *x509.Certificate
 }
 
 // Server serves client connections: HTTP/1.1 on the fast path, everything else through
@@ -103,7 +103,7 @@ func NewServer(opts ServerOptions) *Server {
 			}
 		case *tls.Conn: // HTTP/2, handed over as it is
 			st := g.ConnectionState()
-			ctx = proxy.WithServedCertificate(ctx, s.served(&st, g))
+			ctx = proxy.WithServedCertificate(ctx, s.served(&st))
 		}
 		if prev != nil {
 			ctx = prev(ctx, c)
@@ -122,11 +122,11 @@ func (s *Server) handshake(tc *tls.Conn) error {
 }
 
 // served is opts.Certificate's answer for a connection, nil without it.
-func (s *Server) served(st *tls.ConnectionState, c net.Conn) *x509.Certificate {
+func (s *Server) served(st *tls.ConnectionState) *x509.Certificate {
 	if s.opts.Certificate == nil {
 		return nil
 	}
-	return s.opts.Certificate(st, c.LocalAddr())
+	return s.opts.Certificate(st)
 }
 
 // Serve accepts connections from ln until Shutdown or Close, like http.Server.Serve. A
@@ -180,7 +180,7 @@ func (s *Server) serveConn(c net.Conn) {
 			s.handoff.push(tc) // net/http's HTTP/2 server takes the *tls.Conn as it is
 			return
 		}
-		state, served = &st, s.served(&st, tc)
+		state, served = &st, s.served(&st)
 	}
 	if !s.opts.FastPath {
 		s.handOff(c, state, served, nil)
