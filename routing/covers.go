@@ -52,9 +52,6 @@ func coveredIP[S ~string | ~[]byte](host S, ips []net.IP) bool {
 
 // nameCovers reports whether the certificate name covers host (no port, no trailing dot).
 func nameCovers[S ~string | ~[]byte](name string, host S) bool {
-	if n := len(name); n > 1 && name[n-1] == '.' {
-		name = name[:n-1]
-	}
 	if len(name) > 2 && name[0] == '*' && name[1] == '.' {
 		suffix := name[1:] // ".example.com"
 		n := len(host) - len(suffix)
