@@ -50,6 +50,34 @@ func TestGetCertificate_ChoosesBySNI(t *testing.T) {
 	}
 }
 
+// Served is the certificate GetCertificate chooses for an SNI name, without counting
+// it; nothing (no 421 check) without SNI and for the self-signed certificate.
+func TestServed_IsTheChoiceForTheSNI(t *testing.T) {
+	a := mustSelfSigned(t, "a.test")
+	b := mustSelfSigned(t, "b.test", "*.b.test")
+	obs := &countObserver{}
+	src, err := New(Options{Static: []tls.Certificate{a, b}, Observer: obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for sni, want := range map[string]*tls.Certificate{"a.test": &a, "www.b.test": &b, "other.test": &a, "": nil} {
+		got := src.Served(sni)
+		if want == nil && got != nil || want != nil && got != want.Leaf {
+			t.Errorf("Served(%q) = %v; want the certificate of %v", sni, got, want)
+		}
+	}
+	if n := obs.n.Load(); n != 0 {
+		t.Errorf("Served counted %d unknown names; want 0 (GetCertificate counts them)", n)
+	}
+	self, err := New(Options{SelfSigned: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := self.Served("localhost"); got != nil {
+		t.Errorf("self-signed: Served = %v; want nil", got.DNSNames)
+	}
+}
+
 func TestGetCertificate_NoSourceRefuses(t *testing.T) {
 	src, err := New(Options{})
 	if err != nil {
