@@ -2,6 +2,7 @@ package fastpath
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -42,6 +43,7 @@ type fastConn struct {
 	srv      *Server
 	conn     net.Conn
 	tls      *tls.ConnectionState // nil on a plain-HTTP listener
+	cert     *x509.Certificate    // the certificate the handshake served; nil: no 421 check
 	remote   netip.Addr
 	remoteAP string // RemoteAddr().String(), for the access log
 
@@ -71,6 +73,9 @@ type fastConn struct {
 	upstream     *Upstream
 	up           *upstreamConn // the connection of the last attempt that got a response head
 	one          [1]byte       // waitRequest's read, here so as not to allocate
+	// covered[:coveredLen] is the last host cert covered (see covers).
+	covered    [64]byte
+	coveredLen int
 }
 
 // serve runs the loop until the connection closes or is handed to net/http.
@@ -235,7 +240,7 @@ func (c *fastConn) refuse(herr *h1.Error) {
 // handOff gives the connection, with the bytes read and not consumed, to net/http.
 func (c *fastConn) handOff() {
 	pending := append([]byte(nil), c.buf[c.r:c.w]...)
-	c.srv.handOff(c.conn, c.tls, pending)
+	c.srv.handOff(c.conn, c.tls, c.cert, pending)
 }
 
 // declines reports whether the fast path should leave a valid request to net/http for a
@@ -258,7 +263,11 @@ func (c *fastConn) serveRequest(b *Backend) (keepAlive bool) {
 	if req.Framing == h1.FramingLength {
 		contentLength = req.ContentLength
 	}
-	status, bytes := h.Begin(&c.x, h.RouteFast(req), contentLength), int64(0)
+	route := proxy.RouteMisdirected
+	if c.covers(req.Host) {
+		route = h.RouteFast(req)
+	}
+	status, bytes := h.Begin(&c.x, route, contentLength), int64(0)
 	switch {
 	case status == -1:
 		// The route's redirect or fixed response (or 404: no route matched).
@@ -300,6 +309,22 @@ func (c *fastConn) serveRequest(b *Backend) (keepAlive bool) {
 	h.Finish(&c.x, status, bytes, c.describeAccess)
 	c.handler, c.upstream, c.up = nil, nil, nil
 	return keepAlive
+}
+
+// covers reports whether the certificate the connection's handshake served covers host
+// (proxy.Covers). The last host covered is remembered, so that the requests of a
+// keep-alive connection, which name one host, check it once, without allocating.
+func (c *fastConn) covers(host []byte) bool {
+	if c.cert == nil || string(host) == string(c.covered[:c.coveredLen]) {
+		return true
+	}
+	if !proxy.Covers(c.cert, host) {
+		return false
+	}
+	if len(host) <= len(c.covered) {
+		c.coveredLen = copy(c.covered[:], host)
+	}
+	return true
 }
 
 // describeAccess fills in the access log line of the current request.
