@@ -170,33 +170,69 @@ func (s *Source) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 	if s.acme != nil && isACMEChallenge(hello) {
 		return s.acme.challengeCert(hello)
 	}
-	if c := s.Lookup(hello.ServerName); c != nil {
-		return c, nil
+	var local net.Addr
+	if hello.Conn != nil {
+		local = hello.Conn.LocalAddr()
+	}
+	c, known, err := s.choose(hello.ServerName, local)
+	if !known {
+		s.unknownName(hello.ServerName)
+	}
+	return c, err
+}
+
+// Served returns the leaf of the certificate that a handshake for serverName (its SNI)
+// gets: GetCertificate's choice, without its log line and count. A request on that
+// connection may ask for the names it covers, and gets 421 for others (package proxy).
+// It returns nil, which checks nothing, when there is no certificate; for the
+// self-signed one, which vouches for no name a client could verify (and serves any name,
+// such as a site behind a CDN that does not verify the origin's certificate); and
+// without SNI: a client dialling an IP address (a load balancer's health check, say)
+// named no site it could be misdirected from.
+func (s *Source) Served(serverName string) *x509.Certificate {
+	if serverName == "" {
+		return nil
+	}
+	c, _, _ := s.choose(serverName, nil)
+	if c == nil || c.Leaf == nil || c.Leaf == s.selfSigned {
+		return nil
+	}
+	return c.Leaf
+}
+
+// choose is the certificate for serverName on the local address (nil: unknown): the
+// static certificate covering the name, else the ACME certificate of a listed domain,
+// else, without a name, the one of the local IP address, else the default certificate.
+// known is false when no certificate covers the name.
+func (s *Source) choose(serverName string, local net.Addr) (c *tls.Certificate, known bool, err error) {
+	if c := s.Lookup(serverName); c != nil {
+		return c, true, nil
 	}
 	if s.acme != nil {
-		if d := s.acme.domain(hello.ServerName); d != nil {
-			return s.acmeCertificate(d)
+		if d := s.acme.domain(serverName); d != nil {
+			c, err := s.acmeCertificate(d)
+			return c, true, err
 		}
 	}
 	// Clients dialling an IP send no SNI; a certificate with that IP in its SANs covers
 	// them: a static one, else the ACME one of tls.acme.ip_addresses.
-	if hello.ServerName == "" && hello.Conn != nil {
-		if host, _, err := net.SplitHostPort(hello.Conn.LocalAddr().String()); err == nil {
+	if serverName == "" && local != nil {
+		if host, _, err := net.SplitHostPort(local.String()); err == nil {
 			if c := s.Lookup(normalizeName(host)); c != nil {
-				return c, nil
+				return c, true, nil
 			}
 			if s.acme != nil {
 				if d := s.acme.domain(host); d != nil {
-					return s.acmeCertificate(d)
+					c, err := s.acmeCertificate(d)
+					return c, true, err
 				}
 			}
 		}
 	}
-	s.unknownName(hello.ServerName)
 	if s.fallback != nil {
-		return s.fallback, nil
+		return s.fallback, false, nil
 	}
-	return nil, fmt.Errorf("certs: no certificate for server name %q", hello.ServerName)
+	return nil, false, fmt.Errorf("certs: no certificate for server name %q", serverName)
 }
 
 // acmeCertificate is the certificate of an ACME name: its own, else (not obtained yet)

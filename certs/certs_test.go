@@ -20,16 +20,24 @@ func mustSelfSigned(t *testing.T, names ...string) tls.Certificate {
 	return c
 }
 
-// Several static certificates: SNI picks the one covering the name (exactly or by
-// wildcard); any other name gets the first, and is counted.
-func TestGetCertificate_ChoosesBySNI(t *testing.T) {
-	a := mustSelfSigned(t, "a.test")
-	b := mustSelfSigned(t, "b.test", "*.b.test")
-	obs := &countObserver{}
+// twoSites is a Source with a static certificate for a.test (the default) and one for
+// b.test and *.b.test, counting unknown names in obs.
+func twoSites(t *testing.T) (a, b tls.Certificate, src *Source, obs *countObserver) {
+	t.Helper()
+	a = mustSelfSigned(t, "a.test")
+	b = mustSelfSigned(t, "b.test", "*.b.test")
+	obs = &countObserver{}
 	src, err := New(Options{Static: []tls.Certificate{a, b}, Observer: obs})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return a, b, src, obs
+}
+
+// Several static certificates: SNI picks the one covering the name (exactly or by
+// wildcard); any other name gets the first, and is counted.
+func TestGetCertificate_ChoosesBySNI(t *testing.T) {
+	a, b, src, obs := twoSites(t)
 	tests := []struct {
 		sni  string
 		want *tls.Certificate
@@ -47,6 +55,28 @@ func TestGetCertificate_ChoosesBySNI(t *testing.T) {
 	}
 	if n := obs.n.Load(); n != 2 {
 		t.Errorf("unknown names counted %d; want 2 (x.y.b.test, other.test)", n)
+	}
+}
+
+// Served is the certificate GetCertificate chooses for an SNI name, without counting
+// it; nothing (no 421 check) without SNI and for the self-signed certificate.
+func TestServed_IsTheChoiceForTheSNI(t *testing.T) {
+	a, b, src, obs := twoSites(t)
+	for sni, want := range map[string]*tls.Certificate{"a.test": &a, "www.b.test": &b, "other.test": &a, "": nil} {
+		got := src.Served(sni)
+		if want == nil && got != nil || want != nil && got != want.Leaf {
+			t.Errorf("Served(%q) = %v; want the certificate of %v", sni, got, want)
+		}
+	}
+	if n := obs.n.Load(); n != 0 {
+		t.Errorf("Served counted %d unknown names; want 0 (GetCertificate counts them)", n)
+	}
+	self, err := New(Options{SelfSigned: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := self.Served("localhost"); got != nil {
+		t.Errorf("self-signed: Served = %v; want nil", got.DNSNames)
 	}
 }
 

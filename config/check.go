@@ -364,6 +364,7 @@ func (c *Config) CheckEnvironment() []Problem {
 	k.acmeEnvironment(unset)
 	k.storageEnvironment(unset)
 	k.passthroughEnvironment()
+	k.routeHostsEnvironment()
 	sortProblems(k.problems)
 	var errs []Problem
 	for _, p := range k.problems {

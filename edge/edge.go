@@ -9,6 +9,8 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -252,6 +254,10 @@ func (e *Edge) dataServer(srv *http.Server) server {
 		Backend: e.backend.Load, HTTP: srv, FastPath: e.cfg.Load().Proxy.FastPath,
 		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
 		Handshake: tlsserve.Handshake, // measured when tls.tls_cost was on at accept
+		// A request whose host the connection's certificate does not cover gets 421.
+		Certificate: func(st *tls.ConnectionState) *x509.Certificate {
+			return e.certSrc.Load().Served(st.ServerName)
+		},
 	})
 }
 

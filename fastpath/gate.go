@@ -2,6 +2,7 @@ package fastpath
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -24,7 +25,8 @@ import (
 // refuses it (431), as its limit is below the gate's.
 type gateConn struct {
 	net.Conn
-	tls *tls.ConnectionState
+	tls    *tls.ConnectionState
+	served *x509.Certificate // the certificate the handshake served, for the 421 check; nil for none
 
 	pending []byte // bytes read before the hand-over, to be checked first
 	in      []byte // bytes read and not yet checked
@@ -50,10 +52,10 @@ const (
 	gateRefused                  // a refusal was released; then EOF
 )
 
-func newGateConn(c net.Conn, state *tls.ConnectionState, pending []byte, maxHeaderBytes int) *gateConn {
+func newGateConn(c net.Conn, state *tls.ConnectionState, served *x509.Certificate, pending []byte, maxHeaderBytes int) *gateConn {
 	// net/http reads at most MaxHeaderBytes+4096 of a head before answering 431; the
 	// gate's limit is above that, so an oversized head reaches net/http's own refusal.
-	return &gateConn{Conn: c, tls: state, pending: pending, lim: h1.Limits{MaxHeadBytes: maxHeaderBytes + 4096 + 1}}
+	return &gateConn{Conn: c, tls: state, served: served, pending: pending, lim: h1.Limits{MaxHeadBytes: maxHeaderBytes + 4096 + 1}}
 }
 
 // Read returns checked bytes, reading and checking more as needed. A read error is

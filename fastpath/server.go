@@ -10,6 +10,7 @@ package fastpath
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"edgeproxy/proxy"
 	"errors"
 	"net"
@@ -59,6 +60,11 @@ type ServerOptions struct {
 	// serves it; nil means (*tls.Conn).Handshake. The edge passes tlsserve.Handshake,
 	// which measures what the handshake costs when tls.tls_cost was on at accept.
 	Handshake func(*tls.Conn) error
+	// Certificate returns the leaf of the certificate the handshake of st served (chosen
+	// for st.ServerName), once per connection; a request on the connection whose host it
+	// does not cover is answered 421 (proxy.Covers). nil, or a nil result, checks
+	// nothing.
+	Certificate func(st *tls.ConnectionState) *x509.Certificate
 }
 
 // Server serves client connections: HTTP/1.1 on the fast path, everything else through
@@ -90,8 +96,14 @@ func NewServer(opts ServerOptions) *Server {
 	// behind the gate, the TLS state travels in the context (see requestTLS).
 	prev := opts.HTTP.ConnContext
 	opts.HTTP.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		if g, ok := c.(*gateConn); ok && g.tls != nil {
-			ctx = proxy.WithTLSState(ctx, g.tls)
+		switch g := c.(type) {
+		case *gateConn:
+			if g.tls != nil {
+				ctx = proxy.WithServedCertificate(proxy.WithTLSState(ctx, g.tls), g.served)
+			}
+		case *tls.Conn: // HTTP/2, handed over as it is
+			st := g.ConnectionState()
+			ctx = proxy.WithServedCertificate(ctx, s.served(&st))
 		}
 		if prev != nil {
 			ctx = prev(ctx, c)
@@ -107,6 +119,14 @@ func (s *Server) handshake(tc *tls.Conn) error {
 		return s.opts.Handshake(tc)
 	}
 	return tc.Handshake()
+}
+
+// served is opts.Certificate's answer for a connection, nil without it.
+func (s *Server) served(st *tls.ConnectionState) *x509.Certificate {
+	if s.opts.Certificate == nil {
+		return nil
+	}
+	return s.opts.Certificate(st)
 }
 
 // Serve accepts connections from ln until Shutdown or Close, like http.Server.Serve. A
@@ -146,6 +166,7 @@ func (s *Server) Serve(ln net.Listener) error {
 
 func (s *Server) serveConn(c net.Conn) {
 	var state *tls.ConnectionState
+	var served *x509.Certificate
 	if tc, ok := c.(*tls.Conn); ok {
 		tc.SetDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
 		err := s.handshake(tc)
@@ -159,13 +180,13 @@ func (s *Server) serveConn(c net.Conn) {
 			s.handoff.push(tc) // net/http's HTTP/2 server takes the *tls.Conn as it is
 			return
 		}
-		state = &st
+		state, served = &st, s.served(&st)
 	}
 	if !s.opts.FastPath {
-		s.handOff(c, state, nil)
+		s.handOff(c, state, served, nil)
 		return
 	}
-	fc := &fastConn{srv: s, conn: c, tls: state, remoteAP: c.RemoteAddr().String()}
+	fc := &fastConn{srv: s, conn: c, tls: state, cert: served, remoteAP: c.RemoteAddr().String()}
 	if ap, err := netip.ParseAddrPort(fc.remoteAP); err == nil {
 		fc.remote = ap.Addr().Unmap()
 	}
@@ -179,8 +200,8 @@ func (s *Server) serveConn(c net.Conn) {
 
 // handOff gives an HTTP/1.x connection, with pending bytes already read from it, to
 // net/http behind the strict head gate.
-func (s *Server) handOff(c net.Conn, state *tls.ConnectionState, pending []byte) {
-	s.handoff.push(newGateConn(c, state, pending, s.opts.MaxHeaderBytes))
+func (s *Server) handOff(c net.Conn, state *tls.ConnectionState, served *x509.Certificate, pending []byte) {
+	s.handoff.push(newGateConn(c, state, served, pending, s.opts.MaxHeaderBytes))
 }
 
 func (s *Server) track(c *fastConn) bool {

@@ -102,18 +102,22 @@ type Describer interface {
 }
 
 // Begin starts the exchange x for a request that took route (the index RouteFast or
-// routeHTTP gave; -1 for none) and whose body has contentLength bytes (-1 when unknown):
-// it picks a target of the route's pool and counts the request in flight there. It
-// returns 0 when the request may go on, or the status to answer: a route's redirect or
-// fixed response (then Answer says what to write), 404 when no route matched (the same),
-// 503 when the pool has no target at all, 413 when the body is over
+// routeHTTP gave; -1 for none; RouteMisdirected for a host the connection's certificate
+// does not cover) and whose body has contentLength bytes (-1 when unknown): it picks a
+// target of the route's pool and counts the request in flight there. It returns 0 when
+// the request may go on, or the status to answer: -1 for a route's redirect or fixed
+// response, 404 when no route matched and 421 when misdirected (then Answer says what to
+// write), 503 when the pool has no target at all, 413 when the body is over
 // limits.max_body_bytes.
 func (h *Handler) Begin(x *Exchange, route int, contentLength int64) (refuse int) {
 	x.start, x.target, x.tries, x.pool = time.Now(), nil, 0, nil
 	x.route = h.routeAt(route)
 	if x.route.pool == nil {
-		if route < 0 {
+		switch route {
+		case -1:
 			h.obs.ProxyError(ReasonNoRoute)
+		case RouteMisdirected:
+			h.obs.ProxyError(ReasonMisdirected)
 		}
 		return -1 // the caller asks Answer
 	}
@@ -136,7 +140,7 @@ func (h *Handler) Begin(x *Exchange, route int, contentLength int64) (refuse int
 }
 
 // Answer is the edge's own answer for an exchange whose Begin returned -1: the route's
-// redirect or fixed response, or 404 when no route matched. host and target are the
+// redirect or fixed response, 404 when no route matched, or 421 when misdirected. host and target are the
 // request's (a redirect keeps what it does not replace).
 func (h *Handler) Answer(x *Exchange, host, target string, isTLS bool) Action {
 	a, _ := x.route.action(host, target, isTLS)
@@ -184,6 +188,7 @@ func (h *Handler) Forward(x *Exchange, s Sender, idempotent bool) error {
 const (
 	ReasonNoTarget     = "no_target"      // 503: the pool has no target
 	ReasonNoRoute      = "no_route"       // 404: no route matched
+	ReasonMisdirected  = "misdirected"    // 421: the connection's certificate does not cover the host
 	ReasonBodyTooLarge = "body_too_large" // 413: over limits.max_body_bytes
 	ReasonBadRequest   = "bad_request"    // 400/431/501/505: the strict parser refused the head
 	ReasonClientClosed = "client_closed"  // 499: the client went away first

@@ -217,7 +217,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), attemptKey{}, x))
 	defer cancel(nil)
 	x.watch = cancel
-	switch status := h.Begin(x, h.routeHTTP(r), r.ContentLength); status {
+	switch status := h.Begin(x, h.routeChecked(r), r.ContentLength); status {
 	case -1:
 		writeAction(rec, h.Answer(x, r.Host, r.RequestURI, isTLS))
 	case 0:

@@ -81,8 +81,12 @@ func (h *Handler) compileRoutes(opts Options) {
 }
 
 // routeAt is the compiled route of index i of the table, noRoute for -1 (or a route to a
-// pool the handler was not given, which config validation prevents).
+// pool the handler was not given, which config validation prevents), misdirected for
+// RouteMisdirected.
 func (h *Handler) routeAt(i int) *route {
+	if i == RouteMisdirected {
+		return misdirected
+	}
 	if i < 0 || i >= len(h.routes) {
 		return noRoute
 	}

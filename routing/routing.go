@@ -335,22 +335,25 @@ func matchHeaders[S ~string | ~[]byte](conds []HeaderCondition, get func(string)
 	return true
 }
 
-// equalFoldASCII reports whether s equals lower (already lower case), ASCII
-// case-insensitively. A byte outside ASCII never matches, so a host in Unicode matches no
-// host condition.
+// equalFoldASCII reports whether s equals lower, ASCII case-insensitively (lower is a
+// host condition, already lower case, or a certificate's name, which may not be). A byte
+// outside ASCII never matches, so a host in Unicode matches no host condition.
 func equalFoldASCII[S ~string | ~[]byte](s S, lower string) bool {
 	if len(s) != len(lower) {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
+		c, l := s[i], lower[i]
 		if c >= 0x80 {
 			return false
 		}
 		if 'A' <= c && c <= 'Z' {
 			c += 'a' - 'A'
 		}
-		if c != lower[i] {
+		if 'A' <= l && l <= 'Z' {
+			l += 'a' - 'A'
+		}
+		if c != l {
 			return false
 		}
 	}

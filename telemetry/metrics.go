@@ -38,7 +38,7 @@ type Metrics struct {
 
 // proxyErrorReasons are the reason label's values (proxy.Reason*), created at zero so
 // that a rate over them answers before the first error.
-var proxyErrorReasons = []string{"no_target", "body_too_large", "client_closed", "target_timeout", "target_error", "deregistered"}
+var proxyErrorReasons = []string{"no_target", "body_too_large", "client_closed", "target_timeout", "target_error", "deregistered", "misdirected"}
 
 // New returns metrics registered on a fresh registry, with the process and Go collectors.
 func New() *Metrics {
@@ -99,7 +99,7 @@ func New() *Metrics {
 		}),
 		proxyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgeproxy_proxy_errors_total",
-			Help: "Requests the edge answered itself instead of a target, by reason: no_target (503), body_too_large (413), client_closed (499), target_timeout (504), target_error (502), deregistered (502: the target was removed by a reload and its deregistration delay ended).",
+			Help: "Requests the edge answered itself instead of a target, by reason: no_target (503), body_too_large (413), client_closed (499), target_timeout (504), target_error (502), deregistered (502: the target was removed by a reload and its deregistration delay ended), misdirected (421: the TLS connection's certificate does not cover the request's host).",
 		}, []string{"reason"}),
 	}
 	for _, r := range proxyErrorReasons {

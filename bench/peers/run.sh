@@ -10,6 +10,11 @@
 #   ROUNDS=5 DURATION=10s bench/peers/run.sh
 #   PEERS="nginx edgeproxy" WORKLOADS=keepalive bench/peers/run.sh
 #   BIN=/path/to/edgeproxy bench/peers/run.sh  # measure that binary, not this tree's build
+#   WORKERS=2 PROXY_CPU=0,1 LOAD_CPU=0,1 bench/peers/run.sh
+#                                              # two cores: GOMAXPROCS=2, nginx worker_processes 2,
+#                                              # HAProxy nbthread 2; the load generator shares the
+#                                              # cores, and its CPU is not the proxy's (only the
+#                                              # proxy's processes are measured, from /proc)
 #   BIN_BEFORE=/path/to/old/edgeproxy PEERS="nginx edgeproxy-before edgeproxy" bench/peers/run.sh
 #                                              # A/B: an older build beside this one, same run
 #
@@ -28,6 +33,7 @@ PEERS="${PEERS:-nginx haproxy caddy edgeproxy edgeproxy-nofast}"
 WORKLOADS="${WORKLOADS:-keepalive handshake bulk}"
 PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
+WORKERS="${WORKERS:-1}" # nginx worker_processes, HAProxy nbthread, GOMAXPROCS of the Go proxies
 PROFILE="${PROFILE:-10s}" # edgeproxy CPU profile under keep-alive; 0 = none
 
 for tool in nginx haproxy caddy openssl taskset python3 go; do
@@ -74,7 +80,7 @@ for p in $PEERS; do port[$p]=$(freeport); done
 
 render() { # template output ADDR PORT [METRICS]
   sed -e "s|@ADDR@|127.0.0.1:$3|g" -e "s|@PORT@|$3|g" -e "s|@METRICS@|${4:-}|g" \
-    -e "s|@B1@|$B1|g" -e "s|@B2@|$B2|g" -e "s|@DIR@|$dir|g" \
+    -e "s|@B1@|$B1|g" -e "s|@B2@|$B2|g" -e "s|@DIR@|$dir|g" -e "s|@WORKERS@|$WORKERS|g" \
     -e "s|@CERT@|$dir/cert.pem|g" -e "s|@KEY@|$dir/key.pem|g" -e "s|@PEM@|$dir/combined.pem|g" \
     "bench/peers/$1" >"$2"
 }
@@ -101,7 +107,7 @@ start_peer() {
     ;;
   caddy)
     render Caddyfile "$dir/Caddyfile" "$pt"
-    XDG_DATA_HOME="$dir" XDG_CONFIG_HOME="$dir" GOMAXPROCS=1 taskset -c "$PROXY_CPU" \
+    XDG_DATA_HOME="$dir" XDG_CONFIG_HOME="$dir" GOMAXPROCS=$WORKERS taskset -c "$PROXY_CPU" \
       caddy run --config "$dir/Caddyfile" --adapter caddyfile >>"$dir/caddy.log" 2>&1 &
     pids+=($!)
     ;;
@@ -110,7 +116,7 @@ start_peer() {
     [ "$p" = edgeproxy-nofast ] && printf 'proxy:\n  fast_path: false\n' >>"$dir/$p.yaml"
     local b=$bin
     [ "$p" = edgeproxy-before ] && b=$bin_before
-    GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$b" run -config "$dir/$p.yaml" 2>>"$dir/$p.log" &
+    GOMAXPROCS=$WORKERS taskset -c "$PROXY_CPU" "$b" run -config "$dir/$p.yaml" 2>>"$dir/$p.log" &
     pids+=($!)
     ;;
   esac
@@ -176,15 +182,16 @@ python3 - "$results" "$PEERS" "$WORKLOADS" <<'EOF'
 import json, statistics, sys
 rows = [l.split(" ", 3) for l in open(sys.argv[1]).read().splitlines() if l]
 peers, workloads = sys.argv[2].split(), sys.argv[3].split()
-us, rps = {}, {}
+us, rps, p99 = {}, {}, {}
 for p, w, r, out in rows:
     d = json.loads(out)
     n = d["requests"]
     us.setdefault((p, w), []).append(sum(d["cpu"].values()) / n * 1e6)
     rps.setdefault((p, w), []).append(n / d["seconds"])
+    p99.setdefault((p, w), []).append(d["p99_us"] / 1000)
 titles = {"keepalive": "keep-alive, 64 B", "handshake": "new connection (full handshake)", "bulk": "keep-alive, 64 KiB"}
-print("| peer | " + " | ".join(f"{titles[w]}: µs/req (× nginx) | req/s" for w in workloads) + " |")
-print("|---|" + "---|---|" * len(workloads))
+print("| peer | " + " | ".join(f"{titles[w]}: µs/req (× nginx) [min..max] | req/s | p99 ms" for w in workloads) + " |")
+print("|---|" + "---|---|---|" * len(workloads))
 for p in peers:
     cells = []
     for w in workloads:
@@ -192,7 +199,7 @@ for p in peers:
         base = statistics.median(us[("nginx", w)]) if ("nginx", w) in us else None
         ratio = f" ({m / base:.2f}×)" if base else ""
         spread = f" [{min(us[(p, w)]):.0f}..{max(us[(p, w)]):.0f}]"
-        cells.append(f"{m:.1f}{ratio}{spread} | {statistics.median(rps[(p, w)]):.0f}")
+        cells.append(f"{m:.1f}{ratio}{spread} | {statistics.median(rps[(p, w)]):.0f} | {statistics.median(p99[(p, w)]):.2f}")
     print(f"| {p} | " + " | ".join(cells) + " |")
 # Ratios taken within each round (the peers of a round share its background load), median
 # [min..max] over the rounds: to nginx, and edgeproxy to edgeproxy-before when both ran.
@@ -223,7 +230,7 @@ if [ "$PROFILE" != 0 ] && [[ " $PEERS " == *" edgeproxy "* ]]; then
   sleep 1
   # Profiling starts at SIGUSR1, sent when the warm-up is over: after the TLS cost
   # calibration (waited for) and the warm-up, only the measured window is profiled.
-  GOMAXPROCS=1 taskset -c "$PROXY_CPU" "$bin" bench -role edge-profile -config "$dir/edgeproxy.yaml" \
+  GOMAXPROCS=$WORKERS taskset -c "$PROXY_CPU" "$bin" bench -role edge-profile -config "$dir/edgeproxy.yaml" \
     -cpuprofile "$dir/cpu.pprof" -profile-on-usr1 2>>"$dir/edgeproxy-profile.log" &
   prof=$!
   pids+=("$prof")
