@@ -53,7 +53,7 @@ const (
 // measureHandshakeFactor returns process CPU per second of thread-clock handshake CPU, and
 // the share of the extra CPU that was the collector's background work (left out of the
 // factor, see below).
-func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare, dataFactor float64, err error) {
+func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare, dataFactor, perRead float64, err error) {
 	factor, gcShare, dataFactor = 1, 0, 1
 	reg := prometheus.NewRegistry()
 	a, err := newAccountant(Options{HandshakeTimeout: 5 * time.Second, Costs: &Costs{Seal: costs.Seal, Open: costs.Open, Write: costs.Write}}, reg)
@@ -62,12 +62,12 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 	}
 	tlsRaw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return factor, gcShare, dataFactor, err
+		return factor, gcShare, dataFactor, perRead, err
 	}
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		_ = tlsRaw.Close()
-		return factor, gcShare, dataFactor, err
+		return factor, gcShare, dataFactor, perRead, err
 	}
 	tl := a.listener(tlsRaw, &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true})
 	var wg sync.WaitGroup
@@ -124,16 +124,17 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 	// Warm up: connections, goroutine stacks, crypto tables.
 	for _, useTLS := range []bool{true, false} {
 		if err := batch(useTLS); err != nil {
-			return factor, gcShare, dataFactor, err
+			return factor, gcShare, dataFactor, perRead, err
 		}
 	}
 	var extra, extraGC, seg float64
+	reads0 := a.appReads.Load()
 	for r := range handshakeFactorRounds {
 		seg0 := a.hsNanos.Load() + clientNanos.Load()
 		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
 			g0, p0 := gcNow(), processCPU()
 			if err := batch(useTLS); err != nil {
-				return factor, gcShare, dataFactor, err
+				return factor, gcShare, dataFactor, perRead, err
 			}
 			d, g := float64(processCPU()-p0), (gcNow()-g0)*1e9
 			if !useTLS {
@@ -143,25 +144,38 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 		}
 		seg += float64(a.hsNanos.Load() + clientNanos.Load() - seg0)
 	}
+	hsReads := float64(a.appReads.Load() - reads0) // the one-byte exchanges' reads after their handshakes
 	if seg <= 0 || extra <= 0 {
-		return factor, gcShare, dataFactor, errors.New("no handshake CPU measured")
+		return factor, gcShare, dataFactor, perRead, errors.New("no handshake CPU measured")
 	}
-	// Never below 1: the segments are part of the process's CPU.
-	factor, gcShare = max(1, (extra-max(0, extraGC))/seg), max(0, extraGC)/extra
+	// Never below 1: the segments are part of the process's CPU. The read after each
+	// handshake is charged PerRead on its own, so its share comes out of the factor.
+	hsFactor := func(perRead float64) float64 {
+		return max(1, (extra-max(0, extraGC)-perRead*1e9*hsReads)/seg)
+	}
+	factor, gcShare = hsFactor(0), max(0, extraGC)/extra
 	if child == nil {
-		return factor, gcShare, dataFactor, nil // no bulk exchanges without a client of their own
+		return factor, gcShare, dataFactor, perRead, nil // no kept-alive exchanges without a client of their own
 	}
 
-	// Data: the same comparison for keep-alive connections carrying bulk exchanges, against
-	// what the record costs charged for them. DataFactor is the process CPU TLS adds to
-	// moving data per second of record-layer CPU (at the cost Calibrate measured): the
-	// copies and wake-ups around the record layer, and the contention of a client on the
-	// same machine. Records are then charged the record layer's cost times DataFactor,
-	// the two measured together, so that their product is what the exchanges measured.
-	// (The record layer was once re-measured under contention and while traffic flowed,
-	// and the factor applied to that: those short measurements read ±20–40% apart from
-	// run to run on a KVM guest, where the extra CPU of the exchanges moved by ±8%, and
-	// the charge carried their noise.)
+	// Data: the same comparison for kept-alive connections, against the record costs
+	// charged for them and the reads that brought the requests. Two kinds of exchange
+	// alternate: bulk (64 KiB responses: mostly per-byte record cost) and small (256-byte
+	// responses: mostly per-read cost), and DataFactor (the process CPU TLS adds to moving
+	// data per second of record-layer CPU: the copies and wake-ups around the record
+	// layer, the contention of a client on the same machine) and PerRead (what each read
+	// that returns data costs beyond its records: crypto/tls reading into its own buffer
+	// and the wake-up around it) are the solution of the two equations
+	//
+	//	extra_bulk  = DataFactor × records_bulk  + PerRead × reads_bulk
+	//	extra_small = DataFactor × records_small + PerRead × reads_small
+	//
+	// Records are then charged the record layer's cost times DataFactor, the two measured
+	// together, so that their product is what the exchanges measured. (The record layer
+	// was once re-measured under contention and while traffic flowed, and the factor
+	// applied to that: those short measurements read ±20–40% apart from run to run on a
+	// KVM guest, where the extra CPU of the exchanges moved by ±8%, and the charge carried
+	// their noise.)
 	charged := func() float64 {
 		mfs, _ := reg.Gather()
 		sum := 0.0
@@ -174,68 +188,105 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 		}
 		return sum * 1e9
 	}
-	for _, useTLS := range []bool{true, false} { // opens the connections
-		if err := child.bulk(useTLS); err != nil {
-			return factor, gcShare, dataFactor, err
+	for _, kind := range []string{"bulk", "small"} {
+		for _, useTLS := range []bool{true, false} { // opens the connections
+			if err := child.exchanges(kind, useTLS); err != nil {
+				return factor, gcShare, dataFactor, perRead, err
+			}
 		}
 	}
-	// The ratio of the sums over the rounds, less the rounds with the highest and lowest
+	// Per kind, the sums over the rounds, less the rounds with the highest and lowest
 	// ratios: a round where something else in the process or on the machine got in the
 	// way of one batch is an outlier, not a share of the answer.
-	var rounds []dataRound
+	rounds := map[string][]dataRound{}
 	for r := range dataFactorRounds {
-		time.Sleep(dataFactorPause)
-		c0 := charged()
-		dExtra := 0.0
-		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
-			p0 := processCPU()
-			if err := child.bulk(useTLS); err != nil {
-				return factor, gcShare, dataFactor, err
+		for _, kind := range []string{"bulk", "small"} {
+			time.Sleep(dataFactorPause)
+			c0, n0 := charged(), a.appReads.Load()
+			dExtra := 0.0
+			for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
+				p0 := processCPU()
+				if err := child.exchanges(kind, useTLS); err != nil {
+					return factor, gcShare, dataFactor, perRead, err
+				}
+				d := float64(processCPU() - p0)
+				if !useTLS {
+					d = -d
+				}
+				dExtra += d
 			}
-			d := float64(processCPU() - p0)
-			if !useTLS {
-				d = -d
+			dCharged := charged() - c0
+			if dCharged <= 0 {
+				return factor, gcShare, dataFactor, perRead, errors.New("no record CPU charged")
 			}
-			dExtra += d
+			rounds[kind] = append(rounds[kind], dataRound{extra: dExtra, charged: dCharged, reads: float64(a.appReads.Load() - n0)})
 		}
-		dCharged := charged() - c0
-		if dCharged <= 0 {
-			return factor, gcShare, dataFactor, errors.New("no record CPU charged")
-		}
-		rounds = append(rounds, dataRound{extra: dExtra, charged: dCharged})
 	}
-	if r := trimmedRatio(rounds); r > 0 {
-		return factor, gcShare, r, nil
+	b, s := trimmedSums(rounds["bulk"]), trimmedSums(rounds["small"])
+	dataFactor, perRead = solveDataCosts(b, s)
+	if dataFactor <= 0 {
+		return factor, gcShare, 1, 0, errors.New("TLS added no CPU to the bulk exchanges")
 	}
-	return factor, gcShare, dataFactor, errors.New("TLS added no CPU to the bulk exchanges")
+	return hsFactor(perRead), gcShare, dataFactor, perRead, nil
 }
 
-// dataRound is what TLS added to the process CPU in one round of bulk exchanges, and the
-// record-layer CPU charged for them.
-type dataRound struct{ extra, charged float64 }
+// solveDataCosts solves extra = DataFactor × charged + PerRead × reads (nanoseconds) for
+// the bulk and the small exchanges, PerRead returned in seconds. A negative PerRead (the
+// small exchanges cost less per record than the bulk ones) is taken as zero, and the
+// factor is then the bulk exchanges' ratio alone, as before there was a per-read term.
+func solveDataCosts(bulk, small dataRound) (dataFactor, perRead float64) {
+	det := bulk.charged*small.reads - small.charged*bulk.reads
+	if det != 0 {
+		r := (bulk.charged*small.extra - small.charged*bulk.extra) / det
+		if d := (bulk.extra - r*bulk.reads) / bulk.charged; r >= 0 && d > 0 {
+			return d, r / 1e9
+		}
+	}
+	return bulk.extra / bulk.charged, 0
+}
 
-// trimmedRatio is the sum of extra over the sum of charged of the rounds, leaving out the
-// eighth with the highest extra/charged and the eighth with the lowest.
-func trimmedRatio(rounds []dataRound) float64 {
+// dataRound is what TLS added to the process CPU in one round of kept-alive exchanges,
+// the record-layer CPU charged for them (ns) and the reads that returned data.
+type dataRound struct{ extra, charged, reads float64 }
+
+// trimmedSums are the sums over the rounds, leaving out the eighth with the highest
+// extra/charged and the eighth with the lowest.
+func trimmedSums(rounds []dataRound) dataRound {
 	s := slices.Clone(rounds)
 	slices.SortFunc(s, func(a, b dataRound) int { return cmp.Compare(a.extra/a.charged, b.extra/b.charged) })
 	cut := len(s) / 8
-	var extra, charged float64
+	var sum dataRound
 	for _, r := range s[cut : len(s)-cut] {
-		extra, charged = extra+r.extra, charged+r.charged
+		sum.extra, sum.charged, sum.reads = sum.extra+r.extra, sum.charged+r.charged, sum.reads+r.reads
 	}
-	return extra / charged
+	return sum
 }
 
 // Calibration exchanges. A connection's first byte says which: 'x' is one byte in, one
 // byte out, close (after a handshake, or not); 'b' starts a bulk connection, kept alive:
 // requests of bulkRequest bytes, each answered with bulkResponse bytes written in
-// bulkPiece writes, as edgeproxy's fast path forwards a response as read from the target.
+// bulkPiece writes, as edgeproxy's fast path forwards a response as read from the target;
+// 's' a small one: the same requests, each answered with smallResponse bytes in one write.
 const (
-	bulkRequest  = 128
-	bulkResponse = 64 << 10
-	bulkPiece    = 16 << 10
+	bulkRequest   = 128
+	bulkResponse  = 64 << 10
+	bulkPiece     = 16 << 10
+	smallResponse = 256
+
+	// smallExchanges are the small exchanges per worker in a round: about as much
+	// process CPU as a round of bulk ones.
+	smallExchanges = 240
 )
+
+// exchangeKinds are the kept-alive exchanges: first byte, response size, write size,
+// exchanges per worker in a round.
+var exchangeKinds = map[string]struct {
+	first            byte
+	size, piece, per int
+}{
+	"bulk":  {'b', bulkResponse, bulkPiece, dataFactorExchanges},
+	"small": {'s', smallResponse, smallResponse, smallExchanges},
+}
 
 // serveCalibration is the calibration server's side of a connection.
 func serveCalibration(c net.Conn) {
@@ -245,16 +296,21 @@ func serveCalibration(c net.Conn) {
 	if _, err := io.ReadFull(c, b[:1]); err != nil {
 		return
 	}
-	if b[0] != 'b' {
+	size, piece := bulkResponse, bulkPiece
+	switch b[0] {
+	case 'b':
+	case 's':
+		size, piece = smallResponse, smallResponse
+	default:
 		_, _ = c.Write(b[:1])
 		return
 	}
 	if _, err := io.ReadFull(c, b[1:]); err != nil {
 		return
 	}
-	resp := make([]byte, bulkPiece)
+	resp := make([]byte, piece)
 	for {
-		for range bulkResponse / bulkPiece {
+		for range size / piece {
 			if _, err := c.Write(resp); err != nil {
 				return
 			}

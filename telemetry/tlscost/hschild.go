@@ -90,9 +90,9 @@ func runCalibrationClient(addrs string, in io.Reader, out io.Writer) int {
 	}
 	cfg := &tls.Config{InsecureSkipVerify: true}
 	sc := bufio.NewScanner(in)
-	bulk := map[bool][]net.Conn{} // by TLS: one kept-alive connection per worker
+	kept := map[string][]net.Conn{} // by command: one kept-alive connection per worker
 	defer func() {
-		for _, cs := range bulk {
+		for _, cs := range kept {
 			for _, c := range cs {
 				_ = c.Close()
 			}
@@ -108,23 +108,24 @@ func runCalibrationClient(addrs string, in io.Reader, out io.Writer) int {
 				}
 				return clientOne(nil, plainAddr, false, cfg, nil)
 			})
-		case "bulk-tls", "bulk-plain":
-			useTLS := cmd == "bulk-tls"
+		case "bulk-tls", "bulk-plain", "small-tls", "small-plain":
+			kind, proto, _ := strings.Cut(cmd, "-")
+			useTLS := proto == "tls"
 			addr := plainAddr
 			if useTLS {
 				addr = tlsAddr
 			}
-			if bulk[useTLS] == nil {
+			if kept[cmd] == nil {
 				for range handshakeFactorWorkers {
 					c, err := dialBulk(addr, useTLS, cfg)
 					if err != nil {
 						fmt.Fprintf(out, "error %v\n", err)
 						return 1
 					}
-					bulk[useTLS] = append(bulk[useTLS], c)
+					kept[cmd] = append(kept[cmd], c)
 				}
 			}
-			err = runBulk(bulk[useTLS])
+			err = runExchanges(kept[cmd], kind)
 		default:
 			err = fmt.Errorf("unknown command %q", cmd)
 		}
@@ -179,15 +180,17 @@ func dialBulk(addr string, useTLS bool, cfg *tls.Config) (net.Conn, error) {
 	return c, nil
 }
 
-// runBulk makes dataFactorExchanges exchanges on each of conns, concurrently.
-func runBulk(conns []net.Conn) error {
+// runExchanges makes a round of exchanges of kind (exchangeKinds) on each of conns,
+// concurrently.
+func runExchanges(conns []net.Conn, kind string) error {
+	k := exchangeKinds[kind]
 	errs := make(chan error, len(conns))
 	for _, c := range conns {
 		go func() {
 			req := make([]byte, bulkRequest)
-			req[0] = 'b'
-			resp := make([]byte, bulkResponse)
-			for range dataFactorExchanges {
+			req[0] = k.first
+			resp := make([]byte, k.size)
+			for range k.per {
 				if _, err := c.Write(req); err != nil {
 					errs <- err
 					return
@@ -249,11 +252,12 @@ func (c *calibrationClient) batch(useTLS bool) error {
 	return c.do("plain")
 }
 
-func (c *calibrationClient) bulk(useTLS bool) error {
+// exchanges runs one round of kept-alive exchanges of kind ("bulk" or "small").
+func (c *calibrationClient) exchanges(kind string, useTLS bool) error {
 	if useTLS {
-		return c.do("bulk-tls")
+		return c.do(kind + "-tls")
 	}
-	return c.do("bulk-plain")
+	return c.do(kind + "-plain")
 }
 
 // do sends one command and waits for its answer.

@@ -112,16 +112,18 @@ type Accountant struct {
 	writeFixed atomic.Uint64 // float64 bits: the fixed CPU of one write(2), seconds
 	writeN     atomic.Int64  // samples so far
 	hsNanos    atomic.Int64  // thread-clock CPU of all handshakes so far (calibration)
+	appReads   atomic.Int64  // reads after handshakes that returned data, as flushed (calibration)
 
 	hsStarted  atomic.Int64 // measured handshakes begun, counted up to tailWarmup
 	tailWarmup int64        // tailWarmup, but for tests
 	tailEvery  uint32       // tailSampleEvery, but for tests
 
 	// Record costs as charged: Costs.Seal/Open times Costs.DataFactor, by aeadIndex.
-	rec        atomic.Pointer[recordCosts]
-	perByte    *prometheus.GaugeVec
-	perRecord  *prometheus.GaugeVec
-	calibrated chan struct{} // closed when the background calibration is applied; nil: none ran
+	rec          atomic.Pointer[recordCosts]
+	perByte      *prometheus.GaugeVec
+	perRecord    *prometheus.GaugeVec
+	perReadGauge prometheus.Gauge
+	calibrated   chan struct{} // closed when the background calibration is applied; nil: none ran
 }
 
 // hsLabels are the labels of the handshake metrics.
@@ -200,6 +202,7 @@ func (a *Accountant) series(l hsLabels) *hsSeries {
 // recordCosts are the per-record costs charged for each AEAD, by aeadIndex.
 type recordCosts struct {
 	seal, open [3]Linear
+	perRead    float64 // Costs.PerRead
 }
 
 // HandshakeCPUBuckets are the edgeproxy_tls_handshake_cpu_seconds buckets: 10µs·2^k up to
@@ -242,7 +245,7 @@ func New(opts Options) (*Accountant, error) {
 		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
 			"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte*1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall*1e9,
 			"aes128gcm_charged_ns_per_byte", a.rec.Load().seal[aeadIndex(AES128GCM)].PerByte*1e9,
-			"write_syscall_us", c.Write.PerCall*1e6, "min_syscall_us", c.MinSyscall*1e6)
+			"per_read_us", c.PerRead*1e6, "write_syscall_us", c.Write.PerCall*1e6, "min_syscall_us", c.MinSyscall*1e6)
 	}()
 	return a, nil
 }
@@ -273,6 +276,8 @@ func (a *Accountant) applyCosts(c *Costs) {
 		a.perByte.WithLabelValues(name, "in").Set(rc.open[i].PerByte)
 		a.perRecord.WithLabelValues(name, "in").Set(rc.open[i].PerCall)
 	}
+	rc.perRead = c.PerRead
+	a.perReadGauge.Set(c.PerRead)
 	a.rec.Store(rc)
 	a.writeFixed.Store(math.Float64bits(c.Write.PerCall))
 }
@@ -344,6 +349,10 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		Name: "edgeproxy_tls_record_cpu_seconds_per_record",
 		Help: "Fixed CPU charged per TLS record, measured as edgeproxy_tls_record_cpu_seconds_per_byte, by aead and direction.",
 	}, []string{"aead", "direction"})
+	a.perReadGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "edgeproxy_tls_read_cpu_seconds",
+		Help: "Fixed CPU charged per read that returned data on a TLS connection after its handshake (a request, mostly): what TLS adds per read beyond its records, measured at start-up against a client process with small kept-alive exchanges.",
+	})
 	a.applyCosts(opts.Costs)
 	writeCost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_extra_write_cpu_seconds",
@@ -351,7 +360,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 	}, a.writeCost)
 
 	for _, c := range []prometheus.Collector{a.handshakes, a.handshakeCPU, a.handshakeWall, a.handshakeBytes,
-		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, writeCost} {
+		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, a.perReadGauge, writeCost} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
