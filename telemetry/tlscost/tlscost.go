@@ -40,6 +40,8 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/tls"
+	"errors"
+	"io/fs"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -74,6 +76,9 @@ type Options struct {
 	MaxAppWrite int
 	// Costs are the record and write costs to charge; nil means Calibrate().
 	Costs *Costs
+	// CacheDir keeps the start-up calibration for the next start of the same build on
+	// the same machine (cache.go); "" means DefaultCacheDir(). Unused when Costs is set.
+	CacheDir string
 	// Logger receives failed handshakes at debug level and calibration problems; nil
 	// means none.
 	Logger *slog.Logger
@@ -220,11 +225,28 @@ func New(opts Options) (*Accountant, error) {
 		log.Warn("tlscost: no per-thread CPU clock here: TLS CPU metrics read zero")
 	}
 	live := opts.Costs == nil
+	var key cacheKey
+	dir := opts.CacheDir
 	if live {
-		// Calibration takes about a second of CPU (tens of seconds on a loaded machine):
-		// it must not hold up start-up. Until it is done, handshakes are charged their
-		// thread CPU alone and records nothing; Calibrated says when it is.
-		opts.Costs = &Costs{Seal: map[string]Linear{}, Open: map[string]Linear{}}
+		if dir == "" {
+			dir = DefaultCacheDir()
+		}
+		key = currentCacheKey()
+		if dir != "" {
+			c, when, err := loadCachedCosts(dir, key)
+			if err == nil {
+				opts.Costs, live = c, false
+				logCalibration(log, c, "cache", key.path(dir), "measured", when)
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				log.Info("tlscost: calibrating again", "err", err.Error())
+			}
+		}
+	}
+	if live {
+		// Calibration takes one to two seconds of CPU (tens of seconds on a loaded
+		// machine): it must not hold up start-up. Until it is done, the provisional costs
+		// are charged (ProvisionalCosts); Calibrated says when it is.
+		opts.Costs = ProvisionalCosts()
 	}
 	reg := opts.Registerer
 	if reg == nil {
@@ -242,12 +264,50 @@ func New(opts Options) (*Accountant, error) {
 			log.Warn(err.Error())
 		}
 		a.applyCosts(c)
-		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
-			"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte*1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall*1e9,
-			"aes128gcm_charged_ns_per_byte", a.rec.Load().seal[aeadIndex(AES128GCM)].PerByte*1e9,
-			"per_read_us", c.PerRead*1e6, "write_syscall_us", c.Write.PerCall*1e6, "min_syscall_us", c.MinSyscall*1e6)
+		where := "none: no cache directory"
+		if dir != "" && err == nil {
+			where = key.path(dir)
+			if err := storeCosts(dir, key, c); err != nil {
+				where = "none: " + err.Error()
+			}
+		}
+		logCalibration(log, c, "cached_in", where)
 	}()
 	return a, nil
+}
+
+// logCalibration logs the costs in effect, and where they come from or went.
+func logCalibration(log *slog.Logger, c *Costs, where ...any) {
+	f := c.DataFactor
+	if f <= 0 {
+		f = 1 // as applyCosts
+	}
+	rc := c.Seal[AES128GCM].times(f)
+	log.Info("tlscost: calibrated", append([]any{"handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
+		"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte * 1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall * 1e9,
+		"aes128gcm_charged_ns_per_byte", rc.PerByte * 1e9, "per_read_us", c.PerRead * 1e6,
+		"write_syscall_us", c.Write.PerCall * 1e6, "min_syscall_us", c.MinSyscall * 1e6}, where...)...)
+}
+
+// ProvisionalCosts are charged by a fresh edge until its first calibration on a machine
+// is done (a few seconds after start; later starts of the same build read it from the
+// cache at once): the figures of the benchmark machine (bench/RESULTS.md), a 2-core KVM
+// guest with AES-NI. Handshakes are measured on their thread all the same; what is
+// provisional is the factors around them and the record, read and write costs, which a
+// machine of another kind may see 2× apart. They are never cached.
+func ProvisionalCosts() *Costs {
+	aes := Linear{PerCall: 0.15e-6, PerByte: 0.2e-9}
+	chacha := Linear{PerCall: 0.25e-6, PerByte: 0.45e-9}
+	return &Costs{
+		Seal:                map[string]Linear{AES128GCM: aes, AES256GCM: aes.times(1.1), ChaCha20Poly1305: chacha},
+		Open:                map[string]Linear{AES128GCM: aes, AES256GCM: aes.times(1.1), ChaCha20Poly1305: chacha},
+		Write:               Linear{PerCall: 5e-6},
+		MinSyscall:          1.5e-6,
+		HandshakeFactor:     1.6,
+		DataFactor:          1.7,
+		PerRead:             2e-6,
+		HandshakeAllocBytes: 55 << 10,
+	}
 }
 
 // Calibrated is closed once the start-up calibration has been applied (at once when the

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -908,20 +909,70 @@ func TestNew_CalibratesInTheBackground(t *testing.T) {
 	if !threadClockWorks() {
 		t.Skip("no thread CPU clock")
 	}
+	dir := t.TempDir()
 	start := time.Now()
-	a, err := New(Options{})
+	a, err := New(Options{CacheDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	returned := time.Since(start)
+	if got, want := a.costs.Load().HandshakeFactor, ProvisionalCosts().HandshakeFactor; got != want {
+		t.Errorf("before calibration: handshake factor %v; want the provisional %v", got, want)
+	}
+	waitCalibrated(t, a)
+	t.Logf("New returned after %v; calibration done after %v", returned, time.Since(start))
+	c := a.costs.Load()
+	if c.Seal[AES128GCM].PerByte <= 0 {
+		t.Errorf("after calibration: aes128gcm seal %+v; want a measured cost", c.Seal[AES128GCM])
+	}
+
+	// The next start of this build on this machine takes the costs from the cache, at once.
+	b, err := New(Options{CacheDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.Calibrated():
+	default:
+		t.Fatal("a start with a cached calibration is not calibrated at once")
+	}
+	if got := b.costs.Load(); got.DataFactor != c.DataFactor || got.PerRead != c.PerRead || got.Seal[AES128GCM] != c.Seal[AES128GCM] {
+		t.Errorf("cached costs %+v; want the calibrated %+v", got, c)
+	}
+}
+
+// A cache directory that cannot be written, or a cached file that is not a calibration
+// of this build, is no error: the edge calibrates and serves on.
+func TestNew_CalibratesWhenTheCacheIsUnusable(t *testing.T) {
+	if !threadClockWorks() {
+		t.Skip("no thread CPU clock")
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	garbled := t.TempDir()
+	if err := os.WriteFile(currentCacheKey().path(garbled), []byte(`{"key":{"format":1}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{filepath.Join(file, "sub"), garbled} {
+		a, err := New(Options{CacheDir: dir})
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		waitCalibrated(t, a)
+		if c := a.costs.Load(); c.Seal[AES128GCM].PerByte <= 0 || c.HandshakeFactor == ProvisionalCosts().HandshakeFactor {
+			t.Errorf("%s: costs %+v; want calibrated ones", dir, c)
+		}
+	}
+}
+
+func waitCalibrated(t *testing.T, a *Accountant) {
+	t.Helper()
 	select {
 	case <-a.Calibrated():
 	case <-time.After(2 * time.Minute):
 		t.Fatal("calibration did not finish")
-	}
-	t.Logf("New returned after %v; calibration done after %v", returned, time.Since(start))
-	if c := a.costs.Load(); c.Seal[AES128GCM].PerByte <= 0 {
-		t.Errorf("after calibration: aes128gcm seal %+v; want a measured cost", c.Seal[AES128GCM])
 	}
 }
 
