@@ -24,7 +24,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -251,43 +250,13 @@ func (e *edge) stop() {
 	}
 }
 
-// cpu is the process's CPU seconds: the sum of its threads' run time in nanoseconds
-// (/proc/PID/task/*/schedstat; Go's threads live as long as the process), else user+system
-// from /proc/PID/stat in clock ticks (10 ms: too coarse for a fraction of a second).
+// cpu is the process's CPU seconds (fixture.ProcessCPU).
 func (e *edge) cpu() float64 {
-	pid := e.cmd.Process.Pid
-	if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err == nil {
-		ns, ok := 0.0, true
-		for _, t := range tasks {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // a thread that just ended (Go's rarely do)
-			}
-			if err != nil {
-				ok = false
-				break
-			}
-			f := strings.Fields(string(b))
-			v, err := strconv.ParseFloat(f[0], 64)
-			if err != nil {
-				ok = false
-				break
-			}
-			ns += v
-		}
-		if ok {
-			return ns / 1e9
-		}
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	sec, err := fixture.ProcessCPU(e.cmd.Process.Pid)
 	if err != nil {
 		panic(err)
 	}
-	// The command name may contain spaces; fields resume after the last ')'.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+	return sec
 }
 
 // metric sums the samples of name (exact, or a histogram's name_sum / name_count) whose
