@@ -236,6 +236,7 @@ func startCalibrationClient(tlsAddr, plainAddr string) (*calibrationClient, erro
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	placeChild(cmd.Process.Pid)
 	c := &calibrationClient{cmd: cmd, in: in, out: bufio.NewScanner(out)}
 	// A first batch proves the child is the client (and warms it up).
 	if err := c.batch(true); err != nil {
