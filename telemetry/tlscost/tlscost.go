@@ -22,6 +22,12 @@
 // framing, locking) costs per record and per byte on this machine, measured at start-up
 // (recordcal.go), times DataFactor: the process CPU TLS adds to moving data per second of
 // record-layer CPU, measured at start-up against a client in a child process (hscal.go).
+// Each read that returns data after the handshake is charged PerRead on top of its
+// records: what TLS adds per read (crypto/tls's own buffer, the wake-up around it), fitted
+// with DataFactor at start-up on small and bulk exchanges; a small request costs it once.
+// The start-up calibration is kept per build and machine (cache.go), so that a restarted
+// edge charges calibrated costs at once; a first start charges ProvisionalCosts until its
+// calibration is done.
 // When TLS made a write that plain HTTP would not have made, the record is also charged
 // the cost of a write(2), measured on a sample of the real writes. The garbage
 // collector's work for the handshakes' allocations is charged as its share of the
