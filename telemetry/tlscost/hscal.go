@@ -34,10 +34,13 @@ const (
 	handshakeFactorWorkers = 2
 
 	// dataFactorRounds alternate TLS and plain batches of dataFactorExchanges bulk
-	// exchanges per worker. What TLS adds to a batch is the difference of two process
-	// CPU readings that each move by ±10% from batch to batch (scheduling, wake-ups): it
-	// takes some forty rounds, half a second, for the sum to settle within ±10%.
-	dataFactorRounds    = 48
+	// exchanges per worker, and of smallExchanges small ones. What TLS adds to a batch is
+	// the difference of two process CPU readings that each move by ±10% from batch to
+	// batch (scheduling, wake-ups): it takes some thirty to forty rounds for the sum to
+	// settle within ±10%. Thirty-two of each kind: with the small exchanges and the
+	// target, more would have cost a first start more than the two seconds of CPU the
+	// calibration took before.
+	dataFactorRounds    = 32
 	dataFactorExchanges = 60
 
 	// dataFactorPause spaces the rounds. A serving edge moves a response between other
@@ -289,9 +292,9 @@ const (
 	bulkPiece     = 16 << 10
 	smallResponse = 256
 
-	// smallExchanges are the small exchanges per worker in a round: about as much
-	// process CPU as a round of bulk ones.
-	smallExchanges = 240
+	// smallExchanges are the small exchanges per worker in a round: about half the
+	// process CPU of a round of bulk ones.
+	smallExchanges = 80
 )
 
 // exchangeKinds are the kept-alive exchanges: first byte, response size, exchanges per
