@@ -40,14 +40,16 @@ import (
 )
 
 var (
-	runs    = flag.Int("runs", 5, "interleaved runs per figure (the median is reported)")
-	bin     = flag.String("bin", "", "edgeproxy binary; empty = go build ./cmd/edgeproxy into a temporary directory")
-	workers = flag.Int("c", 4, "concurrent client connections")
-	scale   = flag.Float64("scale", 1, "multiply every request count (0.2 for a quick look)")
-	chunks  = flag.Int("chunks", 8, "TLS/plain (or on/off) alternations within one run")
-	only    = flag.String("only", "", "run only the scenarios whose name contains this")
-	edgeCPU = flag.Int("edge-cpu", -1, "pin the edgeproxy processes to this CPU with taskset (-1: no pinning)")
-	calEach = flag.Bool("calibrate-each", false, "give every edge its own calibration cache, so that each calibrates at start-up")
+	runs         = flag.Int("runs", 5, "interleaved runs per figure (the median is reported)")
+	bin          = flag.String("bin", "", "edgeproxy binary; empty = go build ./cmd/edgeproxy into a temporary directory")
+	workers      = flag.Int("c", 4, "concurrent client connections")
+	scale        = flag.Float64("scale", 1, "multiply every request count (0.2 for a quick look)")
+	chunks       = flag.Int("chunks", 8, "TLS/plain (or on/off) alternations within one run")
+	only         = flag.String("only", "", "run only the scenarios (matrix cells) whose name contains this; alternatives separated by |, =NAME for the exact name")
+	withOverhead = flag.Bool("overhead", true, "matrix: measure each cell's tls_cost overhead too")
+	gate         = flag.String("gate", "", "matrix: LO,HI: the ratio range every gated cell must be in (default 0.85,1.15); when set, a cell outside it makes the command fail")
+	edgeCPU      = flag.Int("edge-cpu", -1, "pin the edgeproxy processes to this CPU with taskset (-1: no pinning)")
+	calEach      = flag.Bool("calibrate-each", false, "give every edge its own calibration cache, so that each calibrates at start-up")
 )
 
 func main() {
@@ -331,11 +333,22 @@ type scenario struct {
 func scenarios() []scenario {
 	var out []scenario
 	for _, s := range allScenarios() {
-		if strings.Contains(s.name, *only) {
+		if selected(s.name) {
 			out = append(out, s)
 		}
 	}
 	return out
+}
+
+// selected tells whether -only selects the scenario or cell called name: one of its
+// |-separated alternatives is in the name, or is the name after a leading "=".
+func selected(name string) bool {
+	for _, alt := range strings.Split(*only, "|") {
+		if exact, ok := strings.CutPrefix(alt, "="); ok && name == exact || !ok && strings.Contains(name, alt) {
+			return true
+		}
+	}
+	return false
 }
 
 func allScenarios() []scenario {

@@ -131,11 +131,23 @@ type cellResult struct {
 // accounting's overhead (tls_cost on vs off, a fresh pair of edges per run), and prints
 // a markdown table.
 func matrix(dir, backend string) error {
+	lo, hi := 0.85, 1.15
+	if *gate != "" {
+		if _, err := fmt.Sscanf(*gate, "%g,%g", &lo, &hi); err != nil || lo >= hi {
+			return fmt.Errorf("-gate %q: want LO,HI such as 0.6,1.6", *gate)
+		}
+	}
 	var cells []cell
 	for _, c := range matrixCells() {
-		if strings.Contains(c.name, *only) {
+		if selected(c.name) {
+			if c.gate[1] > 0 {
+				c.gate = [2]float64{lo, hi}
+			}
 			cells = append(cells, c)
 		}
+	}
+	if len(cells) == 0 {
+		return fmt.Errorf("-only %q selects no cell", *only)
 	}
 	// One measuring edge per data path for the accuracy runs: the fast path serves
 	// HTTP/1.1; HTTP/2 is net/http's whatever the setting, and its plain baseline is
@@ -157,7 +169,7 @@ func matrix(dir, backend string) error {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
 		results[i] = r
-		fmt.Fprintf(os.Stderr, "%s: ratio %.2f (%.2f..%.2f), overhead %+.1f%%\n", c.name, median(r.ratio), slices.Min(r.ratio), slices.Max(r.ratio), median(r.overhead)*100)
+		fmt.Fprintf(os.Stderr, "%s: ratio %.2f (%.2f..%.2f), overhead %+.1f%%\n", c.name, median(r.ratio), slices.Min(r.ratio), slices.Max(r.ratio), median(r.overhead)*100) // 0 without -overhead
 	}
 	fmt.Println("| cell | dimension | TLS − plain CPU per request | metric per request | ratio, median (min..max) | overhead of tls_cost, median (min..max) |")
 	fmt.Println("|---|---|---|---|---|---|")
@@ -174,12 +186,21 @@ func matrix(dir, backend string) error {
 		if c.gate[1] > 0 {
 			gated++
 		}
-		fmt.Printf("| %s | %s | %.1f µs | %.1f µs | %.2f (%.2f..%.2f)%s | %+.1f%% (%+.1f..%+.1f) |\n", c.name, c.dimension,
-			median(r.extra)*1e6, median(r.metric)*1e6, median(r.ratio), slices.Min(r.ratio), slices.Max(r.ratio), mark,
-			median(r.overhead)*100, slices.Min(r.overhead)*100, slices.Max(r.overhead)*100)
+		over := "—"
+		if *withOverhead {
+			over = fmt.Sprintf("%+.1f%% (%+.1f..%+.1f)", median(r.overhead)*100, slices.Min(r.overhead)*100, slices.Max(r.overhead)*100)
+		}
+		fmt.Printf("| %s | %s | %.1f µs | %.1f µs | %.2f (%.2f..%.2f)%s | %s |\n", c.name, c.dimension,
+			median(r.extra)*1e6, median(r.metric)*1e6, median(r.ratio), slices.Min(r.ratio), slices.Max(r.ratio), mark, over)
 	}
-	fmt.Printf("\n%d of %d gated cells outside 0.85–1.15 (✗). Median of %d interleaved runs, %d TLS/plain (on/off) alternations each; edge CPU from /proc/PID/task/*/schedstat.\n",
-		fails, gated, *runs, *chunks)
+	fmt.Printf("\n%d of %d gated cells outside %.2f–%.2f (✗). Median of %d interleaved runs, %d TLS/plain (on/off) alternations each; edge CPU from /proc/PID/task/*/schedstat.\n",
+		fails, gated, lo, hi, *runs, *chunks)
+	if !*withOverhead {
+		fmt.Println("(overhead not measured: -overhead=false)")
+	}
+	if *gate != "" && fails > 0 {
+		return fmt.Errorf("%d of %d gated cells outside %.2f–%.2f", fails, gated, lo, hi)
+	}
 	return nil
 }
 
@@ -219,6 +240,9 @@ func measureCell(dir, backend string, e *edge, c cell) (cellResult, error) {
 		fmt.Fprintf(os.Stderr, "  %s run %d: extra %.1fµs/req, metric %.1fµs/req, ratio %.3f\n", c.name, i+1, x*1e6, m*1e6, m/x)
 	}
 	for i := range *runs {
+		if !*withOverhead {
+			break
+		}
 		o, err := cellOverhead(dir, backend, c, i, per)
 		if err != nil {
 			return r, err
