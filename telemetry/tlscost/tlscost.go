@@ -249,7 +249,7 @@ func New(opts Options) (*Accountant, error) {
 		}
 	}
 	if live {
-		// Calibration takes one to two seconds of CPU (tens of seconds on a loaded
+		// Calibration takes two to three seconds of CPU (tens of seconds on a loaded
 		// machine): it must not hold up start-up. Until it is done, the provisional costs
 		// are charged (ProvisionalCosts); Calibrated says when it is.
 		opts.Costs = ProvisionalCosts()
