@@ -98,9 +98,33 @@ func runCalibrationClient(addrs string, in io.Reader, out io.Writer) int {
 			}
 		}
 	}()
+	var target net.Listener // the kept-alive exchanges' target (serveTarget)
+	defer func() {
+		if target != nil {
+			_ = target.Close()
+		}
+	}()
 	for sc.Scan() {
 		var err error
 		switch cmd := sc.Text(); cmd {
+		case "target":
+			if target == nil {
+				if target, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+					fmt.Fprintf(out, "error %v\n", err)
+					return 1
+				}
+				go func() {
+					for {
+						c, err := target.Accept()
+						if err != nil {
+							return
+						}
+						go serveTarget(c)
+					}
+				}()
+			}
+			fmt.Fprintln(out, "target", target.Addr().String())
+			continue
 		case "tls", "plain":
 			err = runBatch(func() error {
 				if cmd == "tls" {
@@ -261,19 +285,38 @@ func (c *calibrationClient) exchanges(kind string, useTLS bool) error {
 	return c.do(kind + "-plain")
 }
 
-// do sends one command and waits for its answer.
+// do sends one command and waits for its answer, "ok".
 func (c *calibrationClient) do(cmd string) error {
-	cmd += "\n"
-	if _, err := io.WriteString(c.in, cmd); err != nil {
-		return err
+	line, err := c.ask(cmd)
+	if err == nil && line != "ok" {
+		err = errors.New("calibration client: " + line)
+	}
+	return err
+}
+
+// target starts the child's target for the kept-alive exchanges (once) and returns its
+// address.
+func (c *calibrationClient) target() (string, error) {
+	line, err := c.ask("target")
+	if err != nil {
+		return "", err
+	}
+	addr, ok := strings.CutPrefix(line, "target ")
+	if !ok {
+		return "", errors.New("calibration client: " + line)
+	}
+	return addr, nil
+}
+
+// ask sends one command and returns the line answered.
+func (c *calibrationClient) ask(cmd string) (string, error) {
+	if _, err := io.WriteString(c.in, cmd+"\n"); err != nil {
+		return "", err
 	}
 	if !c.out.Scan() {
-		return errors.New("calibration client: no answer")
+		return "", errors.New("calibration client: no answer")
 	}
-	if line := c.out.Text(); line != "ok" {
-		return errors.New("calibration client: " + line)
-	}
-	return nil
+	return c.out.Text(), nil
 }
 
 func (c *calibrationClient) close() {
