@@ -240,18 +240,25 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 }
 
 // solveDataCosts solves extra = DataFactor × charged + PerRead × reads (nanoseconds) for
-// the bulk and the small exchanges, PerRead returned in seconds. A negative PerRead (the
-// small exchanges cost less per record than the bulk ones) is taken as zero, and the
-// factor is then the bulk exchanges' ratio alone, as before there was a per-read term.
+// the bulk and the small exchanges, PerRead returned in seconds. The small exchanges'
+// extra CPU is a few µs each out of tens, so the per-read cost is the noisier of the two:
+// in one start-up in five on a loaded machine it came out negative. TLS does add a cost
+// per read, so a negative one is replaced by the provisional per-read cost
+// (ProvisionalCosts), and the factor is solved from the bulk exchanges with it.
 func solveDataCosts(bulk, small dataRound) (dataFactor, perRead float64) {
 	det := bulk.charged*small.reads - small.charged*bulk.reads
+	r := -1.0
 	if det != 0 {
-		r := (bulk.charged*small.extra - small.charged*bulk.extra) / det
-		if d := (bulk.extra - r*bulk.reads) / bulk.charged; r >= 0 && d > 0 {
-			return d, r / 1e9
-		}
+		r = (bulk.charged*small.extra - small.charged*bulk.extra) / det
 	}
-	return bulk.extra / bulk.charged, 0
+	if r < 0 {
+		r = ProvisionalCosts().PerRead * 1e9
+	}
+	d := (bulk.extra - r*bulk.reads) / bulk.charged
+	if d <= 0 { // the bulk exchanges' extra CPU is all per read: not credible
+		return bulk.extra / bulk.charged, 0
+	}
+	return d, r / 1e9
 }
 
 // dataRound is what TLS added to the process CPU in one round of kept-alive exchanges,

@@ -991,7 +991,8 @@ func TestTrimmedSums_IgnoreOutlyingRounds(t *testing.T) {
 }
 
 // The data factor and the per-read cost are the solution of the bulk and the small
-// exchanges' equations; a negative per-read cost falls back to the bulk ratio alone.
+// exchanges' equations; a negative per-read cost (noise) is replaced by the provisional
+// one, and the factor solved from the bulk exchanges with it.
 func TestSolveDataCosts_FitsPerReadAndDataFactor(t *testing.T) {
 	// DataFactor 1.5, PerRead 4000 ns: bulk 100 reads, 10000 ns of records; small 400
 	// reads, 2000 ns of records.
@@ -1003,8 +1004,9 @@ func TestSolveDataCosts_FitsPerReadAndDataFactor(t *testing.T) {
 	}
 	small.extra = 1.5 * 2000 // small exchanges cheaper per record than bulk ones
 	small.charged = 4000
-	if d, r := solveDataCosts(bulk, small); r != 0 || d != bulk.extra/bulk.charged {
-		t.Errorf("solveDataCosts with a negative per-read cost: got %v, %v; want the bulk ratio, 0", d, r)
+	r0 := ProvisionalCosts().PerRead
+	if d, r := solveDataCosts(bulk, small); r != r0 || math.Abs(d-(bulk.extra-r0*1e9*bulk.reads)/bulk.charged) > 1e-9 {
+		t.Errorf("solveDataCosts with a negative per-read cost: got %v, %v; want the provisional per-read cost %v and the bulk exchanges' factor with it", d, r, r0)
 	}
 }
 
