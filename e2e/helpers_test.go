@@ -34,6 +34,12 @@ type edgeProc struct {
 // loopback addresses) and runs `edgeproxy run` with it until the edge is serving.
 func startEdge(t *testing.T, config string) *edgeProc {
 	t.Helper()
+	return startEdgeWith(t, testutil.ProcOptions{}, config)
+}
+
+// startEdgeWith is startEdge with process options (environment variables, say).
+func startEdgeWith(t *testing.T, opts testutil.ProcOptions, config string) *edgeProc {
+	t.Helper()
 	e := &edgeProc{
 		HTTPS:   testutil.LoopbackAddr(t, "127.0.0.1"),
 		HTTP:    testutil.LoopbackAddr(t, "127.0.0.1"),
@@ -45,7 +51,7 @@ func startEdge(t *testing.T, config string) *edgeProc {
 		t.Fatal(err)
 	}
 	bin := testutil.BuildEdgeproxy(t)
-	e.Proc = testutil.StartProc(t, bin, "run", "-config", e.ConfigFile)
+	e.Proc = testutil.StartProcWith(t, opts, bin, "run", "-config", e.ConfigFile)
 	if !e.WaitForOutput("edgeproxy serving", 15*time.Second) {
 		code, _ := e.Wait(2 * time.Second)
 		t.Fatalf("edgeproxy did not start (exited: %v, code %d):\n%s", e.Exited(), code, e.Output())

@@ -65,6 +65,9 @@ func (e *Edge) accountant(cfg *config.Config) (*tlscost.Accountant, error) {
 	if e.tlsCost == nil {
 		// The handshake deadline is proxy.Server's: read_header_timeout, as net/http's.
 		opts := tlscost.Options{Registerer: e.metrics.Registry(), Logger: e.log}
+		if cfg.TLS.ACME.Enabled() {
+			opts.CacheDir = cfg.TLS.ACME.CacheDir // the calibration beside the certificates; else tlscost.DefaultCacheDir
+		}
 		if !e.fastPath {
 			// net/http serves HTTP/1.1 and writes responses through the proxy's 32 KiB
 			// copy buffer: a write may be cut into two full records.

@@ -47,6 +47,9 @@ type Options struct {
 	// Curves are the key exchanges the client offers, in order; nil means Go's default
 	// (X25519MLKEM768 first). The peer comparison offers only X25519.
 	Curves []tls.CurveID
+	// MaxVersion caps the TLS version the client offers (tls.VersionTLS12); zero means
+	// Go's default (TLS 1.3).
+	MaxVersion uint16
 	// Connections is the number of concurrent connections (workers). Zero means 1.
 	Connections int
 	// Requests stops the run after this many requests; zero means no count limit.
@@ -147,7 +150,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		go func() {
 			defer wg.Done()
 			cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}, ServerName: o.ServerName,
-				CurvePreferences: o.Curves}
+				CurvePreferences: o.Curves, MaxVersion: o.MaxVersion}
 			if o.Resume {
 				cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
 			}

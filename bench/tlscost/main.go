@@ -6,6 +6,12 @@
 //	go run ./bench/tlscost accuracy     # TLS vs plain HTTP: extra process CPU vs edgeproxy_tls_cpu_seconds_total
 //	go run ./bench/tlscost overhead     # tls_cost on vs off: CPU per request
 //	go run ./bench/tlscost handshakes   # ECDSA P-256 vs RSA-2048, full vs resumed: CPU µs per handshake
+//	go run ./bench/tlscost matrix       # accuracy and overhead over every traffic shape (issue 20), a markdown table
+//	go run ./bench/tlscost startup      # CPU per request, second by second, after a first start and a cached one
+//
+// Edges started by one invocation share a calibration cache in its temporary directory
+// (the first calibrates, the others start calibrated, as a restarted edge does);
+// -calibrate-each gives each edge its own, so that each calibrates.
 //
 // Every figure is the median of -runs interleaved runs (default 5); the spread (min..max)
 // is printed next to it. Everything stays on 127.0.0.1, and every run is bounded in
@@ -34,18 +40,21 @@ import (
 )
 
 var (
-	runs    = flag.Int("runs", 5, "interleaved runs per figure (the median is reported)")
-	bin     = flag.String("bin", "", "edgeproxy binary; empty = go build ./cmd/edgeproxy into a temporary directory")
-	workers = flag.Int("c", 4, "concurrent client connections")
-	scale   = flag.Float64("scale", 1, "multiply every request count (0.2 for a quick look)")
-	chunks  = flag.Int("chunks", 8, "TLS/plain (or on/off) alternations within one run")
-	only    = flag.String("only", "", "run only the scenarios whose name contains this")
-	edgeCPU = flag.Int("edge-cpu", -1, "pin the edgeproxy processes to this CPU with taskset (-1: no pinning)")
+	runs         = flag.Int("runs", 5, "interleaved runs per figure (the median is reported)")
+	bin          = flag.String("bin", "", "edgeproxy binary; empty = go build ./cmd/edgeproxy into a temporary directory")
+	workers      = flag.Int("c", 4, "concurrent client connections")
+	scale        = flag.Float64("scale", 1, "multiply every request count (0.2 for a quick look)")
+	chunks       = flag.Int("chunks", 8, "TLS/plain (or on/off) alternations within one run")
+	only         = flag.String("only", "", "run only the scenarios (matrix cells) whose name contains this; alternatives separated by |, =NAME for the exact name")
+	withOverhead = flag.Bool("overhead", true, "matrix: measure each cell's tls_cost overhead too")
+	gate         = flag.String("gate", "", "matrix: LO,HI: the ratio range every gated cell must be in (default 0.85,1.15); when set, a cell outside it makes the command fail")
+	edgeCPU      = flag.Int("edge-cpu", -1, "pin the edgeproxy processes to this CPU with taskset (-1: no pinning)")
+	calEach      = flag.Bool("calibrate-each", false, "give every edge its own calibration cache, so that each calibrates at start-up")
 )
 
 func main() {
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: tlscost [flags] accuracy|overhead|handshakes")
+		fmt.Fprintln(os.Stderr, "usage: tlscost [flags] accuracy|overhead|handshakes|matrix|startup")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -86,6 +95,10 @@ func run(cmd string) error {
 		return overhead(dir, backend.Addr().String())
 	case "handshakes":
 		return handshakes(dir, backend.Addr().String())
+	case "matrix":
+		return matrix(dir, backend.Addr().String())
+	case "startup":
+		return startup(dir, backend.Addr().String())
 	}
 	return fmt.Errorf("unknown command %q", cmd)
 }
@@ -111,8 +124,10 @@ func numCPU() int {
 	return n
 }
 
-// startBackend serves GET /bytes?n=N with N bytes (Content-Length set), on loopback. It
-// runs in this process, so its CPU is not edgeproxy's.
+// startBackend serves GET /bytes?n=N with N bytes (Content-Length set), in one write, or
+// with &piece=K in writes of K bytes each flushed and followed by a pause of 100 µs (a
+// backend that streams what it renders), on loopback. It runs in this process, so its
+// CPU is not edgeproxy's.
 func startBackend() (net.Listener, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -123,7 +138,19 @@ func startBackend() (net.Listener, error) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
 		n = min(max(n, 0), len(body))
 		w.Header().Set("Content-Length", strconv.Itoa(n))
-		_, _ = w.Write(body[:n])
+		piece, _ := strconv.Atoi(r.URL.Query().Get("piece"))
+		if piece <= 0 {
+			_, _ = w.Write(body[:n])
+			return
+		}
+		f := w.(http.Flusher)
+		for off := 0; off < n; off += piece {
+			if off > 0 {
+				time.Sleep(100 * time.Microsecond)
+			}
+			_, _ = w.Write(body[off:min(n, off+piece)])
+			f.Flush()
+		}
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return ln, nil
@@ -139,6 +166,12 @@ type edge struct {
 type edgeOptions struct {
 	tlsCost bool
 	cert    string // "" = self_signed; else a key type for a generated certificate file
+	netHTTP bool   // proxy.fast_path: false (HTTP/1.1 through net/http, as HTTP/2 always is)
+	// cacheDir is the calibration cache (CACHE_DIRECTORY); "" means the invocation's
+	// shared one, or one of the edge's own with -calibrate-each.
+	cacheDir string
+	// noWait returns as soon as the edge serves, without waiting for its calibration.
+	noWait bool
 }
 
 func startEdge(dir, backend string, o edgeOptions) (*edge, error) {
@@ -158,12 +191,13 @@ func startEdge(dir, backend string, o edgeOptions) (*edge, error) {
   metrics: %q
 tls:
 %s  tls_cost: %v
+proxy: {fast_path: %v}
 pool:
   targets: [%q]
   health_check: {interval: 1s, healthy_threshold: 1}
   retries: 0
 log: {format: text}
-`, e.https, e.http, e.admin, certs, o.tlsCost, backend)
+`, e.https, e.http, e.admin, certs, o.tlsCost, !o.netHTTP, backend)
 	path := filepath.Join(dir, fmt.Sprintf("edgeproxy-%d.yaml", time.Now().UnixNano()))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -176,6 +210,14 @@ log: {format: text}
 	}
 	e.cmd = exec.Command(args[0], args[1:]...)
 	e.cmd.Stderr = e.stderr
+	cache := o.cacheDir
+	if cache == "" {
+		cache = filepath.Join(dir, "cache")
+		if *calEach {
+			cache = filepath.Join(dir, fmt.Sprintf("cache-%d", time.Now().UnixNano()))
+		}
+	}
+	e.cmd.Env = append(os.Environ(), "CACHE_DIRECTORY="+cache)
 	if err := e.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -186,7 +228,7 @@ log: {format: text}
 			res.Body.Close()
 			// The edge serves at once and calibrates in the background: measure only
 			// once it charges the calibrated costs.
-			if res.StatusCode == 200 && (!o.tlsCost || e.logged("tlscost: calibrated")) {
+			if res.StatusCode == 200 && (!o.tlsCost || o.noWait || e.logged("tlscost: calibrated")) {
 				return e, nil
 			}
 		}
@@ -194,7 +236,7 @@ log: {format: text}
 			e.stop()
 			return nil, fmt.Errorf("edgeproxy did not become ready: %v\n%s", err, e.stderr)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -210,17 +252,13 @@ func (e *edge) stop() {
 	}
 }
 
-// cpu is the process's user+system CPU seconds from /proc/PID/stat.
+// cpu is the process's CPU seconds (fixture.ProcessCPU).
 func (e *edge) cpu() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.cmd.Process.Pid))
+	sec, err := fixture.ProcessCPU(e.cmd.Process.Pid)
 	if err != nil {
 		panic(err)
 	}
-	// The command name may contain spaces; fields resume after the last ')'.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+	return sec
 }
 
 // metric sums the samples of name (exact, or a histogram's name_sum / name_count) whose
@@ -295,11 +333,22 @@ type scenario struct {
 func scenarios() []scenario {
 	var out []scenario
 	for _, s := range allScenarios() {
-		if strings.Contains(s.name, *only) {
+		if selected(s.name) {
 			out = append(out, s)
 		}
 	}
 	return out
+}
+
+// selected tells whether -only selects the scenario or cell called name: one of its
+// |-separated alternatives is in the name, or is the name after a leading "=".
+func selected(name string) bool {
+	for _, alt := range strings.Split(*only, "|") {
+		if exact, ok := strings.CutPrefix(alt, "="); ok && name == exact || !ok && strings.Contains(name, alt) {
+			return true
+		}
+	}
+	return false
 }
 
 func allScenarios() []scenario {

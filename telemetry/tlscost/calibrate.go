@@ -63,6 +63,13 @@ type Costs struct {
 	// the start-up measurement of Seal and Open read high: the two are measured
 	// together, and their product is what the measured exchanges cost. Zero means 1.
 	DataFactor float64
+	// PerRead is the process CPU TLS adds to each read that returns data on a kept-alive
+	// connection beyond the records it brings (measureHandshakeFactor, fitted with
+	// DataFactor on small and bulk exchanges): crypto/tls reading the record into its own
+	// buffer before opening it and copying it out, and the wake-up around it. A small
+	// request costs it once; a per-byte or per-record cost does not carry it. Charged per
+	// read after the handshake (conn.Read).
+	PerRead float64
 	// HandshakeGCShare is the part of HandshakeFactor's extra CPU that the runtime
 	// reported as garbage collection while it was measured (informational).
 	HandshakeGCShare float64
@@ -120,7 +127,7 @@ func calibrate() (*Costs, error) {
 		return c, fmt.Errorf("tlscost: calibrating write(2) on loopback: %w; extra writes read as free", err)
 	}
 	c.Write, c.MinSyscall = w, minSys
-	if c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor, err = measureHandshakeFactor(cert, c); err != nil {
+	if c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor, c.PerRead, err = measureHandshakeFactor(cert, c); err != nil {
 		return c, fmt.Errorf("tlscost: measuring what handshakes and records cost around what is clocked: %w; charging what is clocked only", err)
 	}
 	return c, nil

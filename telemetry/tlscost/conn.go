@@ -94,6 +94,7 @@ type rec struct {
 // when it is closed.
 type tally struct {
 	records     int
+	reads       int // reads that returned data, each charged the per-read cost
 	bytes, cpu  float64
 	extraWrites int
 	now         bool // flush at the end of this read or write
@@ -108,10 +109,19 @@ func (t *tally) add(bytes int, cpu float64) {
 	t.now = t.now || t.records >= flushRecords
 }
 
+// read charges one read that returned data its fixed cost (Costs.PerRead, see conn.Read).
+func (t *tally) read(cpu float64) {
+	t.reads++
+	t.cpu += cpu
+}
+
 // flush adds t to the counters of one direction and to the total, and empties it.
 func (t *tally) flush(a *Accountant, bytes, cpu prometheus.Counter) {
-	if t.records == 0 {
+	if t.records == 0 && t.reads == 0 {
 		return
+	}
+	if t.reads > 0 {
+		a.appReads.Add(int64(t.reads))
 	}
 	bytes.Add(t.bytes)
 	cpu.Add(t.cpu)
@@ -150,6 +160,10 @@ func (c *conn) startSegment() {
 	c.clockReads++
 }
 
+// Read charges, after the handshake, each read that returns data the fixed per-read cost
+// (Costs.PerRead: what a read of a request costs over TLS beyond its records — crypto/tls
+// reading into its own buffer, then opening and copying out, and the wake-up around it)
+// and each record whose header it completes the record cost.
 func (c *conn) Read(p []byte) (int, error) {
 	if !c.started {
 		c.started, c.unmeasured = true, true
@@ -168,6 +182,7 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.tallyMu.Lock()
 		if n > 0 {
 			c.reads.Add(1)
+			c.inTally.read(c.a.rec.Load().perRead)
 			c.in.feed(p[:n], c.chargeIn)
 		}
 		if c.inTally.now || err != nil {

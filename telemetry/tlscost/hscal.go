@@ -34,10 +34,13 @@ const (
 	handshakeFactorWorkers = 2
 
 	// dataFactorRounds alternate TLS and plain batches of dataFactorExchanges bulk
-	// exchanges per worker. What TLS adds to a batch is the difference of two process
-	// CPU readings that each move by ±10% from batch to batch (scheduling, wake-ups): it
-	// takes some forty rounds, half a second, for the sum to settle within ±10%.
-	dataFactorRounds    = 48
+	// exchanges per worker, and of smallExchanges small ones. What TLS adds to a batch is
+	// the difference of two process CPU readings that each move by ±10% from batch to
+	// batch (scheduling, wake-ups): it takes some thirty to forty rounds for the sum to
+	// settle within ±10%. Thirty-two of each kind: with the small exchanges and the
+	// target, more would have cost a first start more than the two seconds of CPU the
+	// calibration took before.
+	dataFactorRounds    = 32
 	dataFactorExchanges = 60
 
 	// dataFactorPause spaces the rounds. A serving edge moves a response between other
@@ -53,7 +56,7 @@ const (
 // measureHandshakeFactor returns process CPU per second of thread-clock handshake CPU, and
 // the share of the extra CPU that was the collector's background work (left out of the
 // factor, see below).
-func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare, dataFactor float64, err error) {
+func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare, dataFactor, perRead float64, err error) {
 	factor, gcShare, dataFactor = 1, 0, 1
 	reg := prometheus.NewRegistry()
 	a, err := newAccountant(Options{HandshakeTimeout: 5 * time.Second, Costs: &Costs{Seal: costs.Seal, Open: costs.Open, Write: costs.Write}}, reg)
@@ -62,13 +65,14 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 	}
 	tlsRaw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return factor, gcShare, dataFactor, err
+		return factor, gcShare, dataFactor, perRead, err
 	}
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		_ = tlsRaw.Close()
-		return factor, gcShare, dataFactor, err
+		return factor, gcShare, dataFactor, perRead, err
 	}
+	var target atomic.Pointer[string] // the kept-alive exchanges' target, in the child
 	tl := a.listener(tlsRaw, &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true})
 	var wg sync.WaitGroup
 	serve := func(ln net.Listener) {
@@ -87,7 +91,7 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 						return
 					}
 				}
-				serveCalibration(c)
+				serveCalibration(c, target.Load())
 			}()
 		}
 	}
@@ -124,16 +128,17 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 	// Warm up: connections, goroutine stacks, crypto tables.
 	for _, useTLS := range []bool{true, false} {
 		if err := batch(useTLS); err != nil {
-			return factor, gcShare, dataFactor, err
+			return factor, gcShare, dataFactor, perRead, err
 		}
 	}
 	var extra, extraGC, seg float64
+	reads0 := a.appReads.Load()
 	for r := range handshakeFactorRounds {
 		seg0 := a.hsNanos.Load() + clientNanos.Load()
 		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
 			g0, p0 := gcNow(), processCPU()
 			if err := batch(useTLS); err != nil {
-				return factor, gcShare, dataFactor, err
+				return factor, gcShare, dataFactor, perRead, err
 			}
 			d, g := float64(processCPU()-p0), (gcNow()-g0)*1e9
 			if !useTLS {
@@ -143,25 +148,38 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 		}
 		seg += float64(a.hsNanos.Load() + clientNanos.Load() - seg0)
 	}
+	hsReads := float64(a.appReads.Load() - reads0) // the one-byte exchanges' reads after their handshakes
 	if seg <= 0 || extra <= 0 {
-		return factor, gcShare, dataFactor, errors.New("no handshake CPU measured")
+		return factor, gcShare, dataFactor, perRead, errors.New("no handshake CPU measured")
 	}
-	// Never below 1: the segments are part of the process's CPU.
-	factor, gcShare = max(1, (extra-max(0, extraGC))/seg), max(0, extraGC)/extra
+	// Never below 1: the segments are part of the process's CPU. The read after each
+	// handshake is charged PerRead on its own, so its share comes out of the factor.
+	hsFactor := func(perRead float64) float64 {
+		return max(1, (extra-max(0, extraGC)-perRead*1e9*hsReads)/seg)
+	}
+	factor, gcShare = hsFactor(0), max(0, extraGC)/extra
 	if child == nil {
-		return factor, gcShare, dataFactor, nil // no bulk exchanges without a client of their own
+		return factor, gcShare, dataFactor, perRead, nil // no kept-alive exchanges without a client of their own
 	}
 
-	// Data: the same comparison for keep-alive connections carrying bulk exchanges, against
-	// what the record costs charged for them. DataFactor is the process CPU TLS adds to
-	// moving data per second of record-layer CPU (at the cost Calibrate measured): the
-	// copies and wake-ups around the record layer, and the contention of a client on the
-	// same machine. Records are then charged the record layer's cost times DataFactor,
-	// the two measured together, so that their product is what the exchanges measured.
-	// (The record layer was once re-measured under contention and while traffic flowed,
-	// and the factor applied to that: those short measurements read ±20–40% apart from
-	// run to run on a KVM guest, where the extra CPU of the exchanges moved by ±8%, and
-	// the charge carried their noise.)
+	// Data: the same comparison for kept-alive connections, against the record costs
+	// charged for them and the reads that brought the requests. Two kinds of exchange
+	// alternate: bulk (64 KiB responses: mostly per-byte record cost) and small (256-byte
+	// responses: mostly per-read cost), and DataFactor (the process CPU TLS adds to moving
+	// data per second of record-layer CPU: the copies and wake-ups around the record
+	// layer, the contention of a client on the same machine) and PerRead (what each read
+	// that returns data costs beyond its records: crypto/tls reading into its own buffer
+	// and the wake-up around it) are the solution of the two equations
+	//
+	//	extra_bulk  = DataFactor × records_bulk  + PerRead × reads_bulk
+	//	extra_small = DataFactor × records_small + PerRead × reads_small
+	//
+	// Records are then charged the record layer's cost times DataFactor, the two measured
+	// together, so that their product is what the exchanges measured. (The record layer
+	// was once re-measured under contention and while traffic flowed, and the factor
+	// applied to that: those short measurements read ±20–40% apart from run to run on a
+	// KVM guest, where the extra CPU of the exchanges moved by ±8%, and the charge carried
+	// their noise.)
 	charged := func() float64 {
 		mfs, _ := reg.Gather()
 		sum := 0.0
@@ -174,93 +192,197 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 		}
 		return sum * 1e9
 	}
-	for _, useTLS := range []bool{true, false} { // opens the connections
-		if err := child.bulk(useTLS); err != nil {
-			return factor, gcShare, dataFactor, err
+	addr, err := child.target()
+	if err != nil {
+		return factor, gcShare, dataFactor, perRead, err
+	}
+	target.Store(&addr)
+	for _, kind := range []string{"bulk", "small"} {
+		for _, useTLS := range []bool{true, false} { // opens the connections
+			if err := child.exchanges(kind, useTLS); err != nil {
+				return factor, gcShare, dataFactor, perRead, err
+			}
 		}
 	}
-	// The ratio of the sums over the rounds, less the rounds with the highest and lowest
+	// Per kind, the sums over the rounds, less the rounds with the highest and lowest
 	// ratios: a round where something else in the process or on the machine got in the
 	// way of one batch is an outlier, not a share of the answer.
-	var rounds []dataRound
+	rounds := map[string][]dataRound{}
 	for r := range dataFactorRounds {
-		time.Sleep(dataFactorPause)
-		c0 := charged()
-		dExtra := 0.0
-		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
-			p0 := processCPU()
-			if err := child.bulk(useTLS); err != nil {
-				return factor, gcShare, dataFactor, err
+		for _, kind := range []string{"bulk", "small"} {
+			time.Sleep(dataFactorPause)
+			c0, n0 := charged(), a.appReads.Load()
+			dExtra := 0.0
+			for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
+				p0 := processCPU()
+				if err := child.exchanges(kind, useTLS); err != nil {
+					return factor, gcShare, dataFactor, perRead, err
+				}
+				d := float64(processCPU() - p0)
+				if !useTLS {
+					d = -d
+				}
+				dExtra += d
 			}
-			d := float64(processCPU() - p0)
-			if !useTLS {
-				d = -d
+			dCharged := charged() - c0
+			if dCharged <= 0 {
+				return factor, gcShare, dataFactor, perRead, errors.New("no record CPU charged")
 			}
-			dExtra += d
+			rounds[kind] = append(rounds[kind], dataRound{extra: dExtra, charged: dCharged, reads: float64(a.appReads.Load() - n0)})
 		}
-		dCharged := charged() - c0
-		if dCharged <= 0 {
-			return factor, gcShare, dataFactor, errors.New("no record CPU charged")
-		}
-		rounds = append(rounds, dataRound{extra: dExtra, charged: dCharged})
 	}
-	if r := trimmedRatio(rounds); r > 0 {
-		return factor, gcShare, r, nil
+	b, s := trimmedSums(rounds["bulk"]), trimmedSums(rounds["small"])
+	dataFactor, perRead = solveDataCosts(b, s)
+	if dataFactor <= 0 {
+		return factor, gcShare, 1, 0, errors.New("TLS added no CPU to the bulk exchanges")
 	}
-	return factor, gcShare, dataFactor, errors.New("TLS added no CPU to the bulk exchanges")
+	return hsFactor(perRead), gcShare, dataFactor, perRead, nil
 }
 
-// dataRound is what TLS added to the process CPU in one round of bulk exchanges, and the
-// record-layer CPU charged for them.
-type dataRound struct{ extra, charged float64 }
+// solveDataCosts solves extra = DataFactor × charged + PerRead × reads (nanoseconds) for
+// the bulk and the small exchanges, PerRead returned in seconds. The small exchanges'
+// extra CPU is a few µs each out of tens, so the per-read cost is the noisier of the two:
+// in one start-up in five on a loaded machine it came out negative. TLS does add a cost
+// per read, so a negative one is replaced by the provisional per-read cost
+// (ProvisionalCosts), and the factor is solved from the bulk exchanges with it.
+func solveDataCosts(bulk, small dataRound) (dataFactor, perRead float64) {
+	det := bulk.charged*small.reads - small.charged*bulk.reads
+	r := -1.0
+	if det != 0 {
+		r = (bulk.charged*small.extra - small.charged*bulk.extra) / det
+	}
+	if r < 0 {
+		r = ProvisionalCosts().PerRead * 1e9
+	}
+	d := (bulk.extra - r*bulk.reads) / bulk.charged
+	if d <= 0 { // the bulk exchanges' extra CPU is all per read: not credible
+		return bulk.extra / bulk.charged, 0
+	}
+	return d, r / 1e9
+}
 
-// trimmedRatio is the sum of extra over the sum of charged of the rounds, leaving out the
-// eighth with the highest extra/charged and the eighth with the lowest.
-func trimmedRatio(rounds []dataRound) float64 {
+// dataRound is what TLS added to the process CPU in one round of kept-alive exchanges,
+// the record-layer CPU charged for them (ns) and the reads that returned data.
+type dataRound struct{ extra, charged, reads float64 }
+
+// trimmedSums are the sums over the rounds, leaving out the eighth with the highest
+// extra/charged and the eighth with the lowest.
+func trimmedSums(rounds []dataRound) dataRound {
 	s := slices.Clone(rounds)
 	slices.SortFunc(s, func(a, b dataRound) int { return cmp.Compare(a.extra/a.charged, b.extra/b.charged) })
 	cut := len(s) / 8
-	var extra, charged float64
+	var sum dataRound
 	for _, r := range s[cut : len(s)-cut] {
-		extra, charged = extra+r.extra, charged+r.charged
+		sum.extra, sum.charged, sum.reads = sum.extra+r.extra, sum.charged+r.charged, sum.reads+r.reads
 	}
-	return extra / charged
+	return sum
 }
 
 // Calibration exchanges. A connection's first byte says which: 'x' is one byte in, one
 // byte out, close (after a handshake, or not); 'b' starts a bulk connection, kept alive:
 // requests of bulkRequest bytes, each answered with bulkResponse bytes written in
-// bulkPiece writes, as edgeproxy's fast path forwards a response as read from the target.
+// bulkPiece writes, as edgeproxy's fast path forwards a response as read from the target;
+// 's' a small one: the same requests, each answered with smallResponse bytes in one write.
 const (
-	bulkRequest  = 128
-	bulkResponse = 64 << 10
-	bulkPiece    = 16 << 10
+	bulkRequest   = 128
+	bulkResponse  = 64 << 10
+	bulkPiece     = 16 << 10
+	smallResponse = 256
+
+	// smallExchanges are the small exchanges per worker in a round: about half the
+	// process CPU of a round of bulk ones.
+	smallExchanges = 80
 )
 
-// serveCalibration is the calibration server's side of a connection.
-func serveCalibration(c net.Conn) {
+// exchangeKinds are the kept-alive exchanges: first byte, response size, exchanges per
+// worker in a round.
+var exchangeKinds = map[string]struct {
+	first     byte
+	size, per int
+}{
+	"bulk":  {'b', bulkResponse, dataFactorExchanges},
+	"small": {'s', smallResponse, smallExchanges},
+}
+
+// serveCalibration is the calibration server's side of a connection. A kept-alive one is
+// served as edgeproxy's fast path serves a request: the request is forwarded to a target
+// (served by the child process, as a backend is another process, on the CPUs the
+// child runs on: placeChild), and the response is read from it in pieces of up to
+// bulkPiece bytes, each written to the client as read. In a tight loop of the record
+// layer alone, its code and tables stay in the caches; between a target's reads and
+// writes, as in a proxy, they do not, and that is part of what TLS costs a proxied
+// request. (A target in this process shared a pinned edge's core and read the data
+// factor 0.79 where the edge's 64 KiB responses needed ~1.1.)
+func serveCalibration(c net.Conn, target *string) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 	var b [bulkRequest]byte
 	if _, err := io.ReadFull(c, b[:1]); err != nil {
 		return
 	}
-	if b[0] != 'b' {
+	size := bulkResponse
+	switch b[0] {
+	case 'b':
+	case 's':
+		size = smallResponse
+	default:
 		_, _ = c.Write(b[:1])
 		return
 	}
 	if _, err := io.ReadFull(c, b[1:]); err != nil {
 		return
 	}
-	resp := make([]byte, bulkPiece)
+	if target == nil {
+		return
+	}
+	up, err := net.DialTimeout("tcp", *target, 5*time.Second)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	_ = up.SetDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, bulkPiece)
 	for {
-		for range bulkResponse / bulkPiece {
-			if _, err := c.Write(resp); err != nil {
+		if _, err := up.Write(b[:]); err != nil {
+			return
+		}
+		for left := size; left > 0; {
+			n, err := up.Read(buf[:min(left, len(buf))])
+			if n > 0 {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					return
+				}
+				left -= n
+			}
+			if err != nil {
 				return
 			}
 		}
 		if _, err := io.ReadFull(c, b[:]); err != nil {
 			return
+		}
+	}
+}
+
+// serveTarget is the calibration's target: it answers each request of bulkRequest bytes
+// (the first byte says which kind) with the kind's response, in one write per bulkPiece.
+func serveTarget(c net.Conn) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	var b [bulkRequest]byte
+	resp := make([]byte, bulkResponse)
+	for {
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return
+		}
+		size := bulkResponse
+		if b[0] == 's' {
+			size = smallResponse
+		}
+		for off := 0; off < size; off += bulkPiece {
+			if _, err := c.Write(resp[off:min(size, off+bulkPiece)]); err != nil {
+				return
+			}
 		}
 	}
 }

@@ -90,17 +90,41 @@ func runCalibrationClient(addrs string, in io.Reader, out io.Writer) int {
 	}
 	cfg := &tls.Config{InsecureSkipVerify: true}
 	sc := bufio.NewScanner(in)
-	bulk := map[bool][]net.Conn{} // by TLS: one kept-alive connection per worker
+	kept := map[string][]net.Conn{} // by command: one kept-alive connection per worker
 	defer func() {
-		for _, cs := range bulk {
+		for _, cs := range kept {
 			for _, c := range cs {
 				_ = c.Close()
 			}
 		}
 	}()
+	var target net.Listener // the kept-alive exchanges' target (serveTarget)
+	defer func() {
+		if target != nil {
+			_ = target.Close()
+		}
+	}()
 	for sc.Scan() {
 		var err error
 		switch cmd := sc.Text(); cmd {
+		case "target":
+			if target == nil {
+				if target, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+					fmt.Fprintf(out, "error %v\n", err)
+					return 1
+				}
+				go func() {
+					for {
+						c, err := target.Accept()
+						if err != nil {
+							return
+						}
+						go serveTarget(c)
+					}
+				}()
+			}
+			fmt.Fprintln(out, "target", target.Addr().String())
+			continue
 		case "tls", "plain":
 			err = runBatch(func() error {
 				if cmd == "tls" {
@@ -108,23 +132,24 @@ func runCalibrationClient(addrs string, in io.Reader, out io.Writer) int {
 				}
 				return clientOne(nil, plainAddr, false, cfg, nil)
 			})
-		case "bulk-tls", "bulk-plain":
-			useTLS := cmd == "bulk-tls"
+		case "bulk-tls", "bulk-plain", "small-tls", "small-plain":
+			kind, proto, _ := strings.Cut(cmd, "-")
+			useTLS := proto == "tls"
 			addr := plainAddr
 			if useTLS {
 				addr = tlsAddr
 			}
-			if bulk[useTLS] == nil {
+			if kept[cmd] == nil {
 				for range handshakeFactorWorkers {
 					c, err := dialBulk(addr, useTLS, cfg)
 					if err != nil {
 						fmt.Fprintf(out, "error %v\n", err)
 						return 1
 					}
-					bulk[useTLS] = append(bulk[useTLS], c)
+					kept[cmd] = append(kept[cmd], c)
 				}
 			}
-			err = runBulk(bulk[useTLS])
+			err = runExchanges(kept[cmd], kind)
 		default:
 			err = fmt.Errorf("unknown command %q", cmd)
 		}
@@ -179,15 +204,17 @@ func dialBulk(addr string, useTLS bool, cfg *tls.Config) (net.Conn, error) {
 	return c, nil
 }
 
-// runBulk makes dataFactorExchanges exchanges on each of conns, concurrently.
-func runBulk(conns []net.Conn) error {
+// runExchanges makes a round of exchanges of kind (exchangeKinds) on each of conns,
+// concurrently.
+func runExchanges(conns []net.Conn, kind string) error {
+	k := exchangeKinds[kind]
 	errs := make(chan error, len(conns))
 	for _, c := range conns {
 		go func() {
 			req := make([]byte, bulkRequest)
-			req[0] = 'b'
-			resp := make([]byte, bulkResponse)
-			for range dataFactorExchanges {
+			req[0] = k.first
+			resp := make([]byte, k.size)
+			for range k.per {
 				if _, err := c.Write(req); err != nil {
 					errs <- err
 					return
@@ -233,6 +260,7 @@ func startCalibrationClient(tlsAddr, plainAddr string) (*calibrationClient, erro
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	placeChild(cmd.Process.Pid)
 	c := &calibrationClient{cmd: cmd, in: in, out: bufio.NewScanner(out)}
 	// A first batch proves the child is the client (and warms it up).
 	if err := c.batch(true); err != nil {
@@ -249,26 +277,46 @@ func (c *calibrationClient) batch(useTLS bool) error {
 	return c.do("plain")
 }
 
-func (c *calibrationClient) bulk(useTLS bool) error {
+// exchanges runs one round of kept-alive exchanges of kind ("bulk" or "small").
+func (c *calibrationClient) exchanges(kind string, useTLS bool) error {
 	if useTLS {
-		return c.do("bulk-tls")
+		return c.do(kind + "-tls")
 	}
-	return c.do("bulk-plain")
+	return c.do(kind + "-plain")
 }
 
-// do sends one command and waits for its answer.
+// do sends one command and waits for its answer, "ok".
 func (c *calibrationClient) do(cmd string) error {
-	cmd += "\n"
-	if _, err := io.WriteString(c.in, cmd); err != nil {
-		return err
+	line, err := c.ask(cmd)
+	if err == nil && line != "ok" {
+		err = errors.New("calibration client: " + line)
+	}
+	return err
+}
+
+// target starts the child's target for the kept-alive exchanges (once) and returns its
+// address.
+func (c *calibrationClient) target() (string, error) {
+	line, err := c.ask("target")
+	if err != nil {
+		return "", err
+	}
+	addr, ok := strings.CutPrefix(line, "target ")
+	if !ok {
+		return "", errors.New("calibration client: " + line)
+	}
+	return addr, nil
+}
+
+// ask sends one command and returns the line answered.
+func (c *calibrationClient) ask(cmd string) (string, error) {
+	if _, err := io.WriteString(c.in, cmd+"\n"); err != nil {
+		return "", err
 	}
 	if !c.out.Scan() {
-		return errors.New("calibration client: no answer")
+		return "", errors.New("calibration client: no answer")
 	}
-	if line := c.out.Text(); line != "ok" {
-		return errors.New("calibration client: " + line)
-	}
-	return nil
+	return c.out.Text(), nil
 }
 
 func (c *calibrationClient) close() {

@@ -22,6 +22,12 @@
 // framing, locking) costs per record and per byte on this machine, measured at start-up
 // (recordcal.go), times DataFactor: the process CPU TLS adds to moving data per second of
 // record-layer CPU, measured at start-up against a client in a child process (hscal.go).
+// Each read that returns data after the handshake is charged PerRead on top of its
+// records: what TLS adds per read (crypto/tls's own buffer, the wake-up around it), fitted
+// with DataFactor at start-up on small and bulk exchanges; a small request costs it once.
+// The start-up calibration is kept per build and machine (cache.go), so that a restarted
+// edge charges calibrated costs at once; a first start charges ProvisionalCosts until its
+// calibration is done.
 // When TLS made a write that plain HTTP would not have made, the record is also charged
 // the cost of a write(2), measured on a sample of the real writes. The garbage
 // collector's work for the handshakes' allocations is charged as its share of the
@@ -40,6 +46,8 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/tls"
+	"errors"
+	"io/fs"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -74,6 +82,9 @@ type Options struct {
 	MaxAppWrite int
 	// Costs are the record and write costs to charge; nil means Calibrate().
 	Costs *Costs
+	// CacheDir keeps the start-up calibration for the next start of the same build on
+	// the same machine (cache.go); "" means DefaultCacheDir(). Unused when Costs is set.
+	CacheDir string
 	// Logger receives failed handshakes at debug level and calibration problems; nil
 	// means none.
 	Logger *slog.Logger
@@ -112,16 +123,18 @@ type Accountant struct {
 	writeFixed atomic.Uint64 // float64 bits: the fixed CPU of one write(2), seconds
 	writeN     atomic.Int64  // samples so far
 	hsNanos    atomic.Int64  // thread-clock CPU of all handshakes so far (calibration)
+	appReads   atomic.Int64  // reads after handshakes that returned data, as flushed (calibration)
 
 	hsStarted  atomic.Int64 // measured handshakes begun, counted up to tailWarmup
 	tailWarmup int64        // tailWarmup, but for tests
 	tailEvery  uint32       // tailSampleEvery, but for tests
 
 	// Record costs as charged: Costs.Seal/Open times Costs.DataFactor, by aeadIndex.
-	rec        atomic.Pointer[recordCosts]
-	perByte    *prometheus.GaugeVec
-	perRecord  *prometheus.GaugeVec
-	calibrated chan struct{} // closed when the background calibration is applied; nil: none ran
+	rec          atomic.Pointer[recordCosts]
+	perByte      *prometheus.GaugeVec
+	perRecord    *prometheus.GaugeVec
+	perReadGauge prometheus.Gauge
+	calibrated   chan struct{} // closed when the background calibration is applied; nil: none ran
 }
 
 // hsLabels are the labels of the handshake metrics.
@@ -200,6 +213,7 @@ func (a *Accountant) series(l hsLabels) *hsSeries {
 // recordCosts are the per-record costs charged for each AEAD, by aeadIndex.
 type recordCosts struct {
 	seal, open [3]Linear
+	perRead    float64 // Costs.PerRead
 }
 
 // HandshakeCPUBuckets are the edgeproxy_tls_handshake_cpu_seconds buckets: 10µs·2^k up to
@@ -217,11 +231,28 @@ func New(opts Options) (*Accountant, error) {
 		log.Warn("tlscost: no per-thread CPU clock here: TLS CPU metrics read zero")
 	}
 	live := opts.Costs == nil
+	var key cacheKey
+	dir := opts.CacheDir
 	if live {
-		// Calibration takes about a second of CPU (tens of seconds on a loaded machine):
-		// it must not hold up start-up. Until it is done, handshakes are charged their
-		// thread CPU alone and records nothing; Calibrated says when it is.
-		opts.Costs = &Costs{Seal: map[string]Linear{}, Open: map[string]Linear{}}
+		if dir == "" {
+			dir = DefaultCacheDir()
+		}
+		key = currentCacheKey()
+		if dir != "" {
+			c, when, err := loadCachedCosts(dir, key)
+			if err == nil {
+				opts.Costs, live = c, false
+				logCalibration(log, c, "cache", key.path(dir), "measured", when)
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				log.Info("tlscost: calibrating again", "err", err.Error())
+			}
+		}
+	}
+	if live {
+		// Calibration takes two to three seconds of CPU (tens of seconds on a loaded
+		// machine): it must not hold up start-up. Until it is done, the provisional costs
+		// are charged (ProvisionalCosts); Calibrated says when it is.
+		opts.Costs = ProvisionalCosts()
 	}
 	reg := opts.Registerer
 	if reg == nil {
@@ -239,12 +270,50 @@ func New(opts Options) (*Accountant, error) {
 			log.Warn(err.Error())
 		}
 		a.applyCosts(c)
-		log.Info("tlscost: calibrated", "handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
-			"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte*1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall*1e9,
-			"aes128gcm_charged_ns_per_byte", a.rec.Load().seal[aeadIndex(AES128GCM)].PerByte*1e9,
-			"write_syscall_us", c.Write.PerCall*1e6, "min_syscall_us", c.MinSyscall*1e6)
+		where := "none: no cache directory"
+		if dir != "" && err == nil {
+			where = key.path(dir)
+			if err := storeCosts(dir, key, c); err != nil {
+				where = "none: " + err.Error()
+			}
+		}
+		logCalibration(log, c, "cached_in", where)
 	}()
 	return a, nil
+}
+
+// logCalibration logs the costs in effect, and where they come from or went.
+func logCalibration(log *slog.Logger, c *Costs, where ...any) {
+	f := c.DataFactor
+	if f <= 0 {
+		f = 1 // as applyCosts
+	}
+	rc := c.Seal[AES128GCM].times(f)
+	log.Info("tlscost: calibrated", append([]any{"handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
+		"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte * 1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall * 1e9,
+		"aes128gcm_charged_ns_per_byte", rc.PerByte * 1e9, "per_read_us", c.PerRead * 1e6,
+		"write_syscall_us", c.Write.PerCall * 1e6, "min_syscall_us", c.MinSyscall * 1e6}, where...)...)
+}
+
+// ProvisionalCosts are charged by a fresh edge until its first calibration on a machine
+// is done (a few seconds after start; later starts of the same build read it from the
+// cache at once): the figures of the benchmark machine (bench/RESULTS.md), a 2-core KVM
+// guest with AES-NI. Handshakes are measured on their thread all the same; what is
+// provisional is the factors around them and the record, read and write costs, which a
+// machine of another kind may see 2× apart. They are never cached.
+func ProvisionalCosts() *Costs {
+	aes := Linear{PerCall: 0.15e-6, PerByte: 0.2e-9}
+	chacha := Linear{PerCall: 0.25e-6, PerByte: 0.45e-9}
+	return &Costs{
+		Seal:                map[string]Linear{AES128GCM: aes, AES256GCM: aes.times(1.1), ChaCha20Poly1305: chacha},
+		Open:                map[string]Linear{AES128GCM: aes, AES256GCM: aes.times(1.1), ChaCha20Poly1305: chacha},
+		Write:               Linear{PerCall: 5e-6},
+		MinSyscall:          1.5e-6,
+		HandshakeFactor:     1.6,
+		DataFactor:          1.7,
+		PerRead:             2e-6,
+		HandshakeAllocBytes: 55 << 10,
+	}
 }
 
 // Calibrated is closed once the start-up calibration has been applied (at once when the
@@ -273,6 +342,8 @@ func (a *Accountant) applyCosts(c *Costs) {
 		a.perByte.WithLabelValues(name, "in").Set(rc.open[i].PerByte)
 		a.perRecord.WithLabelValues(name, "in").Set(rc.open[i].PerCall)
 	}
+	rc.perRead = c.PerRead
+	a.perReadGauge.Set(c.PerRead)
 	a.rec.Store(rc)
 	a.writeFixed.Store(math.Float64bits(c.Write.PerCall))
 }
@@ -344,6 +415,10 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		Name: "edgeproxy_tls_record_cpu_seconds_per_record",
 		Help: "Fixed CPU charged per TLS record, measured as edgeproxy_tls_record_cpu_seconds_per_byte, by aead and direction.",
 	}, []string{"aead", "direction"})
+	a.perReadGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "edgeproxy_tls_read_cpu_seconds",
+		Help: "Fixed CPU charged per read that returned data on a TLS connection after its handshake (a request, mostly): what TLS adds per read beyond its records, measured at start-up against a client process with small kept-alive exchanges.",
+	})
 	a.applyCosts(opts.Costs)
 	writeCost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_extra_write_cpu_seconds",
@@ -351,7 +426,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 	}, a.writeCost)
 
 	for _, c := range []prometheus.Collector{a.handshakes, a.handshakeCPU, a.handshakeWall, a.handshakeBytes,
-		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, writeCost} {
+		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, a.perReadGauge, writeCost} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -815,7 +816,7 @@ func TestCalibrate(t *testing.T) {
 	if c.Write.PerCall <= 0 {
 		t.Errorf("write: %+v; want a per-call cost", c.Write)
 	}
-	t.Logf("costs: seal %+v open %+v write %+v handshake allocs %d B, factor %.3f (GC %.2f) data factor %.3f", c.Seal, c.Open, c.Write, c.HandshakeAllocBytes, c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor)
+	t.Logf("costs: seal %+v open %+v write %+v handshake allocs %d B, factor %.3f (GC %.2f) data factor %.3f per read %.2fµs", c.Seal, c.Open, c.Write, c.HandshakeAllocBytes, c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor, c.PerRead*1e6)
 	if c.HandshakeAllocBytes <= 0 {
 		t.Errorf("handshake allocations: got %d; want > 0", c.HandshakeAllocBytes)
 	}
@@ -857,40 +858,155 @@ func TestAccountant_ChargesRecordLayerTimesDataFactor(t *testing.T) {
 	}
 }
 
+// Each read that returns data after the handshake is charged the per-read cost on top of
+// its records (a small kept-alive request costs more than its one record), and the gauge
+// shows it: 20 requests on one connection, each read before the next is sent, are 20 reads
+// (21 with the close_notify's own).
+func TestAccountant_ChargesEachReadThePerReadCost(t *testing.T) {
+	costs := Costs{Seal: map[string]Linear{}, Open: map[string]Linear{}, PerRead: 1}
+	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, SessionTicketsDisabled: true}
+	f := newFixture(t, Options{Costs: &costs}, cfg)
+	wg := f.serve(func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			if _, err := br.ReadString('\n'); err != nil {
+				return
+			}
+			if _, err := io.WriteString(c, "ok\n"); err != nil {
+				return
+			}
+		}
+	})
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", f.addr(), clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	const requests = 20
+	for range requests {
+		if _, err := io.WriteString(c, "GET\n"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := br.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = c.Close()
+	_ = f.ln.Close()
+	wg.Wait()
+	if got := f.value(t, "edgeproxy_tls_record_cpu_seconds_total", map[string]string{"direction": "in"}); got < requests-1 || got > requests+1 {
+		t.Errorf("record CPU in at 1 s per read: got %v; want %d±1 reads", got, requests)
+	}
+	if got := f.value(t, "edgeproxy_tls_read_cpu_seconds", nil); got != 1 {
+		t.Errorf("edgeproxy_tls_read_cpu_seconds: got %v; want 1", got)
+	}
+}
+
 // Calibration runs in the background: New returns before it is done, and the costs it
 // measured are charged once Calibrated is closed.
 func TestNew_CalibratesInTheBackground(t *testing.T) {
 	if !threadClockWorks() {
 		t.Skip("no thread CPU clock")
 	}
+	dir := t.TempDir()
 	start := time.Now()
-	a, err := New(Options{})
+	a, err := New(Options{CacheDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	returned := time.Since(start)
+	if got, want := a.costs.Load().HandshakeFactor, ProvisionalCosts().HandshakeFactor; got != want {
+		t.Errorf("before calibration: handshake factor %v; want the provisional %v", got, want)
+	}
+	waitCalibrated(t, a)
+	t.Logf("New returned after %v; calibration done after %v", returned, time.Since(start))
+	c := a.costs.Load()
+	if c.Seal[AES128GCM].PerByte <= 0 {
+		t.Errorf("after calibration: aes128gcm seal %+v; want a measured cost", c.Seal[AES128GCM])
+	}
+
+	// The next start of this build on this machine takes the costs from the cache, at once.
+	b, err := New(Options{CacheDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.Calibrated():
+	default:
+		t.Fatal("a start with a cached calibration is not calibrated at once")
+	}
+	if got := b.costs.Load(); got.DataFactor != c.DataFactor || got.PerRead != c.PerRead || got.Seal[AES128GCM] != c.Seal[AES128GCM] {
+		t.Errorf("cached costs %+v; want the calibrated %+v", got, c)
+	}
+}
+
+// A cache directory that cannot be written, or a cached file that is not a calibration
+// of this build, is no error: the edge calibrates and serves on.
+func TestNew_CalibratesWhenTheCacheIsUnusable(t *testing.T) {
+	if !threadClockWorks() {
+		t.Skip("no thread CPU clock")
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	garbled := t.TempDir()
+	if err := os.WriteFile(currentCacheKey().path(garbled), []byte(`{"key":{"format":1}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{filepath.Join(file, "sub"), garbled} {
+		a, err := New(Options{CacheDir: dir})
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		waitCalibrated(t, a)
+		if c := a.costs.Load(); c.Seal[AES128GCM].PerByte <= 0 || c.HandshakeFactor == ProvisionalCosts().HandshakeFactor {
+			t.Errorf("%s: costs %+v; want calibrated ones", dir, c)
+		}
+	}
+}
+
+func waitCalibrated(t *testing.T, a *Accountant) {
+	t.Helper()
 	select {
 	case <-a.Calibrated():
 	case <-time.After(2 * time.Minute):
 		t.Fatal("calibration did not finish")
-	}
-	t.Logf("New returned after %v; calibration done after %v", returned, time.Since(start))
-	if c := a.costs.Load(); c.Seal[AES128GCM].PerByte <= 0 {
-		t.Errorf("after calibration: aes128gcm seal %+v; want a measured cost", c.Seal[AES128GCM])
 	}
 }
 
 // The data factor is a ratio of sums, not swayed by the rounds that something else got in
 // the way of: the eighth of the rounds with the highest ratio and the eighth with the
 // lowest are left out.
-func TestTrimmedRatio_IgnoresOutlyingRounds(t *testing.T) {
+func TestTrimmedSums_IgnoreOutlyingRounds(t *testing.T) {
 	var rounds []dataRound
 	for range 14 {
-		rounds = append(rounds, dataRound{extra: 3, charged: 2})
+		rounds = append(rounds, dataRound{extra: 3, charged: 2, reads: 1})
 	}
-	rounds = append(rounds, dataRound{extra: 40, charged: 2}, dataRound{extra: -5, charged: 2})
-	if got := trimmedRatio(rounds); got != 1.5 {
-		t.Errorf("trimmedRatio: got %v; want 1.5", got)
+	rounds = append(rounds, dataRound{extra: 40, charged: 2, reads: 1}, dataRound{extra: -5, charged: 2, reads: 1})
+	if got := trimmedSums(rounds); got != (dataRound{extra: 36, charged: 24, reads: 12}) {
+		t.Errorf("trimmedSums: got %+v; want 12 rounds of 3, 2, 1 (two cut at each end)", got)
+	}
+}
+
+// The data factor and the per-read cost are the solution of the bulk and the small
+// exchanges' equations; a negative per-read cost (noise) is replaced by the provisional
+// one, and the factor solved from the bulk exchanges with it.
+func TestSolveDataCosts_FitsPerReadAndDataFactor(t *testing.T) {
+	// DataFactor 1.5, PerRead 4000 ns: bulk 100 reads, 10000 ns of records; small 400
+	// reads, 2000 ns of records.
+	bulk := dataRound{extra: 1.5*10000 + 4000*100, charged: 10000, reads: 100}
+	small := dataRound{extra: 1.5*2000 + 4000*400, charged: 2000, reads: 400}
+	d, r := solveDataCosts(bulk, small)
+	if math.Abs(d-1.5) > 1e-9 || math.Abs(r-4e-6) > 1e-15 {
+		t.Errorf("solveDataCosts: got %v, %v; want 1.5, 4e-6", d, r)
+	}
+	small.extra = 1.5 * 2000 // small exchanges cheaper per record than bulk ones
+	small.charged = 4000
+	r0 := ProvisionalCosts().PerRead
+	if d, r := solveDataCosts(bulk, small); r != r0 || math.Abs(d-(bulk.extra-r0*1e9*bulk.reads)/bulk.charged) > 1e-9 {
+		t.Errorf("solveDataCosts with a negative per-read cost: got %v, %v; want the provisional per-read cost %v and the bulk exchanges' factor with it", d, r, r0)
 	}
 }
 
