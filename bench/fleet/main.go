@@ -72,11 +72,16 @@ type result struct {
 	ordered  int             // replicas that logged obtaining a certificate
 	answered int             // replicas that answered a challenge
 	ttfc     []time.Duration // time to first certificate (every name), by replica
+	failures []string        // the replicas' log lines of failed challenges and orders
 }
 
 func (r result) String() string {
-	return fmt.Sprintf("%d orders, %d distinct certificates, obtained by %d replica(s), challenges answered by %d; time to first certificate median %v, max %v",
+	s := fmt.Sprintf("%d orders, %d distinct certificates, obtained by %d replica(s), challenges answered by %d; time to first certificate median %v, max %v",
 		r.orders, r.serials, r.ordered, r.answered, median(r.ttfc).Round(time.Millisecond), slices.Max(r.ttfc).Round(time.Millisecond))
+	for _, f := range r.failures {
+		s += "\n  " + f
+	}
+	return s
 }
 
 // summary is the median over the runs of each run's figures, with their spread.
@@ -107,10 +112,13 @@ func median(ds []time.Duration) time.Duration {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
+// serving is what edgeproxy logs once its listeners are bound.
+const serving = "edgeproxy serving"
+
 // replica is one edgeproxy of the fleet.
 type replica struct {
 	https, http, metrics string
-	proc                 *testutil.Proc
+	proc                 atomic.Pointer[testutil.Proc] // set once started; read by roundRobin
 }
 
 // run starts a fleet of n replicas for domains and measures it.
@@ -132,13 +140,10 @@ func run(n int, domains []string, timeout time.Duration) (res result, err error)
 		rs[i] = &replica{https: testutil.LoopbackAddr(tb, "127.0.0.1"), http: testutil.LoopbackAddr(tb, "127.0.0.1"),
 			metrics: testutil.LoopbackAddr(tb, "127.0.0.1")}
 	}
-	var httpsAddrs, httpAddrs []string
-	for _, r := range rs {
-		httpsAddrs, httpAddrs = append(httpsAddrs, r.https), append(httpAddrs, r.http)
-	}
 	pebble := testutil.StartPebble(tb, testutil.PebbleOptions{
-		TLSPort: port(roundRobin(tb, httpsAddrs)), HTTPPort: port(roundRobin(tb, httpAddrs)),
-		Env: []string{"PEBBLE_AUTHZREUSE=0"}})
+		TLSPort:  port(roundRobin(tb, rs, func(r *replica) string { return r.https })),
+		HTTPPort: port(roundRobin(tb, rs, func(r *replica) string { return r.http })),
+		Env:      []string{"PEBBLE_AUTHZREUSE=0"}})
 	roots := pebble.Roots()
 	backend := strings.TrimPrefix(testutil.EchoBackend(tb, new(atomic.Int64)).URL, "http://")
 	bin := testutil.BuildEdgeproxy(tb)
@@ -175,7 +180,7 @@ pool:
 
 	start := time.Now()
 	for i, r := range rs {
-		r.proc = testutil.StartProcWith(tb, testutil.ProcOptions{Name: fmt.Sprintf("edgeproxy-%d", i)}, bin, "run", "-config", configs[i])
+		r.proc.Store(testutil.StartProcWith(tb, testutil.ProcOptions{Name: fmt.Sprintf("edgeproxy-%d", i)}, bin, "run", "-config", configs[i]))
 	}
 	res.ttfc = make([]time.Duration, n)
 	serials := make([][]*big.Int, n)
@@ -190,7 +195,7 @@ pool:
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			return res, fmt.Errorf("replica %d: %w\n%s", i, err, rs[i].proc.Output())
+			return res, fmt.Errorf("replica %d: %w\n%s", i, err, rs[i].proc.Load().Output())
 		}
 	}
 	var distinct []string
@@ -203,13 +208,28 @@ pool:
 	}
 	res.serials = len(distinct)
 	res.orders = pebble.Orders()
-	for _, r := range rs {
-		out := r.proc.Output()
+	slow := slices.Max(res.ttfc) > 15*time.Second
+	for i, r := range rs {
+		out := r.proc.Load().Output()
+		if slow {
+			// Say where the time went: the orders, locks and faults of every replica.
+			for line := range strings.Lines(out) {
+				if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") ||
+					strings.Contains(line, "acme: ordering") || strings.Contains(line, "acme: certificate obtained") {
+					res.failures = append(res.failures, fmt.Sprintf("replica %d: %s", i, strings.TrimSpace(line)))
+				}
+			}
+		}
 		if strings.Contains(out, "acme: certificate obtained for ") {
 			res.ordered++
 		}
 		if strings.Contains(out, "challenge for ") {
 			res.answered++
+		}
+		for line := range strings.Lines(out) {
+			if !slow && strings.Contains(line, "acme: ") && strings.Contains(line, " failed") {
+				res.failures = append(res.failures, strings.TrimSpace(line))
+			}
 		}
 	}
 	return res, nil
@@ -218,6 +238,10 @@ pool:
 // waitCertificates waits until r presents a certificate trusted by roots for every one of
 // domains, and returns their serial numbers; an error after deadline.
 func (r *replica) waitCertificates(domains []string, roots *x509.CertPool, deadline time.Time) ([]*big.Int, error) {
+	proc := r.proc.Load()
+	if !proc.WaitForOutput(serving, time.Until(deadline)) {
+		return nil, errors.New("not serving")
+	}
 	var serials []*big.Int
 	for _, name := range domains {
 		for {
@@ -226,7 +250,7 @@ func (r *replica) waitCertificates(domains []string, roots *x509.CertPool, deadl
 				serials = append(serials, serial)
 				break
 			}
-			if time.Now().After(deadline) || r.proc.Exited() {
+			if time.Now().After(deadline) || proc.Exited() {
 				return nil, fmt.Errorf("no trusted certificate for %s: %w", name, err)
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -247,9 +271,12 @@ func handshake(addr, name string, roots *x509.CertPool) (*big.Int, error) {
 	return conn.ConnectionState().PeerCertificates[0].SerialNumber, nil
 }
 
-// roundRobin listens on a free loopback port and passes each connection to the next of
-// targets that accepts one, until the run's cleanup; it returns its address.
-func roundRobin(tb *runTB, targets []string) string {
+// roundRobin listens on a free loopback port and passes each connection to addr of the
+// next replica that serves, until the run's cleanup; it returns its address. A replica
+// is dialed only once it said it serves: a dial to a port nobody listens on yet may
+// come from that very port number and connect to itself, and then the replica cannot
+// bind it.
+func roundRobin(tb *runTB, targets []*replica, addr func(*replica) string) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -265,8 +292,11 @@ func roundRobin(tb *runTB, targets []string) string {
 			go func() {
 				defer c.Close()
 				for range targets {
-					addr := targets[int(next.Add(1))%len(targets)]
-					u, err := net.DialTimeout("tcp", addr, time.Second)
+					r := targets[int(next.Add(1))%len(targets)]
+					if p := r.proc.Load(); p == nil || !strings.Contains(p.Output(), serving) {
+						continue
+					}
+					u, err := net.DialTimeout("tcp", addr(r), time.Second)
 					if err != nil {
 						continue
 					}
