@@ -55,6 +55,13 @@ func main() {
 	var results []result
 	for i := range *runs {
 		r, err := run(*replicas, domains, *timeout)
+		for retry := 0; err != nil && strings.Contains(err.Error(), "address already in use") && retry < 3; retry++ {
+			// A port found free was taken before the replica bound it (by another
+			// process, or by one of the fleet's own outgoing connections): not the
+			// fleet's doing. Start the run again, on other ports.
+			fmt.Printf("run %d: a port was taken before a replica bound it; starting the run again\n", i+1)
+			r, err = run(*replicas, domains, *timeout)
+		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "fleet: run %d: %v\n", i+1, err)
 			os.Exit(1)
