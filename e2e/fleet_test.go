@@ -68,25 +68,9 @@ func writeKey(t *testing.T, b byte) string {
 // start runs r as a replica of the fleet whose values are sealed with keyFile's key.
 func (s *fleetSite) start(t *testing.T, r *fleetReplica, keyFile string) {
 	t.Helper()
-	config := fmt.Sprintf(`listen:
-  https: %q
-  http: %q
-  http_mode: redirect
-  metrics: %q
-tls:
-  acme:
-    domains: [%s]
-    directory: %q
-    ca_roots: %q
-    cache_dir: %q
-    storage:
-      redis:
-        addr: %q
-        encryption_key_file: %q
-pool:
-  targets: [%q]
-`, r.https, r.http, r.metrics, acmeDomain, s.pebble.DirectoryURL, s.pebble.CARootsFile,
-		r.cacheDir, s.redis.Addr, keyFile, s.target)
+	config := testutil.FleetReplicaConfig{HTTPS: r.https, HTTP: r.http, Metrics: r.metrics,
+		CacheDir: r.cacheDir, Domains: []string{acmeDomain}, Pebble: s.pebble,
+		RedisAddr: s.redis.Addr, KeyFile: keyFile, Target: s.target}.YAML()
 	file := filepath.Join(t.TempDir(), "edgeproxy.yaml")
 	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
 		t.Fatal(err)

@@ -161,25 +161,9 @@ func run(n int, domains []string, timeout time.Duration) (res result, err error)
 	configs := make([]string, n)
 	for i, r := range rs {
 		configs[i] = filepath.Join(tb.TempDir(), "edgeproxy.yaml")
-		cfg := fmt.Sprintf(`listen:
-  https: %q
-  http: %q
-  http_mode: redirect
-  metrics: %q
-tls:
-  acme:
-    domains: [%s]
-    directory: %q
-    ca_roots: %q
-    cache_dir: %q
-    storage:
-      redis:
-        addr: %q
-        encryption_key_file: %q
-pool:
-  targets: [%q]
-`, r.https, r.http, r.metrics, strings.Join(domains, ", "), pebble.DirectoryURL, pebble.CARootsFile,
-			filepath.Join(tb.TempDir(), "acme"), redis.Addr, keyFile, backend)
+		cfg := testutil.FleetReplicaConfig{HTTPS: r.https, HTTP: r.http, Metrics: r.metrics,
+			CacheDir: filepath.Join(tb.TempDir(), "acme"), Domains: domains, Pebble: pebble,
+			RedisAddr: redis.Addr, KeyFile: keyFile, Target: backend}.YAML()
 		if err := os.WriteFile(configs[i], []byte(cfg), 0o600); err != nil {
 			return res, err
 		}
