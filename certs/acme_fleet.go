@@ -131,7 +131,15 @@ func (a *acmeManager) orderShared(ctx context.Context, d *acmeDomain, attempt in
 		// Redis came back empty: the replicas that hold the certificate write it back
 		// when they reach Redis again. Give them that time rather than order again.
 		a.log.Info(fmt.Sprintf("acme: the fleet's storage came back empty: waiting %v for the other replicas to write back what they hold before ordering %s", wait.Round(time.Second), d.name), "domain", d.name)
-		if !sleepCtx(lock.Context(), wait) {
+		wctx, cancelWait := context.WithCancel(ctx)
+		stopWait := context.AfterFunc(lock.Context(), cancelWait)
+		waited := sleepCtx(wctx, wait)
+		stopWait()
+		cancelWait()
+		if !waited {
+			if ctx.Err() != nil {
+				return &acmeOrder{domain: d.name}, ctx.Err()
+			}
 			return &acmeOrder{domain: d.name}, fmt.Errorf("certs: order for %s stopped: %w", d.name, context.Cause(lock.Context()))
 		}
 		a.adoptStored(lock.Context(), d, "written back to the fleet's storage")
