@@ -343,10 +343,16 @@ func (s *Store) checkEpoch(ctx context.Context) (lost bool, err error) {
 	}
 	s.mu.Lock()
 	prev := s.epoch
-	if wasUnreachable := s.unreachable.Swap(false); created && (wasUnreachable || prev != "") {
+	// Redis restarted empty breaks every connection, so a failed operation comes first.
+	refilled := s.unreachable.Swap(false) && created
+	if refilled {
 		s.refilled = time.Now()
 	}
 	s.mu.Unlock()
+	if refilled {
+		s.log.Info(fmt.Sprintf("fleet: Redis %s was empty when it answered again (marker seen before: %v): the replicas write back what they hold within %v",
+			s.opts.Addr, prev != "", s.opts.RetryMax+s.opts.OpTimeout))
+	}
 	if cur == prev {
 		return false, nil
 	}
