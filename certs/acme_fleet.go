@@ -95,9 +95,15 @@ func savedOrPending(err error) bool { return err == nil || errors.Is(err, fleet.
 // is taken) makes the order needless. The order stops if the lock is lost.
 func (a *acmeManager) orderShared(ctx context.Context, d *acmeDomain, attempt int) (*acmeOrder, error) {
 	store := a.opts.Fleet
-	wait, cancel := context.WithTimeout(ctx, lockWait)
-	lock, err := store.Lock(wait, "order:"+d.name)
-	cancel()
+	lock, err := store.TryLock(ctx, "order:"+d.name)
+	if err != nil && !errors.Is(err, fleet.ErrLockHeld) && ctx.Err() == nil {
+		a.storageUnreachable(d, err)
+	}
+	if err != nil && ctx.Err() == nil {
+		wait, cancel := context.WithTimeout(ctx, lockWait)
+		lock, err = store.Lock(wait, "order:"+d.name)
+		cancel()
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return &acmeOrder{domain: d.name}, ctx.Err()
@@ -118,8 +124,28 @@ func (a *acmeManager) orderShared(ctx context.Context, d *acmeDomain, attempt in
 	// and this one may already serve it (Watch): order only if what is served is still
 	// missing or due.
 	a.adoptStored(lock.Context(), d, "after taking the order lock")
-	if cur := d.current.Load(); cur != nil && a.now().Before(cur.renewAt) {
+	if a.served(d) {
 		return &acmeOrder{domain: d.name}, nil
+	}
+	if wait := store.RefillWait(); wait > 0 {
+		// Redis came back empty: the replicas that hold the certificate write it back
+		// when they reach Redis again. Give them that time rather than order again.
+		a.log.Info(fmt.Sprintf("acme: the fleet's storage came back empty: waiting %v for the other replicas to write back what they hold before ordering %s", wait.Round(time.Second), d.name), "domain", d.name)
+		wctx, cancelWait := context.WithCancel(ctx)
+		stopWait := context.AfterFunc(lock.Context(), cancelWait)
+		waited := sleepCtx(wctx, wait)
+		stopWait()
+		cancelWait()
+		if !waited {
+			if ctx.Err() != nil {
+				return &acmeOrder{domain: d.name}, ctx.Err()
+			}
+			return &acmeOrder{domain: d.name}, fmt.Errorf("certs: order for %s stopped: %w", d.name, context.Cause(lock.Context()))
+		}
+		a.adoptStored(lock.Context(), d, "written back to the fleet's storage")
+		if a.served(d) {
+			return &acmeOrder{domain: d.name}, nil
+		}
 	}
 	octx, cancelOrder := context.WithCancel(ctx)
 	defer cancelOrder()
@@ -130,6 +156,22 @@ func (a *acmeManager) orderShared(ctx context.Context, d *acmeDomain, attempt in
 		err = fmt.Errorf("certs: order for %s stopped: %w", d.name, context.Cause(lock.Context()))
 	}
 	return o, err
+}
+
+// served reports whether d has a certificate that is not yet due for renewal.
+func (a *acmeManager) served(d *acmeDomain) bool {
+	cur := d.current.Load()
+	return cur != nil && a.now().Before(cur.renewAt)
+}
+
+// storageUnreachable says, before the order waits for Redis, that it does: an error if
+// d has no certificate (its handshakes fail until Redis answers), a warning otherwise.
+func (a *acmeManager) storageUnreachable(d *acmeDomain, err error) {
+	if d.current.Load() == nil {
+		a.log.Error(fmt.Sprintf("acme: no certificate for %s yet, and the fleet's storage cannot be reached (%v): waiting for Redis, retrying with backoff; handshakes for %s fail until then", d.name, err, d.name), "domain", d.name)
+		return
+	}
+	a.log.Warn(fmt.Sprintf("acme: the certificate for %s is due, and the fleet's storage cannot be reached (%v): waiting for Redis, retrying with backoff; still serving the current certificate", d.name, err), "domain", d.name)
 }
 
 // adoptStored serves the certificate stored for d if it is usable and newer than the one

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/big"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -131,5 +132,77 @@ func TestSharedCache_LocalCopyWhileRedisDownThenWrittenBack(t *testing.T) {
 	other := fleetStore(t, r)
 	if got, err := other.Get(ctx, "app.test"); err != nil || string(got) != "cert" {
 		t.Errorf("another replica's Get after the write-back: %q, %v; want the copy", got, err)
+	}
+}
+
+// A replica that holds nothing, started while Redis is down, says so at once; when Redis
+// comes back empty it takes the order lock before the replica that holds the certificate
+// has written it back, and waits for that (RefillWait) instead of ordering again.
+func TestAcmeFleet_RedisBackEmpty_WaitsForTheWriteBackInsteadOfOrdering(t *testing.T) {
+	r := testutil.StartRedis(t, testutil.RedisOptions{})
+	holder := fleetStore(t, r)
+	data, err := encodeCached(issue(t, "app.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Put(context.Background(), "app.test", data); err != nil {
+		t.Fatal(err)
+	}
+	holder.Close() // it writes back below, by hand, later than the new replica looks
+	r.Stop()
+
+	var logs testutil.Buffer
+	store, err := fleet.New(fleet.Options{Addr: r.Addr, EncryptionKey: make([]byte, fleet.KeySize),
+		LockTTL: 2 * time.Second, LockRetry: 50 * time.Millisecond, OpTimeout: time.Second,
+		RetryMin: 50 * time.Millisecond, RetryMax: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	a, err := newACME(ACMEOptions{Domains: []string{"app.test"}, CacheDir: t.TempDir(), Fleet: store},
+		slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var orders atomic.Int64
+	a.obtainFn = func(_ context.Context, d *acmeDomain, _ string) (*tls.Certificate, *acmeOrder, error) {
+		orders.Add(1)
+		return issue(t, d.name), &acmeOrder{domain: d.name}, nil
+	}
+	a.fetchARI = func(context.Context, *x509.Certificate) (*renewalInfo, time.Duration, error) {
+		return nil, 0, errNoARI
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.start(ctx)
+	defer func() { cancel(); a.wg.Wait() }()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "no certificate for app.test yet, and the fleet's storage cannot be reached") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no clear error within 10s with Redis down:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.Start() // empty
+	time.Sleep(time.Second)
+	writer := fleetStore(t, r)
+	if err := writer.Put(context.Background(), "app.test", data); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := parseCached(data, "app.test", time.Now())
+	for {
+		if cur := a.domains["app.test"].current.Load(); cur != nil {
+			if cur.cert.Leaf.SerialNumber.Cmp(want.Leaf.SerialNumber) != 0 {
+				t.Errorf("serves %x; want the written-back %x", cur.cert.Leaf.SerialNumber, want.Leaf.SerialNumber)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no certificate within 10s:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := orders.Load(); n != 0 {
+		t.Errorf("%d orders; want none: the certificate was written back within RefillWait\n%s", n, logs.String())
 	}
 }

@@ -68,25 +68,9 @@ func writeKey(t *testing.T, b byte) string {
 // start runs r as a replica of the fleet whose values are sealed with keyFile's key.
 func (s *fleetSite) start(t *testing.T, r *fleetReplica, keyFile string) {
 	t.Helper()
-	config := fmt.Sprintf(`listen:
-  https: %q
-  http: %q
-  http_mode: redirect
-  metrics: %q
-tls:
-  acme:
-    domains: [%s]
-    directory: %q
-    ca_roots: %q
-    cache_dir: %q
-    storage:
-      redis:
-        addr: %q
-        encryption_key_file: %q
-pool:
-  targets: [%q]
-`, r.https, r.http, r.metrics, acmeDomain, s.pebble.DirectoryURL, s.pebble.CARootsFile,
-		r.cacheDir, s.redis.Addr, keyFile, s.target)
+	config := testutil.FleetReplicaConfig{HTTPS: r.https, HTTP: r.http, Metrics: r.metrics,
+		CacheDir: r.cacheDir, Domains: []string{acmeDomain}, Pebble: s.pebble,
+		RedisAddr: s.redis.Addr, KeyFile: keyFile, Target: s.target}.YAML()
 	file := filepath.Join(t.TempDir(), "edgeproxy.yaml")
 	if err := os.WriteFile(file, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
@@ -104,7 +88,7 @@ type fleetOptions struct {
 	// http01Only closes Pebble's TLS-ALPN-01 port: only HTTP-01, on replica C, validates.
 	http01Only bool
 	// firstOrders starts replica A alone and the others once A is ordering (A then holds
-	// the order lock); otherwise all three start together.
+	// the order lock); otherwise B and C start together, and A as soon as they listen.
 	firstOrders bool
 }
 
@@ -131,11 +115,28 @@ func startFleet(t *testing.T, opts fleetOptions) *fleetSite {
 	s.target = strings.TrimPrefix(testutil.EchoBackend(t, new(atomic.Int64)).URL, "http://")
 	s.bin = testutil.BuildEdgeproxy(t)
 	keyFile := writeKey(t, 0xab)
-	for i, r := range s.replicas {
-		s.start(t, r, keyFile)
-		if i == 0 && opts.firstOrders && !r.proc.WaitForOutput("acme: ordering a certificate for "+acmeDomain, 30*time.Second) {
-			t.Fatalf("replica A did not start ordering within 30s:\n%s", r.proc.Output())
+	if opts.firstOrders {
+		a := s.replicas[0]
+		s.start(t, a, keyFile)
+		if !a.proc.WaitForOutput("acme: ordering a certificate for "+acmeDomain, 30*time.Second) {
+			t.Fatalf("replica A did not start ordering within 30s:\n%s", a.proc.Output())
 		}
+		for _, r := range s.replicas[1:] {
+			s.start(t, r, keyFile)
+		}
+	} else {
+		// B and C, which Pebble validates on, listen before anyone orders (a replica binds
+		// its listeners before it orders): an order validated on a replica not listening
+		// yet fails and is placed again (seen: 3 orders instead of 1). A follows at once.
+		for _, r := range s.replicas[1:] {
+			s.start(t, r, keyFile)
+		}
+		for _, r := range s.replicas[1:] {
+			if !r.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
+				t.Fatalf("replica %s did not start:\n%s", r.name, r.proc.Output())
+			}
+		}
+		s.start(t, s.replicas[0], keyFile)
 	}
 	for _, r := range s.replicas {
 		if !r.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
@@ -326,7 +327,7 @@ func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
 // The lock holder killed with SIGKILL in the middle of its order (Pebble's validation is
 // held by its random sleep) blocks the fleet only until its lock expires: another replica
 // orders and every survivor serves the certificate within the lock's TTL (30 s) plus a
-// retry and an order, and the fleet placed at most two orders.
+// retry and an order, and the survivors placed one order.
 func TestFleet_LockHolderKilledMidOrder(t *testing.T) {
 	t.Parallel()
 	s := startFleet(t, fleetOptions{firstOrders: true, pebbleEnv: []string{"PEBBLE_VA_NOSLEEP=0", "PEBBLE_VA_SLEEPTIME=10"}})
@@ -345,14 +346,18 @@ func TestFleet_LockHolderKilledMidOrder(t *testing.T) {
 	if _, err := a.proc.Wait(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// A's orders: one, or two when Pebble validated before B listened (A starts first)
+	// and A ordered again for HTTP-01 (an NLB would not have sent the validation to B).
+	// Nobody else orders before A's lock expires.
+	holderOrders := s.pebble.Orders()
 	midOrder := !strings.Contains(a.proc.Output(), "acme: certificate obtained")
 	survivors := &fleetSite{pebble: s.pebble, roots: s.roots, replicas: s.replicas[1:]}
 	leaves := survivors.waitServing(t, 90*time.Second)
 	if leaves[0].SerialNumber.Cmp(leaves[1].SerialNumber) != 0 {
 		t.Errorf("B serves serial %x, C %x; want one certificate", leaves[0].SerialNumber, leaves[1].SerialNumber)
 	}
-	if n := s.pebble.Orders(); n > 2 {
-		t.Errorf("Pebble got %d orders; want at most 2 (the killed holder's and one more)\n%s", n, survivors.logs())
+	if n := s.pebble.Orders(); n > holderOrders+1 {
+		t.Errorf("Pebble got %d orders, %d of them the killed holder's; want at most one more\n%s", n, holderOrders, survivors.logs())
 	}
 	t.Logf("holder killed mid-order: %v; the survivors served the certificate %v after the kill, %d order(s) in all",
 		midOrder, time.Since(killed).Round(time.Millisecond), s.pebble.Orders())
@@ -417,4 +422,170 @@ func TestFleet_HTTP01AnsweredByAnyReplica(t *testing.T) {
 	if n := s.pebble.Orders(); n != 2 {
 		t.Errorf("Pebble got %d orders; want 2 (TLS-ALPN-01 failed, HTTP-01)\n%s", n, s.logs())
 	}
+}
+
+// get asks r's metrics listener for path and returns the status and body.
+func (r *fleetReplica) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + r.metrics + path)
+	if err != nil {
+		t.Fatalf("replica %s GET %s: %v", r.name, path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// storageErrors is r's edgeproxy_storage_errors_total{op}.
+func (r *fleetReplica) storageErrors(t *testing.T, op string) float64 {
+	t.Helper()
+	_, metrics := r.get(t, "/metrics")
+	return counterValue(metrics, `edgeproxy_storage_errors_total{op="`+op+`"}`)
+}
+
+// Redis down when the replicas start: the two with a local copy of the certificate serve
+// it at once; a new replica without one says why it has none (its order attempt fails:
+// no fleet lock) and keeps trying to reach Redis with backoff, counting each failure;
+// every /healthz answers 200 (it says the edge runs). When Redis comes back (empty), the
+// two write their copy back and the new replica serves it, without a new order.
+func TestFleet_RedisDownAtStart(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{})
+	serial := s.waitServing(t, 90*time.Second)[0].SerialNumber
+	// Usually 1; more when an order reached Pebble before the validating replica listened.
+	orders := s.pebble.Orders()
+	for _, r := range s.replicas {
+		acmeStop(t, r.proc)
+	}
+	s.redis.Stop()
+
+	a, b, d := s.replicas[0], s.replicas[1], newReplica(t, "D")
+	s.replicas = []*fleetReplica{a, b, d}
+	for _, r := range s.replicas {
+		s.start(t, r, a.keyFile)
+	}
+	for _, r := range s.replicas {
+		if !r.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
+			t.Fatalf("replica %s did not start with Redis down:\n%s", r.name, r.proc.Output())
+		}
+	}
+	for _, r := range []*fleetReplica{a, b} {
+		st, err := s.dialReplica(r, nil)
+		if err != nil {
+			t.Fatalf("replica %s with a local copy, Redis down at start: handshake: %v\n%s", r.name, err, r.proc.Output())
+		}
+		if st.PeerCertificates[0].SerialNumber.Cmp(serial) != 0 {
+			t.Errorf("replica %s serves %x; want its local copy %x", r.name, st.PeerCertificates[0].SerialNumber, serial)
+		}
+	}
+	noCert := "acme: no certificate for " + acmeDomain + " yet, and the fleet's storage cannot be reached"
+	if !d.proc.WaitForOutput(noCert, 20*time.Second) {
+		t.Fatalf("replica D without a certificate did not say why within 20s:\n%s", d.proc.Output())
+	}
+	if _, err := s.dialReplica(d, nil); err == nil {
+		t.Errorf("replica D completed a trusted handshake with Redis down and no certificate")
+	}
+	// The order lock is tried again with backoff (at once, then after 3 s, 6 s, ...): a
+	// third failure within 10 s.
+	retryDeadline := time.Now().Add(10 * time.Second)
+	for strings.Count(d.proc.Output(), `msg="fleet: lock \"order:`+acmeDomain+`\": redis `+s.redis.Addr) < 3 {
+		if time.Now().After(retryDeadline) {
+			t.Fatalf("replica D did not try the fleet's order lock twice more within 10s:\n%s", d.proc.Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, op := range []string{"lock", "subscribe"} {
+		if n := d.storageErrors(t, op); n < 1 {
+			t.Errorf(`replica D: edgeproxy_storage_errors_total{op=%q} = %v with Redis down; want >= 1`, op, n)
+		}
+	}
+	for _, r := range s.replicas {
+		if code, _ := r.get(t, "/healthz"); code != http.StatusOK {
+			t.Errorf("replica %s /healthz with Redis down at start: %d; want 200 (the edge runs)", r.name, code)
+		}
+	}
+
+	s.redis.Start() // empty
+	back := time.Now()
+	// The replicas resubscribe with backoff (at most RetryMax, 30 s, apart).
+	leaves := s.waitServing(t, 35*time.Second)
+	if leaves[2].SerialNumber.Cmp(serial) != 0 {
+		t.Errorf("replica D serves %x once Redis is back; want the fleet's %x", leaves[2].SerialNumber, serial)
+	}
+	if n := s.pebble.Orders(); n != orders {
+		t.Errorf("Pebble got %d orders; want still %d\n%s", n, orders, s.logs())
+	}
+	t.Logf("Redis down at start: A and B served their local copy; D served the certificate %v after Redis came back (D counted %v lock and %v subscribe errors)",
+		time.Since(back).Round(time.Millisecond), d.storageErrors(t, "lock"), d.storageErrors(t, "subscribe"))
+}
+
+// Redis lost in the middle of an order (stopped while Pebble holds its validation): the
+// order completes (the challenge answer was shared before, and the validating replica
+// answers from its copy), the certificate is kept locally and served by the orderer, and
+// written to Redis when it is back (empty), whereupon the other replicas serve it without
+// ordering again. The failed write is logged and counted.
+func TestFleet_RedisLostMidOrderResultWrittenBack(t *testing.T) {
+	t.Parallel()
+	s := startFleet(t, fleetOptions{pebbleEnv: []string{"PEBBLE_VA_NOSLEEP=0", "PEBBLE_VA_SLEEPTIME=8"}})
+	// Pebble sleeps (0 to 7 s, three times in parallel) before it validates: the answer
+	// is then stored in Redis and the order waits for the validation.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(s.pebble.Output(), "before validating") {
+		if time.Now().After(deadline) {
+			t.Fatalf("Pebble did not start a validation within 30s\n%s", s.logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The other replicas copy the shared answer when told of it (a round trip): give them
+	// that before Redis goes.
+	time.Sleep(300 * time.Millisecond)
+	s.redis.Stop()
+	stopped := time.Now()
+	var a *fleetReplica // the replica that orders: the holder of the order lock
+	var others []*fleetReplica
+	for _, r := range s.replicas {
+		if a == nil && strings.Contains(r.proc.Output(), "acme: ordering a certificate for "+acmeDomain) {
+			a = r
+		} else {
+			others = append(others, r)
+		}
+	}
+	if a == nil {
+		t.Fatalf("no replica is ordering\n%s", s.logs())
+	}
+	midOrder := !strings.Contains(a.proc.Output(), "acme: certificate obtained")
+
+	if !a.proc.WaitForOutput("the fleet's storage gets it when Redis is back", 30*time.Second) {
+		t.Fatalf("replica %s did not keep its certificate locally within 30s of Redis stopping\n%s", a.name, s.logs())
+	}
+	st, err := s.dialReplica(a, nil)
+	if err != nil {
+		t.Fatalf("replica %s, certificate obtained with Redis down: handshake: %v\n%s", a.name, err, a.proc.Output())
+	}
+	serial := st.PeerCertificates[0].SerialNumber
+	if n := a.storageErrors(t, "put"); n < 1 {
+		t.Errorf(`replica %s: edgeproxy_storage_errors_total{op="put"} = %v after storing with Redis down; want >= 1`, a.name, n)
+	}
+	for _, r := range others {
+		if _, err := s.dialReplica(r, nil); err == nil {
+			t.Errorf("replica %s has a trusted certificate while Redis is down; want none yet", r.name)
+		}
+	}
+
+	s.redis.Start() // empty
+	back := time.Now()
+	leaves := s.waitServing(t, 35*time.Second)
+	for i, leaf := range leaves {
+		if leaf.SerialNumber.Cmp(serial) != 0 {
+			t.Errorf("replica %s serves %x; want %s's %x", s.replicas[i].name, leaf.SerialNumber, a.name, serial)
+		}
+	}
+	if !a.proc.WaitForOutput("is back: wrote", 10*time.Second) {
+		t.Errorf("replica %s did not log writing its kept changes\n%s", a.name, a.proc.Output())
+	}
+	if n := s.pebble.Orders(); n != 1 {
+		t.Errorf("Pebble got %d orders; want 1\n%s", n, s.logs())
+	}
+	t.Logf("Redis stopped mid-order: %v (Redis down %v); the others served the certificate of %s %v after Redis came back",
+		midOrder, back.Sub(stopped).Round(time.Millisecond), a.name, time.Since(back).Round(time.Millisecond))
 }

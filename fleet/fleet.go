@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -146,6 +147,12 @@ type Store struct {
 	// epoch is the value of the marker key when this store last saw it; another value (or
 	// none) means Redis lost its data since.
 	epoch string
+	// refilled is when this store found Redis empty after it had been unreachable (see
+	// RefillWait).
+	refilled time.Time
+	// unreachable is set by a failed Redis operation (fail, which may run under mu) and
+	// cleared when the marker key is read again.
+	unreachable atomic.Bool
 
 	// watchMu guards watchers, the Watch calls in progress.
 	watchMu  sync.Mutex
@@ -329,6 +336,7 @@ func (s *Store) opCtx(ctx context.Context) (context.Context, context.CancelFunc)
 // fail counts and logs a failed Redis operation and returns it as a clear error.
 func (s *Store) fail(op, name string, err error) error {
 	s.m.errors.WithLabelValues(op).Inc()
+	s.unreachable.Store(true)
 	what := op
 	if name != "" {
 		what = fmt.Sprintf("%s %q", op, name)

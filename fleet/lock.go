@@ -46,17 +46,26 @@ type Lock struct {
 // Lock takes the lock name for this replica, waiting while another replica holds it:
 // it tries again every LockRetry until ctx is done, so the caller bounds the wait with
 // ctx. A waiter takes the lock of a holder that died within LockTTL plus one LockRetry.
-// After taking it, re-read what the lock protects: the previous holder may have stored it.
+// While Redis cannot be reached it tries again with backoff (LockRetry doubling up to
+// RetryMax), each failure logged and counted. After taking it, re-read what the lock
+// protects: the previous holder may have stored it.
 func (s *Store) Lock(ctx context.Context, name string) (*Lock, error) {
+	backoff := s.opts.LockRetry
 	for {
 		l, err := s.TryLock(ctx, name)
 		if !errors.Is(err, ErrLockHeld) && (err == nil || ctx.Err() != nil) {
 			return l, err
 		}
+		wait := s.opts.LockRetry
+		if !errors.Is(err, ErrLockHeld) {
+			wait, backoff = backoff, min(2*backoff, max(s.opts.RetryMax, s.opts.LockRetry))
+		} else {
+			backoff = s.opts.LockRetry
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("fleet: lock %q: gave up waiting (%v): %w", name, context.Cause(ctx), err)
-		case <-time.After(s.opts.LockRetry):
+		case <-time.After(wait):
 		}
 	}
 }

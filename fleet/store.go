@@ -325,12 +325,12 @@ func (s *Store) checkEpoch(ctx context.Context) (lost bool, err error) {
 	octx, cancel := s.opCtx(ctx)
 	defer cancel()
 	cur, err := s.rdb.Get(octx, s.markerKey()).Result()
+	created := false
 	if errors.Is(err, redis.Nil) {
 		token := newToken()
-		var set bool
-		if set, err = s.rdb.SetNX(octx, s.markerKey(), token, 0).Result(); err == nil {
+		if created, err = s.rdb.SetNX(octx, s.markerKey(), token, 0).Result(); err == nil {
 			cur = token
-			if !set {
+			if !created {
 				cur, err = s.rdb.Get(octx, s.markerKey()).Result()
 			}
 		}
@@ -343,7 +343,16 @@ func (s *Store) checkEpoch(ctx context.Context) (lost bool, err error) {
 	}
 	s.mu.Lock()
 	prev := s.epoch
+	// Redis restarted empty breaks every connection, so a failed operation comes first.
+	refilled := s.unreachable.Swap(false) && created
+	if refilled {
+		s.refilled = time.Now()
+	}
 	s.mu.Unlock()
+	if refilled {
+		s.log.Info(fmt.Sprintf("fleet: Redis %s was empty when it answered again (marker seen before: %v): the replicas write back what they hold within %v",
+			s.opts.Addr, prev != "", s.opts.RetryMax+s.opts.OpTimeout))
+	}
 	if cur == prev {
 		return false, nil
 	}
@@ -358,6 +367,23 @@ func (s *Store) checkEpoch(ctx context.Context) (lost bool, err error) {
 		s.log.Warn(fmt.Sprintf("fleet: Redis %s lost its data (restarted empty?): wrote back %d value(s) this replica holds", s.opts.Addr, n))
 	}
 	return prev != "", nil
+}
+
+// RefillWait is how long a caller that finds nothing stored under a name should wait,
+// and read again, before it concludes that the fleet has nothing (and orders it): when
+// this store was the first to find Redis empty after Redis had been unreachable (it
+// restarted without its data), the other replicas write back what they hold when they
+// reach it again, which their backoff may delay by up to RetryMax. RefillWait returns
+// the time left until RetryMax plus OpTimeout has passed since, 0 otherwise (Redis as
+// a new fleet finds it, or a refill long past).
+func (s *Store) RefillWait() time.Duration {
+	s.mu.Lock()
+	refilled := s.refilled
+	s.mu.Unlock()
+	if refilled.IsZero() {
+		return 0
+	}
+	return max(0, time.Until(refilled.Add(s.opts.RetryMax+s.opts.OpTimeout)))
 }
 
 // Repopulate writes every value this replica holds (what it last read from or wrote to

@@ -311,3 +311,54 @@ func TestStore_TLS(t *testing.T) {
 		t.Fatal("Ping in plain TCP to a TLS-only Redis: got nil error")
 	}
 }
+
+// A store that finds Redis empty after it could not reach it (restarted without its data)
+// tells its caller to wait before concluding that nothing is stored: the other replicas
+// write back what they hold when they reach Redis again, up to RetryMax later. A store
+// that finds a new Redis, as a new fleet does, does not.
+func TestStore_RefillWait_OnlyAfterRedisCameBackEmpty(t *testing.T) {
+	r := testutil.StartRedis(t, testutil.RedisOptions{})
+	ctx := context.Background()
+	opts := testOptions(r)
+	opts.RetryMax = 2 * time.Second
+	s := newTestStore(t, opts)
+	if _, err := s.Get(ctx, "a.test"); !errors.Is(err, autocert.ErrCacheMiss) {
+		t.Fatalf("Get on a new Redis: %v; want a miss", err)
+	}
+	if w := s.RefillWait(); w != 0 {
+		t.Fatalf("RefillWait on a new Redis: %v; want 0", w)
+	}
+	r.Stop()
+	if _, err := s.TryLock(ctx, "order:a.test"); err == nil || errors.Is(err, ErrLockHeld) {
+		t.Fatalf("TryLock with Redis down: %v; want a Redis error", err)
+	}
+	r.Start() // empty
+	l, err := s.TryLock(ctx, "order:a.test")
+	if err != nil {
+		t.Fatalf("TryLock once Redis is back: %v", err)
+	}
+	defer l.Unlock(ctx)
+	if w := s.RefillWait(); w <= 0 || w > opts.RetryMax+opts.OpTimeout {
+		t.Fatalf("RefillWait after Redis came back empty: %v; want in (0, %v]", w, opts.RetryMax+opts.OpTimeout)
+	}
+}
+
+// While Redis is down, Lock tries again with backoff, not every LockRetry.
+func TestLock_RedisDown_RetriedWithBackoff(t *testing.T) {
+	r := testutil.StartRedis(t, testutil.RedisOptions{})
+	opts := testOptions(r)
+	opts.RetryMax = 800 * time.Millisecond // LockRetry 100ms: tries at 0, .1, .3, .7, 1.5, 2.3 s
+	reg := prometheus.NewRegistry()
+	opts.Registerer = reg
+	s := newTestStore(t, opts)
+	r.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	defer cancel()
+	if _, err := s.Lock(ctx, "order:a.test"); err == nil {
+		t.Fatal("Lock with Redis down succeeded")
+	}
+	// Every LockRetry would be 25 tries; with backoff 6.
+	if n := metricValue(t, s.m.errors.WithLabelValues("lock")); n < 2 || n > 10 {
+		t.Errorf("lock errors in 2.5 s with Redis down: %v; want about 6 (backoff from 100ms to 800ms)", n)
+	}
+}

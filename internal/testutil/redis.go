@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"net"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -79,8 +80,23 @@ func (r *Redis) Start() {
 	if r.opts.Password != "" {
 		args = append(args, "--requirepass", r.opts.Password)
 	}
-	r.proc = StartProcWith(r.t, ProcOptions{Name: "redis-server"}, r.bin, args...)
-	if err := waitTCP(r.Addr, redisStartTimeout, r.proc.Done()); err != nil {
+	// The port may be held for a moment after Stop: seen as redis-server failing to bind
+	// ("Address already in use") while a fleet's replicas were dialing it, probably one
+	// of their dials from an ephemeral port of the same number, which connects to itself
+	// (TCP simultaneous open). Try again until the port is free.
+	deadline := time.Now().Add(redisStartTimeout)
+	for {
+		r.proc = StartProcWith(r.t, ProcOptions{Name: "redis-server"}, r.bin, args...)
+		if r.proc.WaitForOutput("Ready to accept connections", time.Until(deadline)) {
+			break
+		}
+		if !strings.Contains(r.proc.Output(), "Address already in use") || time.Now().After(deadline) {
+			r.t.Fatalf("testutil: redis-server did not start within %v:\n%s", redisStartTimeout, r.proc.Output())
+		}
+		_, _ = r.proc.Wait(5 * time.Second)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := waitTCP(r.Addr, time.Until(deadline), r.proc.Done()); err != nil {
 		r.t.Fatalf("testutil: redis-server: %v\n%s", err, r.proc.Output())
 	}
 }
