@@ -66,7 +66,7 @@ func writeKey(t *testing.T, b byte) string {
 }
 
 // start runs r as a replica of the fleet whose values are sealed with keyFile's key.
-func (s *fleetSite) start(t *testing.T, r *fleetReplica, keyFile string) {
+func (s *fleetSite) start(t testing.TB, r *fleetReplica, keyFile string) {
 	t.Helper()
 	config := testutil.FleetReplicaConfig{HTTPS: r.https, HTTP: r.http, Metrics: r.metrics,
 		CacheDir: r.cacheDir, Domains: []string{acmeDomain}, Pebble: s.pebble,
@@ -204,6 +204,7 @@ func (s *fleetSite) logs() string {
 // completes handshakes and /healthz answers 200.
 func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
 	t.Parallel()
+	fleetTest := t // a replica restarted in a subtest must outlive it: the later ones need it
 	s := startFleet(t, fleetOptions{})
 	leaves := s.waitServing(t, 90*time.Second)
 	for i, leaf := range leaves {
@@ -276,7 +277,10 @@ func TestFleet_ThreeReplicasOneOrderSharedCertificateAndTickets(t *testing.T) {
 	t.Run("RestartedWithRedisDownServesLocalCopy", func(t *testing.T) {
 		c := s.replicas[2]
 		acmeStop(t, c.proc)
-		s.start(t, c, c.keyFile)
+		// Registered with the whole test, not this subtest, whose end would kill it: the
+		// next subtest needs C, the only replica sure to hold the account key, to write
+		// it back to the Redis restarted empty.
+		s.start(fleetTest, c, c.keyFile)
 		if !c.proc.WaitForOutput("edgeproxy serving", 15*time.Second) {
 			t.Fatalf("replica C did not start with Redis down:\n%s", c.proc.Output())
 		}
