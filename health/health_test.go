@@ -237,6 +237,12 @@ func TestChecker_TransitionsWithinThresholdTime(t *testing.T) {
 	}
 	failing.Store(false)
 	waitFor(t, "healthy again", time.Second, func() bool { return stateOf(target) == Healthy })
+	// The hook runs after the state is stored: wait for its third call, not only the state.
+	waitFor(t, "the third OnChange call", time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(changes) >= 3
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if len(changes) != 3 || !changes[0] || changes[1] || !changes[2] {
