@@ -384,7 +384,7 @@ func accuracy(dir, backend string) error {
 		for i := range *runs {
 			// A run is chunks: TLS and plain alternate every requests/chunks requests, so
 			// that both see the same background load on this shared machine.
-			var cpuTLS, cpuPlain, metricTLS float64
+			var split tlsSplit
 			parts := []string{"edgeproxy_tls_handshake_cpu_seconds_sum", "edgeproxy_tls_record_cpu_seconds_total", "edgeproxy_tls_gc_cpu_seconds_total", "edgeproxy_tls_extra_writes_total"}
 			part0 := make([]float64, len(parts))
 			for k, p := range parts {
@@ -393,27 +393,22 @@ func accuracy(dir, backend string) error {
 			err := alternate(i, func(side int) error {
 				t := side == 0
 				l := load{tls: t, addr: e.addr(t), size: sc.size, keepAlive: sc.keepAlive, requests: sc.requests / *chunks}
-				m0, c0 := e.metric("edgeproxy_tls_cpu_seconds_total"), e.cpu()
-				if _, err := l.run(); err != nil {
-					return fmt.Errorf("%s: %w", sc.name, err)
-				}
-				c1, m1 := e.cpu(), e.metric("edgeproxy_tls_cpu_seconds_total")
-				if t {
-					cpuTLS, metricTLS = cpuTLS+c1-c0, metricTLS+m1-m0
-				} else {
-					cpuPlain += c1 - c0
-				}
-				return nil
+				return split.measure(e, t, func() error {
+					if _, err := l.run(); err != nil {
+						return fmt.Errorf("%s: %w", sc.name, err)
+					}
+					return nil
+				})
 			})
 			if err != nil {
 				return err
 			}
 			reqs := float64(sc.requests / *chunks * *chunks)
-			x := (cpuTLS - cpuPlain) / reqs
-			m := metricTLS / reqs
+			x := (split.cpuTLS - split.cpuPlain) / reqs
+			m := split.metricTLS / reqs
 			extra, measured, ratio = append(extra, x), append(measured, m), append(ratio, m/x)
 			fmt.Fprintf(os.Stderr, "  %s run %d: TLS %.3fs plain %.3fs CPU; extra %.1fµs/req, metric %.1fµs/req, ratio %.3f\n",
-				sc.name, i+1, cpuTLS, cpuPlain, x*1e6, m*1e6, m/x)
+				sc.name, i+1, split.cpuTLS, split.cpuPlain, x*1e6, m*1e6, m/x)
 			// What the metric is made of, per request (handshakes on their thread, records,
 			// GC share in µs; extra writes as a count).
 			fmt.Fprintf(os.Stderr, "    per request: handshake thread CPU %.1fµs, records %.1fµs, GC %.1fµs, extra writes %.2f\n",
@@ -590,4 +585,23 @@ func writeCert(dir, kind string) (certFile, keyFile string, err error) {
 		return "", "", err
 	}
 	return fixture.WriteFiles(dir, kind, c)
+}
+
+// tlsSplit adds up an edge's process CPU over its TLS and its plain-HTTP stretches of
+// load, and the TLS cost metric over the TLS ones: the two sides of the accuracy ratio.
+type tlsSplit struct{ cpuTLS, cpuPlain, metricTLS float64 }
+
+// measure runs one stretch of load on e, over TLS if t, and adds what it cost.
+func (s *tlsSplit) measure(e *edge, t bool, run func() error) error {
+	m0, c0 := e.metric("edgeproxy_tls_cpu_seconds_total"), e.cpu()
+	if err := run(); err != nil {
+		return err
+	}
+	c1, m1 := e.cpu(), e.metric("edgeproxy_tls_cpu_seconds_total")
+	if t {
+		s.cpuTLS, s.metricTLS = s.cpuTLS+c1-c0, s.metricTLS+m1-m0
+	} else {
+		s.cpuPlain += c1 - c0
+	}
+	return nil
 }

@@ -219,26 +219,16 @@ func measureCell(dir, backend string, e *edge, c cell) (cellResult, error) {
 		}
 	}
 	for i := range *runs {
-		var cpuTLS, cpuPlain, metricTLS float64
+		var split tlsSplit
 		err := alternate(i, func(side int) error {
 			t := side == 0
-			m0, c0 := e.metric("edgeproxy_tls_cpu_seconds_total"), e.cpu()
-			if err := c.load(e, t, per); err != nil {
-				return err
-			}
-			c1, m1 := e.cpu(), e.metric("edgeproxy_tls_cpu_seconds_total")
-			if t {
-				cpuTLS, metricTLS = cpuTLS+c1-c0, metricTLS+m1-m0
-			} else {
-				cpuPlain += c1 - c0
-			}
-			return nil
+			return split.measure(e, t, func() error { return c.load(e, t, per) })
 		})
 		if err != nil {
 			return r, err
 		}
 		reqs := float64(per * *chunks)
-		x, m := (cpuTLS-cpuPlain)/reqs, metricTLS/reqs
+		x, m := (split.cpuTLS-split.cpuPlain)/reqs, split.metricTLS/reqs
 		r.extra, r.metric, r.ratio = append(r.extra, x), append(r.metric, m), append(r.ratio, m/x)
 		fmt.Fprintf(os.Stderr, "  %s run %d: extra %.1fµs/req, metric %.1fµs/req, ratio %.3f\n", c.name, i+1, x*1e6, m*1e6, m/x)
 	}
