@@ -70,6 +70,12 @@ type Costs struct {
 	// request costs it once; a per-byte or per-record cost does not carry it. Charged per
 	// read after the handshake (conn.Read).
 	PerRead float64
+	// InterruptedRead is the process CPU TLS adds to a read, on a goroutine of its own,
+	// that a deadline ends before any data comes (measureInterruptedRead, waitcal.go):
+	// net/http's HTTP/1.1 server makes one per request, to notice a client that leaves,
+	// and on a TLS connection its goroutine's stack grows through crypto/tls. Charged
+	// per such read after the handshake (conn.Read).
+	InterruptedRead float64
 	// HandshakeGCShare is the part of HandshakeFactor's extra CPU that the runtime
 	// reported as garbage collection while it was measured (informational).
 	HandshakeGCShare float64
@@ -127,6 +133,9 @@ func calibrate() (*Costs, error) {
 		return c, fmt.Errorf("tlscost: calibrating write(2) on loopback: %w; extra writes read as free", err)
 	}
 	c.Write, c.MinSyscall = w, minSys
+	if c.InterruptedRead, err = measureInterruptedRead(cert, c); err != nil {
+		return c, fmt.Errorf("tlscost: measuring a read interrupted by its deadline: %w; charging none", err)
+	}
 	if c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor, c.PerRead, err = measureHandshakeFactor(cert, c); err != nil {
 		return c, fmt.Errorf("tlscost: measuring what handshakes and records cost around what is clocked: %w; charging what is clocked only", err)
 	}
@@ -259,7 +268,7 @@ func measureWrite() (Linear, float64, error) {
 	if err != nil {
 		return Linear{}, 0, err
 	}
-	least, err := measureLeastWrite(ln)
+	least, err := measureLeastWrite()
 	if err != nil {
 		return Linear{}, 0, err
 	}
@@ -271,24 +280,12 @@ func measureWrite() (Linear, float64, error) {
 // with its TCP processing but without waking a reader. With a reader, a write costs
 // either ~2 µs or ~6.5 µs on a KVM guest, by whether the reader's wake-up had to
 // interrupt the other vCPU, and which of the two a start-up saw varied.
-func measureLeastWrite(ln net.Listener) (float64, error) {
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			c = nil
-		}
-		accepted <- c
-	}()
-	w, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
+func measureLeastWrite() (float64, error) {
+	peer, w, err := tcpPair()
 	if err != nil {
 		return 0, err
 	}
 	defer w.Close()
-	peer := <-accepted
-	if peer == nil {
-		return 0, errors.New("loopback accept failed")
-	}
 	defer peer.Close()
 	_ = w.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	var b [smallRecord]byte

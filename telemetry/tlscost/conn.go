@@ -2,8 +2,10 @@ package tlscost
 
 import (
 	"crypto/tls"
+	"errors"
 	"math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -95,6 +97,7 @@ type rec struct {
 type tally struct {
 	records     int
 	reads       int // reads that returned data, each charged the per-read cost
+	waits       int // reads that a deadline ended, each charged the interrupted-read cost
 	bytes, cpu  float64
 	extraWrites int
 	now         bool // flush at the end of this read or write
@@ -115,9 +118,16 @@ func (t *tally) read(cpu float64) {
 	t.cpu += cpu
 }
 
+// interrupted charges one read that its deadline ended its fixed cost
+// (Costs.InterruptedRead, see conn.Read).
+func (t *tally) interrupted(cpu float64) {
+	t.waits++
+	t.cpu += cpu
+}
+
 // flush adds t to the counters of one direction and to the total, and empties it.
 func (t *tally) flush(a *Accountant, bytes, cpu prometheus.Counter) {
-	if t.records == 0 && t.reads == 0 {
+	if t.records == 0 && t.reads == 0 && t.waits == 0 {
 		return
 	}
 	if t.reads > 0 {
@@ -184,6 +194,8 @@ func (c *conn) Read(p []byte) (int, error) {
 			c.reads.Add(1)
 			c.inTally.read(c.a.rec.Load().perRead)
 			c.in.feed(p[:n], c.chargeIn)
+		} else if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.inTally.interrupted(c.a.rec.Load().waitRead)
 		}
 		if c.inTally.now || err != nil {
 			c.inTally.flush(c.a, c.a.recordBytesIn, c.a.recordCPUIn)

@@ -25,6 +25,9 @@
 // Each read that returns data after the handshake is charged PerRead on top of its
 // records: what TLS adds per read (crypto/tls's own buffer, the wake-up around it), fitted
 // with DataFactor at start-up on small and bulk exchanges; a small request costs it once.
+// Each read that a deadline ends is charged InterruptedRead: net/http's HTTP/1.1 server
+// makes one per request on a goroutine of its own, whose stack grows through crypto/tls
+// (waitcal.go).
 // The start-up calibration is kept per build and machine (cache.go), so that a restarted
 // edge charges calibrated costs at once; a first start charges ProvisionalCosts until its
 // calibration is done.
@@ -130,11 +133,12 @@ type Accountant struct {
 	tailEvery  uint32       // tailSampleEvery, but for tests
 
 	// Record costs as charged: Costs.Seal/Open times Costs.DataFactor, by aeadIndex.
-	rec          atomic.Pointer[recordCosts]
-	perByte      *prometheus.GaugeVec
-	perRecord    *prometheus.GaugeVec
-	perReadGauge prometheus.Gauge
-	calibrated   chan struct{} // closed when the background calibration is applied; nil: none ran
+	rec           atomic.Pointer[recordCosts]
+	perByte       *prometheus.GaugeVec
+	perRecord     *prometheus.GaugeVec
+	perReadGauge  prometheus.Gauge
+	waitReadGauge prometheus.Gauge
+	calibrated    chan struct{} // closed when the background calibration is applied; nil: none ran
 }
 
 // hsLabels are the labels of the handshake metrics.
@@ -214,6 +218,7 @@ func (a *Accountant) series(l hsLabels) *hsSeries {
 type recordCosts struct {
 	seal, open [3]Linear
 	perRead    float64 // Costs.PerRead
+	waitRead   float64 // Costs.InterruptedRead
 }
 
 // HandshakeCPUBuckets are the edgeproxy_tls_handshake_cpu_seconds buckets: 10µs·2^k up to
@@ -291,7 +296,7 @@ func logCalibration(log *slog.Logger, c *Costs, where ...any) {
 	rc := c.Seal[AES128GCM].times(f)
 	log.Info("tlscost: calibrated", append([]any{"handshake_factor", c.HandshakeFactor, "data_factor", c.DataFactor,
 		"aes128gcm_write_ns_per_byte", c.Seal[AES128GCM].PerByte * 1e9, "aes128gcm_write_ns_per_record", c.Seal[AES128GCM].PerCall * 1e9,
-		"aes128gcm_charged_ns_per_byte", rc.PerByte * 1e9, "per_read_us", c.PerRead * 1e6,
+		"aes128gcm_charged_ns_per_byte", rc.PerByte * 1e9, "per_read_us", c.PerRead * 1e6, "interrupted_read_us", c.InterruptedRead * 1e6,
 		"write_syscall_us", c.Write.PerCall * 1e6, "min_syscall_us", c.MinSyscall * 1e6}, where...)...)
 }
 
@@ -312,6 +317,7 @@ func ProvisionalCosts() *Costs {
 		HandshakeFactor:     1.6,
 		DataFactor:          1.7,
 		PerRead:             2e-6,
+		InterruptedRead:     2e-6,
 		HandshakeAllocBytes: 55 << 10,
 	}
 }
@@ -342,8 +348,9 @@ func (a *Accountant) applyCosts(c *Costs) {
 		a.perByte.WithLabelValues(name, "in").Set(rc.open[i].PerByte)
 		a.perRecord.WithLabelValues(name, "in").Set(rc.open[i].PerCall)
 	}
-	rc.perRead = c.PerRead
+	rc.perRead, rc.waitRead = c.PerRead, c.InterruptedRead
 	a.perReadGauge.Set(c.PerRead)
+	a.waitReadGauge.Set(c.InterruptedRead)
 	a.rec.Store(rc)
 	a.writeFixed.Store(math.Float64bits(c.Write.PerCall))
 }
@@ -419,6 +426,10 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		Name: "edgeproxy_tls_read_cpu_seconds",
 		Help: "Fixed CPU charged per read that returned data on a TLS connection after its handshake (a request, mostly): what TLS adds per read beyond its records, measured at start-up against a client process with small kept-alive exchanges.",
 	})
+	a.waitReadGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "edgeproxy_tls_interrupted_read_cpu_seconds",
+		Help: "Fixed CPU charged per read on a TLS connection that its deadline ended before data came (net/http's HTTP/1.1 server makes one per request, on a goroutine whose stack grows through crypto/tls), measured at start-up against the same read on a plain connection.",
+	})
 	a.applyCosts(opts.Costs)
 	writeCost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_extra_write_cpu_seconds",
@@ -426,7 +437,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 	}, a.writeCost)
 
 	for _, c := range []prometheus.Collector{a.handshakes, a.handshakeCPU, a.handshakeWall, a.handshakeBytes,
-		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, a.perReadGauge, writeCost} {
+		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, a.perReadGauge, a.waitReadGauge, writeCost} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

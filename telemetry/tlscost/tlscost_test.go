@@ -3,6 +3,7 @@ package tlscost
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -1093,5 +1094,67 @@ func TestConn_CloseCountsWhatIsPending(t *testing.T) {
 	}
 	if got, want := f.value(t, "edgeproxy_tls_record_bytes_total", map[string]string{"direction": "out"}), float64(2*overhead+10+2); got != want {
 		t.Errorf("record bytes out: got %v; want %v (the response and a close_notify)", got, want)
+	}
+}
+
+// A read that a deadline interrupts costs more through crypto/tls than on a plain
+// connection (its goroutine's stack grows through tls.Conn.Read), and the start-up
+// measures it in microseconds, not nothing and not milliseconds.
+func TestMeasureInterruptedRead_TLSCostsMoreThanPlain(t *testing.T) {
+	cert, err := calibrationCert()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := measureInterruptedRead(cert, ProvisionalCosts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("interrupted read: %.2f µs", got*1e6)
+	if got < 0 || got > 100e-6 {
+		t.Errorf("interrupted read costs %.2f µs, want a few µs", got*1e6)
+	}
+}
+
+// A read that its deadline ends before data comes (net/http's background read, one per
+// request) is charged the interrupted-read cost once, and the gauge shows it; a read that
+// returns data is not charged it.
+func TestAccountant_ChargesEachInterruptedReadItsCost(t *testing.T) {
+	costs := Costs{Seal: map[string]Linear{}, Open: map[string]Linear{}, InterruptedRead: 1}
+	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t, "ecdsa")}, SessionTicketsDisabled: true}
+	f := newFixture(t, Options{Costs: &costs}, cfg)
+	const interrupted = 5
+	wg := f.serve(func(c net.Conn) {
+		var b [1]byte
+		for range interrupted {
+			_ = c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if _, err := c.Read(b[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("read: %v, want a deadline error", err)
+				return
+			}
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Read(b[:]) // data: not an interrupted read
+		_, _ = c.Write(b[:])
+	})
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", f.addr(), clientConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	time.Sleep(50 * time.Millisecond) // the server's reads time out meanwhile
+	if _, err := c.Write([]byte{'x'}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Close()
+	_ = f.ln.Close()
+	wg.Wait()
+	if got := f.value(t, "edgeproxy_tls_record_cpu_seconds_total", map[string]string{"direction": "in"}); got != interrupted {
+		t.Errorf("record CPU in at 1 s per interrupted read: got %v; want %d", got, interrupted)
+	}
+	if got := f.value(t, "edgeproxy_tls_interrupted_read_cpu_seconds", nil); got != 1 {
+		t.Errorf("edgeproxy_tls_interrupted_read_cpu_seconds: got %v; want 1", got)
 	}
 }
