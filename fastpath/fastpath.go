@@ -43,6 +43,7 @@ type fastConn struct {
 	srv      *Server
 	conn     net.Conn
 	tls      *tls.ConnectionState // nil on a plain-HTTP listener
+	batch    writeBatcher         // the TLS connection's write batching; nil: none
 	cert     *x509.Certificate    // the certificate the handshake served; nil: no 421 check
 	remote   netip.Addr
 	remoteAP string // RemoteAddr().String(), for the access log
@@ -605,12 +606,19 @@ func (c *fastConn) copyLength(up *upstreamConn, n int64) (int64, error) {
 		return 0, proxy.ClientError{Err: err}
 	}
 	sent, left := first, n-first
+	if left == 0 {
+		return sent, nil
+	}
+	buf, pooled := bodyBuf(up, left)
+	if pooled != nil {
+		defer bodyBufPool.Put(pooled)
+	}
 	for left > 0 {
 		up.r, up.w = 0, 0
-		k, err := up.Conn.Read(up.buf[:min(int64(len(up.buf)), left)])
+		k, err := up.Conn.Read(buf[:min(int64(len(buf)), left)])
 		if k > 0 {
-			c.scan.Feed(up.buf[:k])
-			if _, werr := c.conn.Write(up.buf[:k]); werr != nil {
+			c.scan.Feed(buf[:k])
+			if werr := c.writeBody(buf[:k]); werr != nil {
 				return sent, proxy.ClientError{Err: werr}
 			}
 			sent += int64(k)
@@ -621,6 +629,52 @@ func (c *fastConn) copyLength(up *upstreamConn, n int64) (int64, error) {
 		}
 	}
 	return sent, nil
+}
+
+// bodyBuf returns the buffer to read the rest of a body of left bytes into: the target
+// connection's own (16 KiB), or, for a longer rest, a 64 KiB one from bodyBufPool, so
+// that a body that has arrived is read in one system call and not in four; pooled is
+// what to give back to the pool after, or nil. (up.buf holds nothing then: the bytes
+// that came with the response head have been sent.)
+func bodyBuf(up *upstreamConn, left int64) (buf []byte, pooled *[]byte) {
+	if left <= int64(len(up.buf)) {
+		return up.buf, nil
+	}
+	pooled = bodyBufPool.Get().(*[]byte)
+	return *pooled, pooled
+}
+
+// bodyBufPool holds the 64 KiB buffers of long bodies (bodyBuf), as *[]byte so that
+// neither Get nor Put allocates.
+var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, bodyBufSize); return &b }}
+
+const bodyBufSize = 64 << 10
+
+// writeBody writes a piece of a response body to the client. Over TLS, a piece longer
+// than one record is written as a batch (tlsserve's write batching, when the listener
+// provides it): crypto/tls's records of one Write leave in one system call, as plain
+// HTTP's bytes do, instead of one each.
+func (c *fastConn) writeBody(p []byte) error {
+	if c.batch == nil || len(p) <= maxRecordPlaintext {
+		_, err := c.conn.Write(p)
+		return err
+	}
+	c.batch.BeginBatch()
+	_, err := c.conn.Write(p)
+	if berr := c.batch.EndBatch(); err == nil {
+		err = berr
+	}
+	return err
+}
+
+// maxRecordPlaintext is the most a TLS record carries.
+const maxRecordPlaintext = 16 << 10
+
+// writeBatcher is the write batching of a TLS connection (tlsserve): the records written
+// between BeginBatch and EndBatch leave in one system call, at EndBatch.
+type writeBatcher interface {
+	BeginBatch()
+	EndBatch() error
 }
 
 // copyChunked forwards a chunked body as received, checking it (or, with decode, sends
@@ -679,11 +733,15 @@ func (c *fastConn) copyUntilClose(up *upstreamConn) (int64, error) {
 		return 0, proxy.ClientError{Err: err}
 	}
 	sent := first
+	buf, pooled := bodyBuf(up, bodyBufSize)
+	if pooled != nil {
+		defer bodyBufPool.Put(pooled)
+	}
 	for {
-		k, err := up.Conn.Read(up.buf)
+		k, err := up.Conn.Read(buf)
 		if k > 0 {
-			c.scan.Feed(up.buf[:k])
-			if _, werr := c.conn.Write(up.buf[:k]); werr != nil {
+			c.scan.Feed(buf[:k])
+			if werr := c.writeBody(buf[:k]); werr != nil {
 				return sent, proxy.ClientError{Err: werr}
 			}
 			sent += int64(k)

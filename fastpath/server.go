@@ -187,6 +187,9 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	fc := &fastConn{srv: s, conn: c, tls: state, cert: served, remoteAP: c.RemoteAddr().String()}
+	if tc, ok := c.(*tls.Conn); ok {
+		fc.batch, _ = tc.NetConn().(writeBatcher)
+	}
 	if ap, err := netip.ParseAddrPort(fc.remoteAP); err == nil {
 		fc.remote = ap.Addr().Unmap()
 	}

@@ -33,7 +33,7 @@ func (a *Accountant) Conn(raw net.Conn) net.Conn {
 // memory; ACME orders are placed outside handshakes). Pausing the segment around it would
 // cost two more readings of the thread clock per handshake (~1 µs each).
 func CertificateChosen(hello *tls.ClientHelloInfo, cert *tls.Certificate) {
-	if c, ok := hello.Conn.(*conn); ok && cert != nil {
+	if c, ok := measured(hello.Conn); ok && cert != nil {
 		c.key = keyType(cert)
 	}
 }
@@ -45,7 +45,7 @@ func CertificateChosen(hello *tls.ClientHelloInfo, cert *tls.Certificate) {
 // Otherwise it is tc.Handshake(). A connection stays with the Accountant that accepted
 // it, so turning the accounting off or on affects new connections only.
 func Handshake(tc *tls.Conn) error {
-	c, ok := tc.NetConn().(*conn)
+	c, ok := measured(tc.NetConn())
 	if !ok || c.started {
 		return tc.Handshake()
 	}
@@ -56,11 +56,27 @@ func Handshake(tc *tls.Conn) error {
 // Handshake is the package's Handshake for connections of a alone: a connection another
 // Accountant accepted is handshaken unmeasured. A nil Accountant measures nothing.
 func (a *Accountant) Handshake(tc *tls.Conn) error {
-	c, ok := tc.NetConn().(*conn)
+	c, ok := measured(tc.NetConn())
 	if a == nil || !ok || c.a != a {
 		return tc.Handshake()
 	}
 	return Handshake(tc)
+}
+
+// measured returns the Accountant's wrapper of nc, found through the connections that
+// sit above it and say what they wrap (NetConn, as the TLS listener's write batching
+// does); false for a connection Conn did not wrap.
+func measured(nc net.Conn) (*conn, bool) {
+	for {
+		switch c := nc.(type) {
+		case *conn:
+			return c, true
+		case interface{ NetConn() net.Conn }:
+			nc = c.NetConn()
+		default:
+			return nil, false
+		}
+	}
 }
 
 // listener is a TLS listener over inner whose connections a measures (see Conn): the

@@ -78,8 +78,10 @@ type Options struct {
 	// MaxAppWrite is the largest single write the layers above TLS make: a run of full
 	// records longer than this is counted as more than one write of the application.
 	// Zero means DefaultMaxAppWrite, which fits edgeproxy's HTTP/1.1 fast path (a response
-	// goes out as read from the target, at most 16 KiB at a time, the first piece with the
-	// response head) and HTTP/2 (DATA frames of at most 16 KiB plus a frame header).
+	// goes out as read from the target, the first piece with the response head; a piece
+	// longer than a record, up to 64 KiB, in one batch of tlsserve's, so that its records
+	// reach this wrapper as one write and none is an extra write) and HTTP/2 (DATA frames
+	// of at most 16 KiB plus a frame header).
 	// HTTP/1.1 served by net/http (proxy.fast_path: false) writes through the proxy's
 	// 32 KiB copy buffer: 32 KiB there.
 	MaxAppWrite int

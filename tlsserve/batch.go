@@ -1,0 +1,77 @@
+package tlsserve
+
+import (
+	"net"
+	"sync"
+)
+
+// batchConn sits under a server's *tls.Conn. crypto/tls writes every record with a
+// system call of its own, so a 64 KiB response written in one tls.Conn.Write costs four
+// write(2) calls where plain HTTP makes one. Between BeginBatch and EndBatch, the records
+// are gathered and leave in one write; outside a batch, writes pass straight through
+// (the handshake, alerts, small responses). The fast path batches the large body writes
+// it makes (fastpath: writeBody).
+//
+// One goroutine uses a connection's batch: the one that serves it, which both writes
+// through the *tls.Conn and begins and ends the batch.
+type batchConn struct {
+	net.Conn
+	buf      *[]byte // the batch, from batchPool, while batching
+	batching bool
+}
+
+// maxBatch bounds a batch: a longer one is written out as it fills. It holds a 64 KiB
+// write of the application as four full records with their headers and AEAD overheads.
+const maxBatch = 64<<10 + 4*(5+256)
+
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch); return &b }}
+
+// NetConn returns the connection underneath, as tls.Conn.NetConn does: the TLS cost
+// accounting finds its own wrapper through it.
+func (b *batchConn) NetConn() net.Conn { return b.Conn }
+
+// BeginBatch starts gathering writes.
+func (b *batchConn) BeginBatch() {
+	b.batching = true
+	if b.buf == nil {
+		b.buf = batchPool.Get().(*[]byte)
+	}
+}
+
+// EndBatch writes what was gathered in one write and stops gathering. Its error is the
+// write's: the *tls.Conn above was told its writes succeeded.
+func (b *batchConn) EndBatch() error {
+	b.batching = false
+	if b.buf == nil {
+		return nil
+	}
+	err := b.flush()
+	batchPool.Put(b.buf)
+	b.buf = nil
+	return err
+}
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	if !b.batching {
+		return b.Conn.Write(p)
+	}
+	if len(*b.buf)+len(p) > maxBatch {
+		if err := b.flush(); err != nil {
+			return 0, err
+		}
+		if len(p) > maxBatch {
+			return b.Conn.Write(p)
+		}
+	}
+	*b.buf = append(*b.buf, p...)
+	return len(p), nil
+}
+
+func (b *batchConn) flush() error {
+	if len(*b.buf) == 0 {
+		return nil
+	}
+	_, err := b.Conn.Write(*b.buf)
+	*b.buf = (*b.buf)[:0]
+	return err
+}
