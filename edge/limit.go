@@ -5,6 +5,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"edgeproxy/internal/sysconn"
 )
 
 func errAddrInUse() error { return syscall.EADDRINUSE }
@@ -30,6 +32,7 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		c = sysconn.Wrap(c)
 		select {
 		case l.sem <- struct{}{}:
 			return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil

@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"edgeproxy/internal/sysconn"
 )
 
 // Upstream is the fast path's pool of keep-alive connections to the targets, with the
@@ -166,6 +168,7 @@ func (u *Upstream) dial(ctx context.Context, addr string) (*upstreamConn, error)
 	if err != nil {
 		return nil, err
 	}
+	conn = sysconn.Wrap(conn)
 	if u.tls != nil {
 		conf := u.tls
 		if conf.ServerName == "" {

@@ -15,7 +15,7 @@ staticcheck ./...
 echo "== go test -race"
 go test -race -timeout 20m -count=1 ./...
 echo "== allocation guards without the race detector (its instrumentation allocates in crypto/tls)"
-go test -count=1 -run 'Allocat|NoAlloc' ./fastpath/ ./proxy/... ./mixedcontent/
+go test -count=1 -run 'Allocat|NoAlloc' ./fastpath/ ./proxy/... ./mixedcontent/ ./internal/sysconn/
 echo "== fuzz targets, briefly (scripts/fuzz.sh runs them longer)"
 # A count of inputs, not a duration: Go 1.26's -fuzztime deadline can fail a clean run
 # (golang/go#75804; see scripts/fuzz.sh). 60000 inputs take 2-20 s per target here.

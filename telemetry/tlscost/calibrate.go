@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
+
+	"edgeproxy/internal/sysconn"
 )
 
 // Linear is a CPU cost model in seconds: PerCall for each operation plus PerByte for each
@@ -237,6 +239,7 @@ func measureWrite() (Linear, float64, error) {
 	if err != nil {
 		return Linear{}, 0, err
 	}
+	w = sysconn.Wrap(w) // the edge's sockets make raw system calls
 	defer func() {
 		_ = w.Close()
 		<-drained

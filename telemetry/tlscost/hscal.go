@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"edgeproxy/internal/sysconn"
 )
 
 // A handshake costs the process more than its thread clock shows. Around the measured
@@ -72,6 +74,8 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 		_ = tlsRaw.Close()
 		return factor, gcShare, dataFactor, perRead, err
 	}
+	// The edge's sockets make raw system calls (internal/sysconn); so do these.
+	tlsRaw, plain = sysconn.Listener(tlsRaw), sysconn.Listener(plain)
 	var target atomic.Pointer[string] // the kept-alive exchanges' target, in the child
 	tl := a.listener(tlsRaw, &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true})
 	var wg sync.WaitGroup
@@ -339,6 +343,7 @@ func serveCalibration(c net.Conn, target *string) {
 	if err != nil {
 		return
 	}
+	up = sysconn.Wrap(up) // as the fast path's target connections
 	defer up.Close()
 	_ = up.SetDeadline(time.Now().Add(30 * time.Second))
 	buf := make([]byte, bulkPiece)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"edgeproxy/internal/sysconn"
 )
 
 // net/http's HTTP/1.1 server starts a goroutine per request that reads one byte from the
@@ -144,7 +146,8 @@ func tlsPair(a *Accountant, cert tls.Certificate) (server *tls.Conn, client *tls
 	return server, client, nil
 }
 
-// tcpPair returns the accepted and the dialled end of a new loopback TCP connection.
+// tcpPair returns the accepted and the dialled end of a new loopback TCP connection, both
+// making raw system calls as the edge's sockets do (internal/sysconn).
 func tcpPair() (server, client net.Conn, err error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -169,5 +172,5 @@ func tcpPair() (server, client net.Conn, err error) {
 		_ = client.Close()
 		return nil, nil, errors.New("loopback accept failed")
 	}
-	return server, client, nil
+	return sysconn.Wrap(server), sysconn.Wrap(client), nil
 }
