@@ -45,6 +45,9 @@ type gateConn struct {
 	chunked  h1.Chunked
 }
 
+// gateReadSize is the size of the gate's reads from the connection.
+const gateReadSize = 4096
+
 type gateState uint8
 
 const (
@@ -93,7 +96,27 @@ const (
 // Read returns checked bytes, reading and checking more as needed. A read error is
 // returned when there is nothing checked to return; it is not kept, since net/http
 // interrupts reads with deadlines and reads on afterwards.
+//
+// Once the rest of the connection is opaque (an upgrade, h2c) and everything read before
+// was released, a large read goes straight to the connection and a small one through
+// rbuf, g.out then being its unread part: HTTP/2's framer reads each frame header (9
+// bytes) and payload apart, and this keeps that to one system call per buffer, as
+// crypto/tls's record buffer does over TLS (the TLS-cost benchmark subtracts h2c from
+// HTTP/2 over TLS).
 func (g *gateConn) Read(p []byte) (int, error) {
+	if g.state == gateOpaque && len(g.out) == 0 && len(g.in) == 0 && len(g.pending) == 0 {
+		if len(p) >= gateReadSize {
+			return g.Conn.Read(p)
+		}
+		if g.rbuf == nil {
+			g.rbuf = make([]byte, gateReadSize)
+		}
+		n, err := g.Conn.Read(g.rbuf)
+		if n == 0 {
+			return 0, err
+		}
+		g.out = g.rbuf[:n]
+	}
 	for len(g.out) == 0 {
 		if g.advance() {
 			continue
@@ -107,7 +130,7 @@ func (g *gateConn) Read(p []byte) (int, error) {
 			continue
 		}
 		if g.rbuf == nil {
-			g.rbuf = make([]byte, 4096)
+			g.rbuf = make([]byte, gateReadSize)
 		}
 		n, err := g.Conn.Read(g.rbuf)
 		g.in = append(g.in, g.rbuf[:n]...)

@@ -14,9 +14,11 @@ import (
 type chunkConn struct {
 	net.Conn
 	chunks []string
+	reads  int
 }
 
 func (c *chunkConn) Read(p []byte) (int, error) {
+	c.reads++
 	if len(c.chunks) == 0 {
 		return 0, io.EOF
 	}
@@ -55,6 +57,38 @@ func TestGate_H2CPrefacePassesUnchecked(t *testing.T) {
 		if got := gateOutput(t, nil, true, chunks...); got != h2Start {
 			t.Errorf("chunks %q: gate let through %q; want the bytes unchanged", chunks, got)
 		}
+	}
+}
+
+// After the preface, small reads (HTTP/2's frame headers are 9 bytes) are served from a
+// buffer, one read of the connection for what arrived at once, and large reads go
+// straight to the connection: h2c costs the system calls HTTP/2 over TLS does.
+func TestGate_H2CSmallReadsAreBuffered(t *testing.T) {
+	frames := strings.Repeat("\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x01\x00\x00", 10) // WINDOW_UPDATEs
+	big := strings.Repeat("d", gateReadSize)
+	conn := &chunkConn{chunks: []string{h2Preface, frames, big}}
+	g := newGateConn(conn, nil, nil, nil, 16<<10, true)
+	var got []byte
+	p := make([]byte, 9)
+	for len(got) < len(h2Preface)+len(frames) {
+		n, err := g.Read(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p[:n]...)
+	}
+	if string(got) != h2Preface+frames {
+		t.Fatalf("read %q; want the preface and the frames", got)
+	}
+	if conn.reads != 2 {
+		t.Errorf("%d reads of the connection for the preface and the frames; want 2", conn.reads)
+	}
+	large := make([]byte, gateReadSize)
+	if n, err := io.ReadFull(g, large); err != nil || string(large[:n]) != big {
+		t.Fatalf("large read: %d bytes, %v", n, err)
+	}
+	if conn.reads != 3 {
+		t.Errorf("%d reads of the connection after a large read; want 3", conn.reads)
 	}
 }
 
