@@ -95,6 +95,9 @@ func (k *checker) listen() {
 	default:
 		k.errorf("listen.http_mode", "listen.http_mode must be redirect or proxy, got %q", l.HTTPMode)
 	}
+	if l.H2C && (l.HTTP == "" || l.HTTPMode != "proxy") {
+		k.errorf("listen.h2c", "listen.h2c needs listen.http with http_mode: proxy: HTTP/2 in clear is served only where plain HTTP is proxied")
+	}
 	if l.HTTPS == "" && (l.HTTP == "" || l.HTTPMode != "proxy") {
 		k.errorf("listen.https", "listen.https is empty: nothing would serve (an empty https listener is only allowed with listen.http and http_mode: proxy)")
 	}

@@ -60,6 +60,12 @@ type Listen struct {
 	// HTTPMode is "redirect" (308 to https, the default) or "proxy" (proxy plain HTTP to the
 	// pool, for benchmarks and for a TLS-terminating load balancer in front).
 	HTTPMode string `yaml:"http_mode"`
+	// H2C accepts HTTP/2 with prior knowledge on HTTP, besides HTTP/1.1, when HTTPMode is
+	// "proxy": a connection whose first bytes are the client preface
+	// "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" is served as HTTP/2 in clear, for gRPC-style
+	// clients and a TLS-terminating load balancer that speaks HTTP/2 to its targets. There
+	// is no "Upgrade: h2c" step, as with Go's http.Protocols.UnencryptedHTTP2. Default false.
+	H2C bool `yaml:"h2c"`
 	// Metrics is the admin listener (/metrics, /healthz, /targets); empty means off.
 	Metrics string `yaml:"metrics"`
 }

@@ -42,6 +42,7 @@ func TestParse_Defaults(t *testing.T) {
 	}{
 		{"listen.https", cfg.Listen.HTTPS, ":443"},
 		{"listen.http_mode", cfg.Listen.HTTPMode, "redirect"},
+		{"listen.h2c", cfg.Listen.H2C, false},
 		{"tls.min_version", cfg.TLS.MinVersion, "1.2"},
 		{"path", hc.Path, "/"},
 		{"interval", hc.Interval, 30 * time.Second},
@@ -147,6 +148,16 @@ func TestParse_Errors(t *testing.T) {
 				`c.yaml:4:49: limits.max_connections must be at least 1, got 0`,
 				`c.yaml:5:15: log.format must be text or json, got "xml"`,
 			},
+		},
+		{
+			name: "h2c without a proxying plain listener",
+			yaml: "listen: {http: \":80\", h2c: true}\n" + minimal,
+			want: []string{`c.yaml:1:28: listen.h2c needs listen.http with http_mode: proxy: HTTP/2 in clear is served only where plain HTTP is proxied`},
+		},
+		{
+			name: "h2c without a plain listener",
+			yaml: "listen: {http_mode: proxy, h2c: true}\n" + minimal,
+			want: []string{`c.yaml:1:33: listen.h2c needs listen.http with http_mode: proxy: HTTP/2 in clear is served only where plain HTTP is proxied`},
 		},
 		{
 			name: "yaml syntax",

@@ -161,7 +161,15 @@ func (e *Edge) bind() error {
 		} else {
 			// Plain-HTTP proxying (benchmarks, a TLS-terminating balancer in front): the
 			// same data path as https. ACME HTTP-01 challenges still answer first.
-			e.add(e.dataServer(newServer(e.certs.HTTPHandler(handler))), limitListener(ln, l.MaxConnections))
+			srv := newServer(e.certs.HTTPHandler(handler))
+			if cfg.Listen.H2C { // HTTP/2 with prior knowledge too (dataServer lets it through)
+				var p http.Protocols
+				p.SetHTTP1(true)
+				p.SetUnencryptedHTTP2(true)
+				srv.Protocols = &p
+				proxy.ConformHTTP2(srv)
+			}
+			e.add(e.dataServer(srv), limitListener(ln, l.MaxConnections))
 		}
 	}
 	if addr := cfg.Listen.Metrics; addr != "" {
@@ -247,11 +255,14 @@ type server interface {
 }
 
 // dataServer puts the fast path in front of srv, unless proxy.fast_path is off; the
-// net/http server then serves behind the strict head gate alone.
+// net/http server then serves behind the strict head gate alone. When srv's Protocols
+// include UnencryptedHTTP2 (listen.h2c), connections that open with the HTTP/2 preface
+// pass through both to srv.
 func (e *Edge) dataServer(srv *http.Server) server {
 	l := e.cfg.Load().Limits
 	return fastpath.NewServer(fastpath.ServerOptions{
 		Backend: e.backend.Load, HTTP: srv, FastPath: e.cfg.Load().Proxy.FastPath,
+		H2C:               srv.Protocols != nil && srv.Protocols.UnencryptedHTTP2(),
 		ReadHeaderTimeout: l.ReadHeaderTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: l.MaxHeaderBytes,
 		Handshake: tlsserve.Handshake, // measured when tls.tls_cost was on at accept
 		// A request whose host the connection's certificate does not cover gets 421.

@@ -98,7 +98,7 @@ func needsRestart(old, cfg *config.Config) []string {
 // (see the README's Reload table).
 func restartOnly(key string) (string, bool) {
 	for _, k := range []string{
-		"listen.https", "listen.http", "listen.http_mode", "listen.metrics",
+		"listen.https", "listen.http", "listen.http_mode", "listen.h2c", "listen.metrics",
 		"limits.read_header_timeout", "limits.idle_timeout", "limits.max_header_bytes", "limits.max_connections",
 		"proxy.fast_path",
 		"tls.acme",

@@ -50,6 +50,7 @@ func TestReload_KeysAppliedOrNeedingRestart(t *testing.T) {
 		{"listen.https", "listen", `{https: "127.0.0.1:9443"}`, restart},
 		{"listen.http", "listen", `{https: "127.0.0.1:8443", http: "127.0.0.1:8080"}`, restart},
 		{"listen.http_mode", "listen", `{https: "127.0.0.1:8443", http_mode: proxy}`, restart},
+		{"listen.h2c", "listen", `{https: "127.0.0.1:8443", http: "127.0.0.1:8080", http_mode: proxy, h2c: true}`, restart},
 		{"listen.metrics", "listen", `{https: "127.0.0.1:8443", metrics: "127.0.0.1:9180"}`, restart},
 		{"tls.min_version", "tls", `{self_signed: true, min_version: "1.3"}`, applied},
 		{"tls.tls_cost", "tls", `{self_signed: true, tls_cost: false}`, applied},

@@ -88,6 +88,9 @@ func (c *fastConn) serve() {
 	}()
 	for {
 		if err := c.readHead(); err != nil {
+			if err == errH2C {
+				c.handOff()
+			}
 			return
 		}
 		b := c.srv.opts.Backend()
@@ -109,7 +112,8 @@ func (c *fastConn) serve() {
 // c.req. Before the first byte the wait is bounded by the idle timeout (the header
 // timeout on a new connection); from the first byte, by the header timeout. A refused
 // head is answered and the connection closed; a client that leaves between requests is
-// closed quietly.
+// closed quietly. A plain connection that starts with the HTTP/2 client preface, with
+// ServerOptions.H2C, gets errH2C: it is net/http's to serve.
 func (c *fastConn) readHead() error {
 	s := c.srv
 	if c.r == c.w {
@@ -126,6 +130,11 @@ func (c *fastConn) readHead() error {
 	}
 	c.srv.setActive(c, true) // a request has begun: Shutdown lets it finish
 	c.conn.SetReadDeadline(time.Now().Add(s.opts.ReadHeaderTimeout))
+	if c.served == 0 && c.tls == nil && s.opts.H2C {
+		if err := c.checkPreface(); err != nil {
+			return err
+		}
+	}
 	lim := h1.Limits{MaxHeadBytes: s.opts.MaxHeaderBytes}
 	for next := 0; ; {
 		ready, nx := h1.ScanHead(c.buf[c.r:c.w], next, lim.MaxHeadBytes)
@@ -146,6 +155,29 @@ func (c *fastConn) readHead() error {
 	c.conn.SetReadDeadline(time.Time{})
 	c.headLen = n
 	return nil
+}
+
+// errH2C is readHead's answer to a connection that starts with the HTTP/2 client preface.
+var errH2C = errors.New("fastpath: HTTP/2 client preface")
+
+// checkPreface reads, within the header timeout already set, until the connection's
+// first bytes (buf[r:w]) are known to be the HTTP/2 client preface or not, and returns
+// errH2C when they are. A client that sends part of the preface and goes quiet is closed
+// at the deadline, as one that sends part of a head.
+func (c *fastConn) checkPreface() error {
+	for {
+		switch prefaceState(c.buf[c.r:c.w]) {
+		case prefaceNo:
+			return nil
+		case prefaceYes:
+			c.conn.SetReadDeadline(time.Time{})
+			return errH2C
+		}
+		if err := c.fill(); err != nil {
+			c.conn.Close()
+			return err
+		}
+	}
 }
 
 // waitRequest waits for the first bytes of the next request. On TLS it gives the read

@@ -22,11 +22,14 @@ import (
 //
 // After a request with Upgrade or CONNECT the rest of the connection is another protocol
 // and passes unchecked. A head too long for the gate passes unchecked too: net/http
-// refuses it (431), as its limit is below the gate's.
+// refuses it (431), as its limit is below the gate's. With h2c, a plain connection that
+// starts with the HTTP/2 client preface passes unchecked too, to net/http's HTTP/2
+// server (see ServerOptions.H2C).
 type gateConn struct {
 	net.Conn
 	tls    *tls.ConnectionState
 	served *x509.Certificate // the certificate the handshake served, for the 421 check; nil for none
+	h2c    bool              // the connection's first bytes are yet to be checked for the preface
 
 	pending []byte // bytes read before the hand-over, to be checked first
 	in      []byte // bytes read and not yet checked
@@ -42,6 +45,9 @@ type gateConn struct {
 	chunked  h1.Chunked
 }
 
+// gateReadSize is the size of the gate's reads from the connection.
+const gateReadSize = 4096
+
 type gateState uint8
 
 const (
@@ -52,16 +58,65 @@ const (
 	gateRefused                  // a refusal was released; then EOF
 )
 
-func newGateConn(c net.Conn, state *tls.ConnectionState, served *x509.Certificate, pending []byte, maxHeaderBytes int) *gateConn {
+// newGateConn returns the gate for c, with the bytes already read from it. h2c lets a
+// plain connection (state nil) that starts with the HTTP/2 client preface through.
+func newGateConn(c net.Conn, state *tls.ConnectionState, served *x509.Certificate, pending []byte, maxHeaderBytes int, h2c bool) *gateConn {
 	// net/http reads at most MaxHeaderBytes+4096 of a head before answering 431; the
 	// gate's limit is above that, so an oversized head reaches net/http's own refusal.
-	return &gateConn{Conn: c, tls: state, served: served, pending: pending, lim: h1.Limits{MaxHeadBytes: maxHeaderBytes + 4096 + 1}}
+	return &gateConn{Conn: c, tls: state, served: served, h2c: h2c && state == nil, pending: pending,
+		lim: h1.Limits{MaxHeadBytes: maxHeaderBytes + 4096 + 1}}
 }
+
+// h2Preface is what an HTTP/2 client with prior knowledge sends first (RFC 9113,
+// section 3.4).
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// prefaceState says whether b, the first bytes of a connection, are the HTTP/2 client
+// preface: prefaceYes when b starts with all of it, prefaceMaybe when b is a shorter
+// part of it (more bytes decide), prefaceNo otherwise.
+func prefaceState(b []byte) preface {
+	n := min(len(b), len(h2Preface))
+	switch {
+	case string(b[:n]) != h2Preface[:n]:
+		return prefaceNo
+	case n < len(h2Preface):
+		return prefaceMaybe
+	}
+	return prefaceYes
+}
+
+type preface uint8
+
+const (
+	prefaceNo preface = iota
+	prefaceMaybe
+	prefaceYes
+)
 
 // Read returns checked bytes, reading and checking more as needed. A read error is
 // returned when there is nothing checked to return; it is not kept, since net/http
 // interrupts reads with deadlines and reads on afterwards.
+//
+// Once the rest of the connection is opaque (an upgrade, h2c) and everything read before
+// was released, a large read goes straight to the connection and a small one through
+// rbuf, g.out then being its unread part: HTTP/2's framer reads each frame header (9
+// bytes) and payload apart, and this keeps that to one system call per buffer, as
+// crypto/tls's record buffer does over TLS (the TLS-cost benchmark subtracts h2c from
+// HTTP/2 over TLS).
 func (g *gateConn) Read(p []byte) (int, error) {
+	if g.state == gateOpaque && len(g.out) == 0 && len(g.in) == 0 && len(g.pending) == 0 {
+		if len(p) >= gateReadSize {
+			return g.Conn.Read(p)
+		}
+		if g.rbuf == nil {
+			g.rbuf = make([]byte, gateReadSize)
+		}
+		n, err := g.Conn.Read(g.rbuf)
+		if n == 0 {
+			return 0, err
+		}
+		g.out = g.rbuf[:n]
+	}
 	for len(g.out) == 0 {
 		if g.advance() {
 			continue
@@ -75,7 +130,7 @@ func (g *gateConn) Read(p []byte) (int, error) {
 			continue
 		}
 		if g.rbuf == nil {
-			g.rbuf = make([]byte, 4096)
+			g.rbuf = make([]byte, gateReadSize)
 		}
 		n, err := g.Conn.Read(g.rbuf)
 		g.in = append(g.in, g.rbuf[:n]...)
@@ -98,6 +153,17 @@ func (g *gateConn) advance() bool {
 	}
 	switch g.state {
 	case gateHead:
+		if g.h2c {
+			switch prefaceState(g.in) {
+			case prefaceMaybe:
+				return false
+			case prefaceYes:
+				g.state = gateOpaque // HTTP/2 from here on: net/http's to check
+				g.release(len(g.in))
+				return true
+			}
+			g.h2c = false
+		}
 		ready, next := h1.ScanHead(g.in, g.scanNext, g.lim.MaxHeadBytes)
 		g.scanNext = next
 		if !ready {

@@ -51,6 +51,12 @@ type ServerOptions struct {
 	// FastPath false hands every connection to HTTP: the safety valve, and the baseline
 	// of the performance comparison.
 	FastPath bool
+	// H2C hands a plain (non-TLS) connection whose first bytes are the HTTP/2 client
+	// preface to HTTP as it is (HTTP/2 with prior knowledge, listen.h2c), for HTTP to
+	// serve: its Protocols must then include UnencryptedHTTP2. Without it the preface is
+	// refused as a malformed HTTP/1.1 head (505). Either way the check costs nothing after
+	// a connection's first request.
+	H2C bool
 	// ReadHeaderTimeout bounds the TLS handshake and each request head; IdleTimeout the
 	// wait for the next request on a kept-alive connection; MaxHeaderBytes a request head.
 	ReadHeaderTimeout time.Duration
@@ -204,7 +210,7 @@ func (s *Server) serveConn(c net.Conn) {
 // handOff gives an HTTP/1.x connection, with pending bytes already read from it, to
 // net/http behind the strict head gate.
 func (s *Server) handOff(c net.Conn, state *tls.ConnectionState, served *x509.Certificate, pending []byte) {
-	s.handoff.push(newGateConn(c, state, served, pending, s.opts.MaxHeaderBytes))
+	s.handoff.push(newGateConn(c, state, served, pending, s.opts.MaxHeaderBytes, s.opts.H2C))
 }
 
 func (s *Server) track(c *fastConn) bool {

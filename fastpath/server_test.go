@@ -162,6 +162,13 @@ func startServer(t *testing.T, fast bool, opts Options, useTLS bool) *testServer
 // startServerTimeout is startServer with the response-header timeout of both paths.
 func startServerTimeout(t *testing.T, fast bool, opts Options, useTLS bool, headerTimeout time.Duration) *testServer {
 	t.Helper()
+	return startServerWith(t, fast, opts, useTLS, headerTimeout, nil)
+}
+
+// startServerWith is startServerTimeout with configure, when not nil, changing the
+// Server's options (and its net/http server) before it starts.
+func startServerWith(t *testing.T, fast bool, opts Options, useTLS bool, headerTimeout time.Duration, configure func(*ServerOptions)) *testServer {
+	t.Helper()
 	up := NewUpstream(5*time.Second, headerTimeout, nil)
 	if opts.Transport == nil {
 		opts.Transport = proxy.NewTransport(5*time.Second, headerTimeout, nil)
@@ -175,8 +182,12 @@ func startServerTimeout(t *testing.T, fast bool, opts Options, useTLS bool, head
 	httpSrv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 16 << 10,
 		ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug)}
 	backend := &Backend{Handler: h, Upstream: up}
-	s := NewServer(ServerOptions{Backend: func() *Backend { return backend }, HTTP: httpSrv, FastPath: fast,
-		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10})
+	so := ServerOptions{Backend: func() *Backend { return backend }, HTTP: httpSrv, FastPath: fast,
+		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10}
+	if configure != nil {
+		configure(&so)
+	}
+	s := NewServer(so)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

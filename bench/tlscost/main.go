@@ -167,6 +167,7 @@ type edgeOptions struct {
 	tlsCost bool
 	cert    string // "" = self_signed; else a key type for a generated certificate file
 	netHTTP bool   // proxy.fast_path: false (HTTP/1.1 through net/http, as HTTP/2 always is)
+	h2c     bool   // listen.h2c: HTTP/2 with prior knowledge on the plain listener too
 	// cacheDir is the calibration cache (CACHE_DIRECTORY); "" means the invocation's
 	// shared one, or one of the edge's own with -calibrate-each.
 	cacheDir string
@@ -188,6 +189,7 @@ func startEdge(dir, backend string, o edgeOptions) (*edge, error) {
   https: %q
   http: %q
   http_mode: proxy
+  h2c: %v
   metrics: %q
 tls:
 %s  tls_cost: %v
@@ -197,7 +199,7 @@ pool:
   health_check: {interval: 1s, healthy_threshold: 1}
   retries: 0
 log: {format: text}
-`, e.https, e.http, e.admin, certs, o.tlsCost, !o.netHTTP, backend)
+`, e.https, e.http, o.h2c, e.admin, certs, o.tlsCost, !o.netHTTP, backend)
 	path := filepath.Join(dir, fmt.Sprintf("edgeproxy-%d.yaml", time.Now().UnixNano()))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -309,7 +311,7 @@ type load struct {
 
 // run sends the requests over *workers connections (or new ones each time) and returns
 // how long it took, with the shared load generator (bench/loadgen): no session cache
-// unless resume is set, HTTP/1.1 only (plain HTTP has no h2 to compare with).
+// unless resume is set, HTTP/1.1 only (the matrix's HTTP/2 cells load with h2Load).
 func (l load) run() (time.Duration, error) {
 	start := time.Now()
 	_, err := loadgen.Run(context.Background(), loadgen.Options{

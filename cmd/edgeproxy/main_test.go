@@ -48,7 +48,7 @@ func TestValidate_PrintsEveryProblemWithPosition(t *testing.T) {
 	os.WriteFile(bad, []byte("listen:\n  htps: \":443\"\npool:\n  targets: [\"127.0.0.1\"]\n  health_check: {interval: soon}\ntls: {self_signed: true}\n"), 0o600)
 	var stdout, stderr bytes.Buffer
 	code := mainArgs([]string{"validate", "-config", bad}, &stdout, &stderr)
-	want := bad + `:2:3: unknown key "htps" in listen (known keys: http, http_mode, https, metrics)` + "\n" +
+	want := bad + `:2:3: unknown key "htps" in listen (known keys: h2c, http, http_mode, https, metrics)` + "\n" +
 		bad + `:4:13: pool.targets: "127.0.0.1" is not host:port (missing port in address)` + "\n" +
 		bad + `:5:28: pool.health_check.interval: "soon" is not a duration (use a unit, e.g. 500ms, 30s, 5m)` + "\n"
 	if code != 1 || stdout.String() != want {
