@@ -16,6 +16,7 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"edgeproxy/internal/writebatch"
 	"edgeproxy/telemetry/tlscost"
 )
 
@@ -144,7 +145,7 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return tls.Server(&batchConn{Conn: l.srv.cur.Load().cost.Conn(raw)}, l.srv.base), nil
+	return tls.Server(&writebatch.Conn{Conn: l.srv.cur.Load().cost.Conn(raw)}, l.srv.base), nil
 }
 
 // Handshake runs the handshake of a connection from Listener, measured if the accounting

@@ -21,6 +21,7 @@ package sysconn
 import (
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -85,7 +86,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	case err != nil:
 		return 0, err // closed, or the deadline passed: net's *OpError
 	case c.rerr != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: syscall.Errno(c.rerr)}
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", c.rerr)}
 	case c.rn == 0:
 		return 0, io.EOF
 	}
@@ -125,7 +126,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	case err != nil:
 		return n, err
 	case c.werr != 0:
-		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: syscall.Errno(c.werr)}
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", c.werr)}
 	}
 	return n, nil
 }

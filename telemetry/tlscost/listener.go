@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"net"
 	"time"
+
+	"edgeproxy/internal/writebatch"
 )
 
 // Conn returns raw, accepted by a TLS listener, wrapped so that a measures it: the server
@@ -116,5 +118,5 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return tls.Server(l.a.Conn(raw), l.config), nil
+	return tls.Server(&writebatch.Conn{Conn: l.a.Conn(raw)}, l.config), nil // as tlsserve's listener
 }

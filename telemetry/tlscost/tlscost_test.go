@@ -316,7 +316,7 @@ func TestListener_HandshakeClockReadings(t *testing.T) {
 			}
 			reads := make(chan int, 1)
 			wg := f.serve(func(c net.Conn) {
-				reads <- c.(*tls.Conn).NetConn().(*conn).clockReads
+				reads <- must(measured(c.(*tls.Conn).NetConn())).clockReads
 			})
 			tc, err := tls.Dial("tcp", f.addr(), clientConfig())
 			if err != nil {
@@ -347,7 +347,7 @@ func tailFixture(t *testing.T, cfg *tls.Config) (*fixture, <-chan measuredHandsh
 	f.a.tailWarmup, f.a.tailEvery = 3, math.MaxUint32
 	got := make(chan measuredHandshake, 1)
 	wg := f.serve(func(c net.Conn) {
-		mc := c.(*tls.Conn).NetConn().(*conn)
+		mc := must(measured(c.(*tls.Conn).NetConn()))
 		got <- measuredHandshake{mc.cpu, mc.tailCPU}
 	})
 	return f, got, wg
@@ -1157,4 +1157,12 @@ func TestAccountant_ChargesEachInterruptedReadItsCost(t *testing.T) {
 	if got := f.value(t, "edgeproxy_tls_interrupted_read_cpu_seconds", nil); got != 1 {
 		t.Errorf("edgeproxy_tls_interrupted_read_cpu_seconds: got %v; want 1", got)
 	}
+}
+
+// must returns c, for a connection the test knows to be measured.
+func must(c *conn, ok bool) *conn {
+	if !ok {
+		panic("not a measured connection")
+	}
+	return c
 }

@@ -1,20 +1,25 @@
-package tlsserve
+// Package writebatch gathers the writes made to a connection between two calls into one.
+//
+// It sits under a server's *tls.Conn (tlsserve's listener, and the TLS cost calibration's,
+// which serves as the edge does). crypto/tls writes every record with a system call of its
+// own, so a 64 KiB response written in one tls.Conn.Write costs four write(2) calls where
+// plain HTTP makes one. Between BeginBatch and EndBatch the records are gathered and leave
+// in one write; outside a batch, writes pass straight through (the handshake, alerts,
+// small responses). The fast path batches the large body writes it makes (fastpath:
+// writeBody).
+package writebatch
 
 import (
 	"net"
 	"sync"
 )
 
-// batchConn sits under a server's *tls.Conn. crypto/tls writes every record with a
-// system call of its own, so a 64 KiB response written in one tls.Conn.Write costs four
-// write(2) calls where plain HTTP makes one. Between BeginBatch and EndBatch, the records
-// are gathered and leave in one write; outside a batch, writes pass straight through
-// (the handshake, alerts, small responses). The fast path batches the large body writes
-// it makes (fastpath: writeBody).
+// Conn is a connection whose writes can be batched. The zero value with Conn set is
+// ready to use.
 //
 // One goroutine uses a connection's batch: the one that serves it, which both writes
 // through the *tls.Conn and begins and ends the batch.
-type batchConn struct {
+type Conn struct {
 	net.Conn
 	buf      *[]byte // the batch, from batchPool, while batching
 	batching bool
@@ -28,10 +33,10 @@ var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch); retu
 
 // NetConn returns the connection underneath, as tls.Conn.NetConn does: the TLS cost
 // accounting finds its own wrapper through it.
-func (b *batchConn) NetConn() net.Conn { return b.Conn }
+func (b *Conn) NetConn() net.Conn { return b.Conn }
 
 // BeginBatch starts gathering writes.
-func (b *batchConn) BeginBatch() {
+func (b *Conn) BeginBatch() {
 	b.batching = true
 	if b.buf == nil {
 		b.buf = batchPool.Get().(*[]byte)
@@ -40,7 +45,7 @@ func (b *batchConn) BeginBatch() {
 
 // EndBatch writes what was gathered in one write and stops gathering. Its error is the
 // write's: the *tls.Conn above was told its writes succeeded.
-func (b *batchConn) EndBatch() error {
+func (b *Conn) EndBatch() error {
 	b.batching = false
 	if b.buf == nil {
 		return nil
@@ -51,7 +56,7 @@ func (b *batchConn) EndBatch() error {
 	return err
 }
 
-func (b *batchConn) Write(p []byte) (int, error) {
+func (b *Conn) Write(p []byte) (int, error) {
 	if !b.batching {
 		return b.Conn.Write(p)
 	}
@@ -67,7 +72,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (b *batchConn) flush() error {
+func (b *Conn) flush() error {
 	if len(*b.buf) == 0 {
 		return nil
 	}
