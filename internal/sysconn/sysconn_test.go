@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -158,5 +159,24 @@ func TestConn_ReadAndWriteAllocateNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%v allocations per write and read; want 0", allocs)
+	}
+}
+
+// A connection the peer resets reads as net's would: an error that is
+// syscall.ECONNRESET underneath, inside a *net.OpError.
+func TestConn_ResetByPeerIsNetsError(t *testing.T) {
+	c, peer := pair(t)
+	if err := peer.(*net.TCPConn).SetLinger(0); err != nil { // close with RST
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	_ = peer.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	var oe *net.OpError
+	if !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &oe) {
+		t.Errorf("read after a reset: %v (%T); want ECONNRESET in a *net.OpError", err, err)
 	}
 }
