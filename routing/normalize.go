@@ -81,8 +81,8 @@ func absolutePath[S ~string | ~[]byte](t S) S {
 			}
 			return rest[len(rest):]
 		}
-		if t[i] == '/' || t[i] == '?' {
-			break
+		if t[i] == '/' || t[i] == '?' || t[i] == '#' {
+			break // no scheme before this: "#:///api" is not an absolute-form target
 		}
 	}
 	return t
