@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -214,6 +215,10 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 	rounds := map[string][]dataRound{}
 	for r := range dataFactorRounds {
 		for _, kind := range []string{"bulk", "small"} {
+			// A collection that falls in one batch of a pair and not the other moves
+			// that round's difference by more than TLS adds to a small exchange:
+			// collect now, outside the measured batches.
+			runtime.GC()
 			time.Sleep(dataFactorPause)
 			c0, n0 := charged(), a.appReads.Load()
 			dExtra := 0.0
