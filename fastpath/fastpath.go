@@ -634,7 +634,7 @@ func (c *fastConn) copyLength(up *upstreamConn, n int64) (int64, error) {
 	c.scan.Feed(up.buf[up.r : up.r+int(first)])
 	c.out = append(c.out, up.buf[up.r:up.r+int(first)]...)
 	up.r += int(first)
-	if _, err := c.conn.Write(c.out); err != nil {
+	if err := c.writeBody(c.out); err != nil { // head and first piece: one batch if two records
 		return 0, proxy.ClientError{Err: err}
 	}
 	sent, left := first, n-first
@@ -682,8 +682,8 @@ var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, bodyBufSize); re
 
 const bodyBufSize = 64 << 10
 
-// writeBody writes a piece of a response body to the client. Over TLS, a piece longer
-// than one record is written as a batch (tlsserve's write batching, when the listener
+// writeBody writes a piece of a response (the head with the first body bytes, or body) to
+// the client. Over TLS, a piece longer than one record is written as a batch (tlsserve's write batching, when the listener
 // provides it): crypto/tls's records of one Write leave in one system call, as plain
 // HTTP's bytes do, instead of one each.
 func (c *fastConn) writeBody(p []byte) error {
@@ -735,7 +735,7 @@ func (c *fastConn) copyChunked(up *upstreamConn, decode bool) (int64, error) {
 		c.scan.Feed(data) // the raw chunks when forwarding them: tags rarely span a chunk line
 		if first {
 			c.out = append(c.out, data...)
-			if _, werr := c.conn.Write(c.out); werr != nil {
+			if werr := c.writeBody(c.out); werr != nil {
 				return sent, proxy.ClientError{Err: werr}
 			}
 			first = false
@@ -761,7 +761,7 @@ func (c *fastConn) copyUntilClose(up *upstreamConn) (int64, error) {
 	c.scan.Feed(up.buf[up.r:up.w])
 	c.out = append(c.out, up.buf[up.r:up.w]...)
 	up.r = up.w
-	if _, err := c.conn.Write(c.out); err != nil {
+	if err := c.writeBody(c.out); err != nil {
 		return 0, proxy.ClientError{Err: err}
 	}
 	sent := first

@@ -284,7 +284,10 @@ func (c *conn) Write(p []byte) (int, error) {
 	if c.prevFull {
 		c.gap = time.Since(epoch) - c.lastWrite
 	}
-	if c.writes++; c.writes%writeSampleEvery == 0 {
+	// Only writes of one record are sampled: the fixed cost is what an extra write (a
+	// record TLS sends on its own) costs, and a batch of several records (writebatch)
+	// costs more per byte than the start-up's slope, which would read as fixed cost.
+	if c.writes++; c.writes%writeSampleEvery == 0 && len(p) <= recordHeaderLen+maxPlaintext+256 {
 		n, err = c.a.sampleWrite(c.Conn, p)
 	} else {
 		n, err = c.Conn.Write(p)
