@@ -3,8 +3,8 @@
 // Package sysconn makes a TCP connection's reads and writes with raw system calls, which
 // the Go scheduler is not told about, instead of net's ordinary ones.
 //
-// Why: an ordinary system call hands its P (the scheduler's right to run Go code) to the
-// runtime's monitor for its duration. A read or write on a loopback TCP socket runs the
+// Why: during an ordinary system call the goroutine's P (the scheduler's right to run Go
+// code) is left where the runtime's monitor (sysmon) may take it. A read or write on a loopback TCP socket runs the
 // receiver's TCP input inline and takes 10–30 µs on a KVM guest, longer than the monitor's
 // 20 µs tick; with every P busy, the monitor then takes the P away, wakes another thread
 // to run it, and keeps polling every 20 µs instead of backing off. A profile of the fast
