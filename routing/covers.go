@@ -58,8 +58,12 @@ func nameCovers[S ~string | ~[]byte](name string, host S) bool {
 		if n <= 0 || !equalFoldASCII(host[n:], suffix) {
 			return false
 		}
+		// The label the wildcard stands for must be one valid label, as
+		// x509.VerifyHostname has it: letters, digits, '_' and '-', not first.
 		for i := 0; i < n; i++ {
-			if host[i] == '.' || host[i] == '*' {
+			c := host[i]
+			valid := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' && i > 0
+			if !valid {
 				return false
 			}
 		}
