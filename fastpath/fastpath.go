@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"edgeproxy/internal/writebatch"
 	"edgeproxy/mixedcontent"
 	"edgeproxy/pool"
 	"edgeproxy/proxy"
@@ -43,7 +44,7 @@ type fastConn struct {
 	srv      *Server
 	conn     net.Conn
 	tls      *tls.ConnectionState // nil on a plain-HTTP listener
-	batch    writeBatcher         // the TLS connection's write batching; nil: none
+	batch    *writebatch.Conn     // the TLS connection's write batching; nil: none
 	cert     *x509.Certificate    // the certificate the handshake served; nil: no 421 check
 	remote   netip.Addr
 	remoteAP string // RemoteAddr().String(), for the access log
@@ -683,31 +684,10 @@ var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, bodyBufSize); re
 const bodyBufSize = 64 << 10
 
 // writeBody writes a piece of a response (the head with the first body bytes, or body) to
-// the client. Over TLS, a piece longer than one record is written as a batch (tlsserve's write batching, when the listener
-// provides it): crypto/tls's records of one Write leave in one system call, as plain
-// HTTP's bytes do, instead of one each.
-func (c *fastConn) writeBody(p []byte) error {
-	if c.batch == nil || len(p) <= maxRecordPlaintext {
-		_, err := c.conn.Write(p)
-		return err
-	}
-	c.batch.BeginBatch()
-	_, err := c.conn.Write(p)
-	if berr := c.batch.EndBatch(); err == nil {
-		err = berr
-	}
-	return err
-}
-
-// maxRecordPlaintext is the most a TLS record carries.
-const maxRecordPlaintext = 16 << 10
-
-// writeBatcher is the write batching of a TLS connection (tlsserve): the records written
-// between BeginBatch and EndBatch leave in one system call, at EndBatch.
-type writeBatcher interface {
-	BeginBatch()
-	EndBatch() error
-}
+// the client. Over TLS, a piece longer than one record is written as one batch
+// (internal/writebatch, when the listener provides it): crypto/tls's records of one Write
+// leave in one system call, as plain HTTP's bytes do, instead of one each.
+func (c *fastConn) writeBody(p []byte) error { return writebatch.Write(c.conn, c.batch, p) }
 
 // copyChunked forwards a chunked body as received, checking it (or, with decode, sends
 // only its data, for an HTTP/1.0 client).

@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"edgeproxy/proxy"
 	"errors"
 	"net"
 	"net/http"
@@ -19,6 +18,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"edgeproxy/internal/writebatch"
+	"edgeproxy/proxy"
 )
 
 // Backend is what the fast path sends requests through: the handler whose policy applies
@@ -193,9 +195,7 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	fc := &fastConn{srv: s, conn: c, tls: state, cert: served, remoteAP: c.RemoteAddr().String()}
-	if tc, ok := c.(*tls.Conn); ok {
-		fc.batch, _ = tc.NetConn().(writeBatcher)
-	}
+	fc.batch = writebatch.Under(c)
 	if ap, err := netip.ParseAddrPort(fc.remoteAP); err == nil {
 		fc.remote = ap.Addr().Unmap()
 	}

@@ -10,6 +10,8 @@
 package writebatch
 
 import (
+	"crypto/tls"
+	"io"
 	"net"
 	"sync"
 )
@@ -78,5 +80,34 @@ func (b *Conn) flush() error {
 	}
 	_, err := b.Conn.Write(*b.buf)
 	*b.buf = (*b.buf)[:0]
+	return err
+}
+
+// Under returns the batching under c, a server's *tls.Conn from a listener that puts a
+// Conn there (tlsserve's, the TLS cost calibration's), and nil for any other connection.
+func Under(c net.Conn) *Conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		b, _ := tc.NetConn().(*Conn)
+		return b
+	}
+	return nil
+}
+
+// maxRecordPlaintext is the most one TLS record carries.
+const maxRecordPlaintext = 16 << 10
+
+// Write writes p to w, the *tls.Conn above b: in one batch when p is longer than one
+// record and b is not nil (Under), so that its records leave in one system call, as plain
+// HTTP's bytes do; as an ordinary write otherwise.
+func Write(w io.Writer, b *Conn, p []byte) error {
+	if b == nil || len(p) <= maxRecordPlaintext {
+		_, err := w.Write(p)
+		return err
+	}
+	b.BeginBatch()
+	_, err := w.Write(p)
+	if berr := b.EndBatch(); err == nil {
+		err = berr
+	}
 	return err
 }

@@ -7,15 +7,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"runtime"
 	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
-
-	"edgeproxy/internal/sysconn"
 )
 
 // Linear is a CPU cost model in seconds: PerCall for each operation plus PerByte for each
@@ -220,26 +217,16 @@ func fit(n1 int, c1 float64, n2 int, c2 float64) Linear {
 // It also returns the least a small write costs here (Costs.MinSyscall), for telling
 // writes apart.
 func measureWrite() (Linear, float64, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	peer, w, err := tcpPair() // both ends make raw system calls, as the edge's sockets do
 	if err != nil {
 		return Linear{}, 0, err
 	}
-	defer ln.Close()
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		_, _ = io.Copy(io.Discard, c)
-		_ = c.Close()
+		_, _ = io.Copy(io.Discard, peer)
+		_ = peer.Close()
 	}()
-	w, err := net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
-	if err != nil {
-		return Linear{}, 0, err
-	}
-	w = sysconn.Wrap(w) // the edge's sockets make raw system calls
 	defer func() {
 		_ = w.Close()
 		<-drained

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"edgeproxy/internal/sysconn"
+	"edgeproxy/internal/writebatch"
 )
 
 // A handshake costs the process more than its thread clock shows. Around the measured
@@ -356,16 +357,7 @@ func serveCalibration(c net.Conn, target *string) {
 	_ = up.SetDeadline(time.Now().Add(30 * time.Second))
 	head := make([]byte, bulkPiece)
 	var rest []byte // the rest of a long body, read at once (fastpath: bodyBuf)
-	var batch interface {
-		BeginBatch()
-		EndBatch() error
-	}
-	if tc, ok := c.(*tls.Conn); ok {
-		batch, _ = tc.NetConn().(interface {
-			BeginBatch()
-			EndBatch() error
-		})
-	}
+	batch := writebatch.Under(c)
 	for {
 		if _, err := up.Write(b[:]); err != nil {
 			return
@@ -387,7 +379,7 @@ func serveCalibration(c net.Conn, target *string) {
 		for left > 0 && err == nil {
 			n, err = up.Read(rest[:min(left, len(rest))])
 			if n > 0 {
-				if werr := writeBatched(c, batch, rest[:n]); werr != nil {
+				if werr := writebatch.Write(c, batch, rest[:n]); werr != nil {
 					return
 				}
 				left -= n
@@ -400,24 +392,6 @@ func serveCalibration(c net.Conn, target *string) {
 			return
 		}
 	}
-}
-
-// writeBatched writes p to c, in one batch when it is longer than a record and c has
-// batching, as the fast path's writeBody does.
-func writeBatched(c net.Conn, batch interface {
-	BeginBatch()
-	EndBatch() error
-}, p []byte) error {
-	if batch == nil || len(p) <= bulkPiece {
-		_, err := c.Write(p)
-		return err
-	}
-	batch.BeginBatch()
-	_, err := c.Write(p)
-	if berr := batch.EndBatch(); err == nil {
-		err = berr
-	}
-	return err
 }
 
 // serveTarget is the calibration's target: it answers each request of bulkRequest bytes
