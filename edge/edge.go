@@ -333,6 +333,17 @@ func (e *Edge) Run(ctx context.Context) error {
 	if e.tls != nil {
 		go e.tls.Run(checkCtx)
 	}
+	// The TLS cost calibration goes on measuring while the edge is idle (tlscost.Refine).
+	// An accountant that a reload creates later (tls.tls_cost turned on) is not refined.
+	e.reloadMu.Lock()
+	cost := e.tlsCost
+	e.reloadMu.Unlock()
+	refined := make(chan struct{})
+	go func() {
+		defer close(refined)
+		cost.Refine(ctx)
+	}()
+	defer func() { <-refined }()
 
 	serveErr := make(chan error, len(e.servers))
 	for i, srv := range e.servers {

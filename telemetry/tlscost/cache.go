@@ -22,8 +22,9 @@ import (
 // costs depend on. A file that cannot be read or written is no error: the edge calibrates
 // and serves on.
 
-// cacheFormat changes whenever Costs changes meaning; older files are then ignored.
-const cacheFormat = 2
+// cacheFormat changes whenever Costs or calSamples change meaning; older files are then
+// ignored.
+const cacheFormat = 3
 
 // cacheKey is what the costs measured depend on.
 type cacheKey struct {
@@ -39,6 +40,9 @@ type cacheFile struct {
 	Key      cacheKey  `json:"key"`
 	Measured time.Time `json:"measured"`
 	Costs    *Costs    `json:"costs"`
+	// Samples are what the fitted terms of Costs come from; refinement adds to them
+	// (refine.go). Absent when the data terms were not measured.
+	Samples *calSamples `json:"samples,omitempty"`
 }
 
 // currentCacheKey is the key of this process on this machine.
@@ -71,32 +75,37 @@ func DefaultCacheDir() string {
 	return ""
 }
 
-// loadCachedCosts returns the costs kept in dir for k, or an error saying why none are.
-func loadCachedCosts(dir string, k cacheKey) (*Costs, time.Time, error) {
+// loadCachedCosts returns the calibration kept in dir for k, or an error saying why none
+// is.
+func loadCachedCosts(dir string, k cacheKey) (*cacheFile, error) {
 	b, err := os.ReadFile(k.path(dir))
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, err
 	}
 	var f cacheFile
 	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, time.Time{}, fmt.Errorf("%s: %w", k.path(dir), err)
+		return nil, fmt.Errorf("%s: %w", k.path(dir), err)
 	}
 	if f.Key != k || f.Costs == nil || f.Costs.Seal[AES128GCM].PerByte <= 0 || f.Costs.HandshakeFactor < 1 {
-		return nil, time.Time{}, fmt.Errorf("%s: not a calibration of this build on this machine", k.path(dir))
+		return nil, fmt.Errorf("%s: not a calibration of this build on this machine", k.path(dir))
 	}
 	if f.Costs.Open == nil {
 		f.Costs.Open = map[string]Linear{}
 	}
-	return f.Costs, f.Measured, nil
+	if s := f.Samples; s != nil && (len(s.Bulk) != len(s.Small) || len(s.Bulk) == 0) {
+		f.Samples = nil // not refinable: the costs stand as they are
+	}
+	return &f, nil
 }
 
-// storeCosts writes c for k into dir (created 0700 if missing), atomically: a start-up
-// that reads it meanwhile finds the old file or the new one.
-func storeCosts(dir string, k cacheKey, c *Costs) error {
+// storeCosts writes c and the samples it was fitted from (may be nil) for k into dir
+// (created 0700 if missing), atomically: a start-up that reads it meanwhile finds the old
+// file or the new one.
+func storeCosts(dir string, k cacheKey, c *Costs, s *calSamples) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(cacheFile{Key: k, Measured: time.Now().UTC(), Costs: c}, "", "  ")
+	b, err := json.MarshalIndent(cacheFile{Key: k, Measured: time.Now().UTC(), Costs: c, Samples: s}, "", "  ")
 	if err != nil {
 		return err
 	}

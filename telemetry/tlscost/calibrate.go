@@ -84,9 +84,10 @@ type Costs struct {
 }
 
 var (
-	calibrateOnce  sync.Once
-	calibrated     *Costs
-	calibrationErr error
+	calibrateOnce     sync.Once
+	calibrated        *Costs
+	calibratedSamples *calSamples
+	calibrationErr    error
 )
 
 // Calibrate measures the costs once per process and returns them; later calls return the
@@ -94,20 +95,27 @@ var (
 // milliseconds of CPU. The error, if any, says what could not be measured; the returned
 // Costs are still usable, with zero for that part.
 func Calibrate() (*Costs, error) {
-	calibrateOnce.Do(func() { calibrated, calibrationErr = calibrate() })
-	return calibrated, calibrationErr
+	c, _, err := calibrateWithSamples()
+	return c, err
 }
 
-func calibrate() (*Costs, error) {
+// calibrateWithSamples is Calibrate with the measurements its fitted terms come from
+// (nil when the data terms were not measured), for refinement (refine.go).
+func calibrateWithSamples() (*Costs, *calSamples, error) {
+	calibrateOnce.Do(func() { calibrated, calibratedSamples, calibrationErr = calibrate() })
+	return calibrated, calibratedSamples, calibrationErr
+}
+
+func calibrate() (*Costs, *calSamples, error) {
 	c := &Costs{Seal: map[string]Linear{}, Open: map[string]Linear{}}
 	if !threadClockWorks() {
-		return c, errors.New("tlscost: no per-thread CPU clock on this system; record costs read as zero")
+		return c, nil, errors.New("tlscost: no per-thread CPU clock on this system; record costs read as zero")
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	cert, err := calibrationCert()
 	if err != nil {
-		return c, fmt.Errorf("tlscost: calibration certificate: %w", err)
+		return c, nil, fmt.Errorf("tlscost: calibration certificate: %w", err)
 	}
 	for _, name := range aeadNames {
 		rb, err := newRecordBench(cert, name)
@@ -118,27 +126,31 @@ func calibrate() (*Costs, error) {
 			// The AEAD alone, which is most of a large record's cost.
 			aead, aerr := newAEAD(name)
 			if aerr != nil {
-				return c, fmt.Errorf("tlscost: calibrating %s: %w", name, aerr)
+				return c, nil, fmt.Errorf("tlscost: calibrating %s: %w", name, aerr)
 			}
 			c.Seal[name], c.Open[name] = measureAEAD(aead)
-			return c, fmt.Errorf("tlscost: calibrating the %s record layer: %w; charging its AEAD only, as measured at start-up", name, err)
+			return c, nil, fmt.Errorf("tlscost: calibrating the %s record layer: %w; charging its AEAD only, as measured at start-up", name, err)
 		}
 	}
 	if c.HandshakeAllocBytes, err = handshakeAllocs(); err != nil {
-		return c, fmt.Errorf("tlscost: measuring handshake allocations: %w; no GC CPU is charged to TLS", err)
+		return c, nil, fmt.Errorf("tlscost: measuring handshake allocations: %w; no GC CPU is charged to TLS", err)
 	}
 	w, minSys, err := measureWrite()
 	if err != nil {
-		return c, fmt.Errorf("tlscost: calibrating write(2) on loopback: %w; extra writes read as free", err)
+		return c, nil, fmt.Errorf("tlscost: calibrating write(2) on loopback: %w; extra writes read as free", err)
 	}
 	c.Write, c.MinSyscall = w, minSys
 	if c.InterruptedRead, err = measureInterruptedRead(cert, c); err != nil {
-		return c, fmt.Errorf("tlscost: measuring a read interrupted by its deadline: %w; charging none", err)
+		return c, nil, fmt.Errorf("tlscost: measuring a read interrupted by its deadline: %w; charging none", err)
 	}
-	if c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor, c.PerRead, err = measureHandshakeFactor(cert, c); err != nil {
-		return c, fmt.Errorf("tlscost: measuring what handshakes and records cost around what is clocked: %w; charging what is clocked only", err)
+	var samples *calSamples
+	if c.HandshakeFactor, c.HandshakeGCShare, c.DataFactor, c.PerRead, samples, err = measureHandshakeFactor(cert, c); err != nil {
+		return c, nil, fmt.Errorf("tlscost: measuring what handshakes and records cost around what is clocked: %w; charging what is clocked only", err)
 	}
-	return c, nil
+	if samples != nil {
+		samples.Interrupted = []float64{c.InterruptedRead}
+	}
+	return c, samples, nil
 }
 
 func newAEAD(name string) (cipher.AEAD, error) {

@@ -59,194 +59,295 @@ const (
 
 // measureHandshakeFactor returns process CPU per second of thread-clock handshake CPU, and
 // the share of the extra CPU that was the collector's background work (left out of the
-// factor, see below).
-func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare, dataFactor, perRead float64, err error) {
+// factor, see below), with the data terms fitted on kept-alive exchanges (fitCosts) and
+// the measurements they came from, which refinement (refine.go) adds to later.
+func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare, dataFactor, perRead float64, s *calSamples, err error) {
 	factor, gcShare, dataFactor = 1, 0, 1
-	reg := prometheus.NewRegistry()
-	a, err := newAccountant(Options{HandshakeTimeout: 5 * time.Second, Costs: &Costs{Seal: costs.Seal, Open: costs.Open, Write: costs.Write}}, reg)
+	b, err := newCalBench(cert, costs)
 	if err != nil {
-		return
+		return factor, gcShare, dataFactor, perRead, nil, err
+	}
+	defer b.close()
+	s = &calSamples{}
+	if s.HS, err = b.handshakeRounds(); err != nil {
+		return factor, gcShare, dataFactor, perRead, nil, err
+	}
+	factor, gcShare = s.HS.factor(0), max(0, s.HS.GC)/s.HS.Extra
+	if b.child == nil {
+		return factor, gcShare, dataFactor, perRead, nil, nil // no kept-alive exchanges without a client of their own
+	}
+	if err := b.openData(); err != nil {
+		return factor, gcShare, dataFactor, perRead, nil, err
+	}
+	for r := range dataFactorRounds {
+		bulk, small, err := b.dataRound(r)
+		if err != nil {
+			return factor, gcShare, dataFactor, perRead, nil, err
+		}
+		s.Bulk, s.Small = append(s.Bulk, bulk), append(s.Small, small)
+	}
+	factor, dataFactor, perRead, err = s.fit()
+	return factor, gcShare, dataFactor, perRead, s, err
+}
+
+// calSamples are the measurements the fitted terms come from: the handshake rounds' sums
+// and each data round, kept with the cached costs so that refinement can add rounds and
+// fit again from all of them.
+type calSamples struct {
+	HS hsSums `json:"handshakes"`
+	// Bulk and Small are the data rounds of each kind (calBench.dataRound).
+	Bulk  []dataRound `json:"bulk"`
+	Small []dataRound `json:"small"`
+	// Interrupted are the interrupted-read costs measured (measureInterruptedRead), the
+	// start-up's and one per refinement; their median is charged.
+	Interrupted []float64 `json:"interrupted_reads"`
+}
+
+// fit solves the data terms from every round (solveDataCosts over trimmedSums) and the
+// handshake factor with the per-read cost they give.
+func (s *calSamples) fit() (factor, dataFactor, perRead float64, err error) {
+	dataFactor, perRead = solveDataCosts(trimmedSums(s.Bulk), trimmedSums(s.Small))
+	if dataFactor <= 0 {
+		return s.HS.factor(0), 1, 0, errors.New("TLS added no CPU to the bulk exchanges")
+	}
+	return s.HS.factor(perRead), dataFactor, perRead, nil
+}
+
+// hsSums are what TLS added to the handshake rounds' process CPU (ns), the part of it the
+// runtime reported as garbage collection, the thread-clock segments of the handshakes,
+// and the reads after them (one per exchange).
+type hsSums struct {
+	Extra float64 `json:"extra_ns"`
+	GC    float64 `json:"gc_ns"`
+	Seg   float64 `json:"segments_ns"`
+	Reads float64 `json:"reads"`
+}
+
+// factor is the handshake factor when each read after a handshake costs perRead seconds
+// on its own (charged as PerRead, so its share comes out of the factor). Never below 1:
+// the segments are part of the process's CPU.
+func (h hsSums) factor(perRead float64) float64 {
+	if h.Seg <= 0 {
+		return 1
+	}
+	return max(1, (h.Extra-max(0, h.GC)-perRead*1e9*h.Reads)/h.Seg)
+}
+
+// calBench is the calibration's set-up: a measuring TLS listener and a plain one on
+// loopback, served as the edge serves (serveCalibration), and a client in a child process
+// (hschild.go) with a target of its own; or, if no child can be started, a client in this
+// process for the handshakes only.
+type calBench struct {
+	a           *Accountant
+	reg         *prometheus.Registry // a's metrics: the record CPU charged
+	tl, plain   net.Listener
+	wg          sync.WaitGroup
+	target      atomic.Pointer[string] // the kept-alive exchanges' target, in the child
+	child       *calibrationClient
+	clientNanos atomic.Int64
+	batch       func(useTLS bool) error
+	// pauseCPU is the most process CPU (ns) one pause of the last dataRound saw: the
+	// bench does nothing then, so it is what else ran in the process.
+	pauseCPU int64
+}
+
+// newCalBench starts the listeners and the child, charging records at costs' record-layer
+// costs (Seal, Open, Write) alone: the data rounds compare that charge with what TLS adds.
+func newCalBench(cert tls.Certificate, costs *Costs) (*calBench, error) {
+	b := &calBench{reg: prometheus.NewRegistry()}
+	var err error
+	b.a, err = newAccountant(Options{HandshakeTimeout: 5 * time.Second, Costs: &Costs{Seal: costs.Seal, Open: costs.Open, Write: costs.Write}}, b.reg)
+	if err != nil {
+		return nil, err
 	}
 	tlsRaw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return factor, gcShare, dataFactor, perRead, err
+		return nil, err
 	}
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		_ = tlsRaw.Close()
-		return factor, gcShare, dataFactor, perRead, err
+		return nil, err
 	}
 	// The edge's sockets make raw system calls (internal/sysconn); so do these.
-	tlsRaw, plain = sysconn.Listener(tlsRaw), sysconn.Listener(plain)
-	var target atomic.Pointer[string] // the kept-alive exchanges' target, in the child
-	tl := a.listener(tlsRaw, &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true})
-	var wg sync.WaitGroup
-	serve := func(ln net.Listener) {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if tc, ok := c.(*tls.Conn); ok {
-					if err := a.Handshake(tc); err != nil {
-						_ = tc.Close()
-						return
-					}
-				}
-				serveCalibration(c, target.Load())
-			}()
-		}
-	}
-	wg.Add(2)
-	go serve(tl)
-	go serve(plain)
-	defer func() {
-		_, _ = tl.Close(), plain.Close()
-		wg.Wait()
-	}()
+	tlsRaw, b.plain = sysconn.Listener(tlsRaw), sysconn.Listener(plain)
+	b.tl = b.a.listener(tlsRaw, &tls.Config{Certificates: []tls.Certificate{cert}, SessionTicketsDisabled: true})
+	b.wg.Add(2)
+	go b.serve(b.tl)
+	go b.serve(b.plain)
 
 	ccfg := &tls.Config{InsecureSkipVerify: true}
-	var clientNanos atomic.Int64
-	child, childErr := startCalibrationClient(tlsRaw.Addr().String(), plain.Addr().String())
-	if child != nil {
-		defer child.close()
+	child, childErr := startCalibrationClient(tlsRaw.Addr().String(), b.plain.Addr().String())
+	if childErr == nil {
+		b.child, b.batch = child, child.batch
+		return b, nil
 	}
-	inProcess := func(useTLS bool) error {
-		addr := plain.Addr().String()
+	b.batch = func(useTLS bool) error {
+		addr := b.plain.Addr().String()
 		if useTLS {
 			addr = tlsRaw.Addr().String()
 		}
-		return runBatch(func() error { return clientOne(a, addr, useTLS, ccfg, &clientNanos) })
+		return runBatch(func() error { return clientOne(b.a, addr, useTLS, ccfg, &b.clientNanos) })
 	}
-	batch := inProcess
-	if childErr == nil {
-		batch = child.batch
+	return b, nil
+}
+
+func (b *calBench) serve(ln net.Listener) {
+	defer b.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			if tc, ok := c.(*tls.Conn); ok {
+				if err := b.a.Handshake(tc); err != nil {
+					_ = tc.Close()
+					return
+				}
+			}
+			serveCalibration(c, b.target.Load())
+		}()
 	}
+}
+
+// close stops the child (its connections end, and the serving goroutines with them) and
+// the listeners.
+func (b *calBench) close() {
+	if b.child != nil {
+		b.child.close()
+	}
+	_, _ = b.tl.Close(), b.plain.Close()
+	b.wg.Wait()
+}
+
+// handshakeRounds alternate batches of handshakes and of plain connections carrying the
+// same one-byte exchange.
+func (b *calBench) handshakeRounds() (hsSums, error) {
+	var h hsSums
 	// Background garbage collection is left out of the factor: it is charged as it
 	// happens, by gcShare, because how much the collector works per byte allocated depends
 	// on the live heap, which is small here and larger under load.
-	gc := newGCShare(a)
+	gc := newGCShare(b.a)
 	gcNow := func() float64 { sec, _ := gc.read(); return sec }
 	// Warm up: connections, goroutine stacks, crypto tables.
 	for _, useTLS := range []bool{true, false} {
-		if err := batch(useTLS); err != nil {
-			return factor, gcShare, dataFactor, perRead, err
+		if err := b.batch(useTLS); err != nil {
+			return h, err
 		}
 	}
-	var extra, extraGC, seg float64
-	reads0 := a.appReads.Load()
+	reads0 := b.a.appReads.Load()
 	for r := range handshakeFactorRounds {
-		seg0 := a.hsNanos.Load() + clientNanos.Load()
+		seg0 := b.a.hsNanos.Load() + b.clientNanos.Load()
 		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
 			g0, p0 := gcNow(), processCPU()
-			if err := batch(useTLS); err != nil {
-				return factor, gcShare, dataFactor, perRead, err
+			if err := b.batch(useTLS); err != nil {
+				return h, err
 			}
 			d, g := float64(processCPU()-p0), (gcNow()-g0)*1e9
 			if !useTLS {
 				d, g = -d, -g
 			}
-			extra, extraGC = extra+d, extraGC+g
+			h.Extra, h.GC = h.Extra+d, h.GC+g
 		}
-		seg += float64(a.hsNanos.Load() + clientNanos.Load() - seg0)
+		h.Seg += float64(b.a.hsNanos.Load() + b.clientNanos.Load() - seg0)
 	}
-	hsReads := float64(a.appReads.Load() - reads0) // the one-byte exchanges' reads after their handshakes
-	if seg <= 0 || extra <= 0 {
-		return factor, gcShare, dataFactor, perRead, errors.New("no handshake CPU measured")
+	h.Reads = float64(b.a.appReads.Load() - reads0) // the one-byte exchanges' reads after their handshakes
+	if h.Seg <= 0 || h.Extra <= 0 {
+		return h, errors.New("no handshake CPU measured")
 	}
-	// Never below 1: the segments are part of the process's CPU. The read after each
-	// handshake is charged PerRead on its own, so its share comes out of the factor.
-	hsFactor := func(perRead float64) float64 {
-		return max(1, (extra-max(0, extraGC)-perRead*1e9*hsReads)/seg)
-	}
-	factor, gcShare = hsFactor(0), max(0, extraGC)/extra
-	if child == nil {
-		return factor, gcShare, dataFactor, perRead, nil // no kept-alive exchanges without a client of their own
-	}
+	return h, nil
+}
 
-	// Data: the same comparison for kept-alive connections, against the record costs
-	// charged for them and the reads that brought the requests. Two kinds of exchange
-	// alternate: bulk (64 KiB responses: mostly per-byte record cost) and small (256-byte
-	// responses: mostly per-read cost), and DataFactor (the process CPU TLS adds to moving
-	// data per second of record-layer CPU: the copies and wake-ups around the record
-	// layer, the contention of a client on the same machine) and PerRead (what each read
-	// that returns data costs beyond its records: crypto/tls reading into its own buffer
-	// and the wake-up around it) are the solution of the two equations
-	//
-	//	extra_bulk  = DataFactor × records_bulk  + PerRead × reads_bulk
-	//	extra_small = DataFactor × records_small + PerRead × reads_small
-	//
-	// Records are then charged the record layer's cost times DataFactor, the two measured
-	// together, so that their product is what the exchanges measured. (The record layer
-	// was once re-measured under contention and while traffic flowed, and the factor
-	// applied to that: those short measurements read ±20–40% apart from run to run on a
-	// KVM guest, where the extra CPU of the exchanges moved by ±8%, and the charge carried
-	// their noise.)
-	charged := func() float64 {
-		mfs, _ := reg.Gather()
-		sum := 0.0
-		for _, mf := range mfs {
-			if mf.GetName() == "edgeproxy_tls_record_cpu_seconds_total" {
-				for _, m := range mf.GetMetric() {
-					sum += m.GetCounter().GetValue()
-				}
-			}
-		}
-		return sum * 1e9
-	}
-	addr, err := child.target()
+// Data: the same comparison for kept-alive connections, against the record costs
+// charged for them and the reads that brought the requests. Two kinds of exchange
+// alternate: bulk (64 KiB responses: mostly per-byte record cost) and small (256-byte
+// responses: mostly per-read cost), and DataFactor (the process CPU TLS adds to moving
+// data per second of record-layer CPU: the copies and wake-ups around the record
+// layer, the contention of a client on the same machine) and PerRead (what each read
+// that returns data costs beyond its records: crypto/tls reading into its own buffer
+// and the wake-up around it) are the solution of the two equations
+//
+//	extra_bulk  = DataFactor × records_bulk  + PerRead × reads_bulk
+//	extra_small = DataFactor × records_small + PerRead × reads_small
+//
+// Records are then charged the record layer's cost times DataFactor, the two measured
+// together, so that their product is what the exchanges measured. (The record layer
+// was once re-measured under contention and while traffic flowed, and the factor
+// applied to that: those short measurements read ±20–40% apart from run to run on a
+// KVM guest, where the extra CPU of the exchanges moved by ±8%, and the charge carried
+// their noise.)
+
+// openData starts the child's target and opens the kept-alive connections of both kinds.
+func (b *calBench) openData() error {
+	addr, err := b.child.target()
 	if err != nil {
-		return factor, gcShare, dataFactor, perRead, err
+		return err
 	}
-	target.Store(&addr)
+	b.target.Store(&addr)
 	for _, kind := range []string{"bulk", "small"} {
-		for _, useTLS := range []bool{true, false} { // opens the connections
-			if err := child.exchanges(kind, useTLS); err != nil {
-				return factor, gcShare, dataFactor, perRead, err
+		for _, useTLS := range []bool{true, false} {
+			if err := b.child.exchanges(kind, useTLS); err != nil {
+				return err
 			}
 		}
 	}
-	// Per kind, the sums over the rounds, less the rounds with the highest and lowest
-	// ratios: a round where something else in the process or on the machine got in the
-	// way of one batch is an outlier, not a share of the answer.
-	rounds := map[string][]dataRound{}
-	for r := range dataFactorRounds {
-		for _, kind := range []string{"bulk", "small"} {
-			// A collection that falls in one batch of a pair and not the other moves
-			// that round's difference by more than TLS adds to a small exchange:
-			// collect now, outside the measured batches.
-			runtime.GC()
-			time.Sleep(dataFactorPause)
-			c0, n0 := charged(), a.appReads.Load()
-			dExtra := 0.0
-			for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
-				p0 := processCPU()
-				if err := child.exchanges(kind, useTLS); err != nil {
-					return factor, gcShare, dataFactor, perRead, err
-				}
-				d := float64(processCPU() - p0)
-				if !useTLS {
-					d = -d
-				}
-				dExtra += d
+	return nil
+}
+
+// charged is the record CPU charged so far, ns.
+func (b *calBench) charged() float64 {
+	mfs, _ := b.reg.Gather()
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == "edgeproxy_tls_record_cpu_seconds_total" {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
 			}
-			dCharged := charged() - c0
-			if dCharged <= 0 {
-				return factor, gcShare, dataFactor, perRead, errors.New("no record CPU charged")
-			}
-			rounds[kind] = append(rounds[kind], dataRound{extra: dExtra, charged: dCharged, reads: float64(a.appReads.Load() - n0)})
 		}
 	}
-	b, s := trimmedSums(rounds["bulk"]), trimmedSums(rounds["small"])
-	dataFactor, perRead = solveDataCosts(b, s)
-	if dataFactor <= 0 {
-		return factor, gcShare, 1, 0, errors.New("TLS added no CPU to the bulk exchanges")
+	return sum * 1e9
+}
+
+// dataRound is one round of each kind, TLS first in even rounds and plain first in odd
+// ones.
+func (b *calBench) dataRound(r int) (bulk, small dataRound, err error) {
+	b.pauseCPU = 0
+	for _, kind := range []string{"bulk", "small"} {
+		// A collection that falls in one batch of a pair and not the other moves
+		// that round's difference by more than TLS adds to a small exchange:
+		// collect now, outside the measured batches.
+		runtime.GC()
+		p := processCPU()
+		time.Sleep(dataFactorPause)
+		b.pauseCPU = max(b.pauseCPU, processCPU()-p)
+		c0, n0 := b.charged(), b.a.appReads.Load()
+		dExtra := 0.0
+		for _, useTLS := range []bool{r%2 == 0, r%2 == 1} {
+			p0 := processCPU()
+			if err := b.child.exchanges(kind, useTLS); err != nil {
+				return bulk, small, err
+			}
+			d := float64(processCPU() - p0)
+			if !useTLS {
+				d = -d
+			}
+			dExtra += d
+		}
+		dCharged := b.charged() - c0
+		if dCharged <= 0 {
+			return bulk, small, errors.New("no record CPU charged")
+		}
+		round := dataRound{Extra: dExtra, Charged: dCharged, Reads: float64(b.a.appReads.Load() - n0)}
+		if kind == "bulk" {
+			bulk = round
+		} else {
+			small = round
+		}
 	}
-	return hsFactor(perRead), gcShare, dataFactor, perRead, nil
+	return bulk, small, nil
 }
 
 // solveDataCosts solves extra = DataFactor × charged + PerRead × reads (nanoseconds) for
@@ -256,34 +357,38 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 // per read, so a negative one is replaced by the provisional per-read cost
 // (ProvisionalCosts), and the factor is solved from the bulk exchanges with it.
 func solveDataCosts(bulk, small dataRound) (dataFactor, perRead float64) {
-	det := bulk.charged*small.reads - small.charged*bulk.reads
+	det := bulk.Charged*small.Reads - small.Charged*bulk.Reads
 	r := -1.0
 	if det != 0 {
-		r = (bulk.charged*small.extra - small.charged*bulk.extra) / det
+		r = (bulk.Charged*small.Extra - small.Charged*bulk.Extra) / det
 	}
 	if r < 0 {
 		r = ProvisionalCosts().PerRead * 1e9
 	}
-	d := (bulk.extra - r*bulk.reads) / bulk.charged
+	d := (bulk.Extra - r*bulk.Reads) / bulk.Charged
 	if d <= 0 { // the bulk exchanges' extra CPU is all per read: not credible
-		return bulk.extra / bulk.charged, 0
+		return bulk.Extra / bulk.Charged, 0
 	}
 	return d, r / 1e9
 }
 
 // dataRound is what TLS added to the process CPU in one round of kept-alive exchanges,
 // the record-layer CPU charged for them (ns) and the reads that returned data.
-type dataRound struct{ extra, charged, reads float64 }
+type dataRound struct {
+	Extra   float64 `json:"extra_ns"`
+	Charged float64 `json:"charged_ns"`
+	Reads   float64 `json:"reads"`
+}
 
 // trimmedSums are the sums over the rounds, leaving out the eighth with the highest
 // extra/charged and the eighth with the lowest.
 func trimmedSums(rounds []dataRound) dataRound {
 	s := slices.Clone(rounds)
-	slices.SortFunc(s, func(a, b dataRound) int { return cmp.Compare(a.extra/a.charged, b.extra/b.charged) })
+	slices.SortFunc(s, func(a, b dataRound) int { return cmp.Compare(a.Extra/a.Charged, b.Extra/b.Charged) })
 	cut := len(s) / 8
 	var sum dataRound
 	for _, r := range s[cut : len(s)-cut] {
-		sum.extra, sum.charged, sum.reads = sum.extra+r.extra, sum.charged+r.charged, sum.reads+r.reads
+		sum.Extra, sum.Charged, sum.Reads = sum.Extra+r.Extra, sum.Charged+r.Charged, sum.Reads+r.Reads
 	}
 	return sum
 }

@@ -141,6 +141,9 @@ type Accountant struct {
 	perReadGauge  prometheus.Gauge
 	waitReadGauge prometheus.Gauge
 	calibrated    chan struct{} // closed when the background calibration is applied; nil: none ran
+	roundsGauge   prometheus.Gauge
+	refineMu      sync.Mutex // guards refine; one Refine at a time
+	refine        refineState
 }
 
 // hsLabels are the labels of the handshake metrics.
@@ -239,6 +242,7 @@ func New(opts Options) (*Accountant, error) {
 	}
 	live := opts.Costs == nil
 	var key cacheKey
+	var samples *calSamples
 	dir := opts.CacheDir
 	if live {
 		if dir == "" {
@@ -246,10 +250,10 @@ func New(opts Options) (*Accountant, error) {
 		}
 		key = currentCacheKey()
 		if dir != "" {
-			c, when, err := loadCachedCosts(dir, key)
+			f, err := loadCachedCosts(dir, key)
 			if err == nil {
-				opts.Costs, live = c, false
-				logCalibration(log, c, "cache", key.path(dir), "measured", when)
+				opts.Costs, samples, live = f.Costs, f.Samples, false
+				logCalibration(log, f.Costs, "cache", key.path(dir), "measured", f.Measured, "rounds", f.Samples.rounds())
 			} else if !errors.Is(err, fs.ErrNotExist) {
 				log.Info("tlscost: calibrating again", "err", err.Error())
 			}
@@ -266,13 +270,18 @@ func New(opts Options) (*Accountant, error) {
 		reg = prometheus.NewRegistry()
 	}
 	a, err := newAccountant(opts, reg)
-	if err != nil || !live {
+	if err != nil {
 		return a, err
+	}
+	a.refine = refineState{dir: dir, key: key, samples: samples, idle: defaultIdle}
+	a.roundsGauge.Set(float64(samples.rounds()))
+	if !live {
+		return a, nil
 	}
 	a.calibrated = make(chan struct{})
 	go func() {
 		defer close(a.calibrated)
-		c, err := Calibrate()
+		c, s, err := calibrateWithSamples()
 		if err != nil {
 			log.Warn(err.Error())
 		}
@@ -280,9 +289,15 @@ func New(opts Options) (*Accountant, error) {
 		where := "none: no cache directory"
 		if dir != "" && err == nil {
 			where = key.path(dir)
-			if err := storeCosts(dir, key, c); err != nil {
+			if err := storeCosts(dir, key, c, s); err != nil {
 				where = "none: " + err.Error()
 			}
+		}
+		if err == nil {
+			a.refineMu.Lock()
+			a.refine.samples = s
+			a.refineMu.Unlock()
+			a.roundsGauge.Set(float64(s.rounds()))
 		}
 		logCalibration(log, c, "cached_in", where)
 	}()
@@ -432,6 +447,10 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 		Name: "edgeproxy_tls_interrupted_read_cpu_seconds",
 		Help: "Fixed CPU charged per read on a TLS connection that its deadline ended before data came (net/http's HTTP/1.1 server makes one per request, on a goroutine whose stack grows through crypto/tls), measured at start-up against the same read on a plain connection.",
 	})
+	a.roundsGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "edgeproxy_tls_calibration_rounds",
+		Help: "Rounds of kept-alive exchanges that edgeproxy_tls_record_cpu_seconds_per_byte and edgeproxy_tls_read_cpu_seconds are fitted from: those of the first start-up of this build on this machine, then more measured while the process is idle (Refine), kept in the calibration cache; 0 for costs not calibrated here.",
+	})
 	a.applyCosts(opts.Costs)
 	writeCost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgeproxy_tls_extra_write_cpu_seconds",
@@ -439,7 +458,7 @@ func newAccountant(opts Options, reg prometheus.Registerer) (*Accountant, error)
 	}, a.writeCost)
 
 	for _, c := range []prometheus.Collector{a.handshakes, a.handshakeCPU, a.handshakeWall, a.handshakeBytes,
-		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, a.perReadGauge, a.waitReadGauge, writeCost} {
+		recordBytes, recordCPU, a.extraWrites, newGCShare(a), a.perByte, a.perRecord, a.perReadGauge, a.waitReadGauge, a.roundsGauge, writeCost} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

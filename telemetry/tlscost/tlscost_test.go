@@ -991,10 +991,10 @@ func waitCalibrated(t *testing.T, a *Accountant) {
 func TestTrimmedSums_IgnoreOutlyingRounds(t *testing.T) {
 	var rounds []dataRound
 	for range 14 {
-		rounds = append(rounds, dataRound{extra: 3, charged: 2, reads: 1})
+		rounds = append(rounds, dataRound{Extra: 3, Charged: 2, Reads: 1})
 	}
-	rounds = append(rounds, dataRound{extra: 40, charged: 2, reads: 1}, dataRound{extra: -5, charged: 2, reads: 1})
-	if got := trimmedSums(rounds); got != (dataRound{extra: 36, charged: 24, reads: 12}) {
+	rounds = append(rounds, dataRound{Extra: 40, Charged: 2, Reads: 1}, dataRound{Extra: -5, Charged: 2, Reads: 1})
+	if got := trimmedSums(rounds); got != (dataRound{Extra: 36, Charged: 24, Reads: 12}) {
 		t.Errorf("trimmedSums: got %+v; want 12 rounds of 3, 2, 1 (two cut at each end)", got)
 	}
 }
@@ -1005,16 +1005,16 @@ func TestTrimmedSums_IgnoreOutlyingRounds(t *testing.T) {
 func TestSolveDataCosts_FitsPerReadAndDataFactor(t *testing.T) {
 	// DataFactor 1.5, PerRead 4000 ns: bulk 100 reads, 10000 ns of records; small 400
 	// reads, 2000 ns of records.
-	bulk := dataRound{extra: 1.5*10000 + 4000*100, charged: 10000, reads: 100}
-	small := dataRound{extra: 1.5*2000 + 4000*400, charged: 2000, reads: 400}
+	bulk := dataRound{Extra: 1.5*10000 + 4000*100, Charged: 10000, Reads: 100}
+	small := dataRound{Extra: 1.5*2000 + 4000*400, Charged: 2000, Reads: 400}
 	d, r := solveDataCosts(bulk, small)
 	if math.Abs(d-1.5) > 1e-9 || math.Abs(r-4e-6) > 1e-15 {
 		t.Errorf("solveDataCosts: got %v, %v; want 1.5, 4e-6", d, r)
 	}
-	small.extra = 1.5 * 2000 // small exchanges cheaper per record than bulk ones
-	small.charged = 4000
+	small.Extra = 1.5 * 2000 // small exchanges cheaper per record than bulk ones
+	small.Charged = 4000
 	r0 := ProvisionalCosts().PerRead
-	if d, r := solveDataCosts(bulk, small); r != r0 || math.Abs(d-(bulk.extra-r0*1e9*bulk.reads)/bulk.charged) > 1e-9 {
+	if d, r := solveDataCosts(bulk, small); r != r0 || math.Abs(d-(bulk.Extra-r0*1e9*bulk.Reads)/bulk.Charged) > 1e-9 {
 		t.Errorf("solveDataCosts with a negative per-read cost: got %v, %v; want the provisional per-read cost %v and the bulk exchanges' factor with it", d, r, r0)
 	}
 }

@@ -1,0 +1,215 @@
+package tlscost
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"slices"
+	"time"
+)
+
+// One start-up's calibration fits the data terms (DataFactor, PerRead) from
+// dataFactorRounds rounds of each kind of exchange, and the interrupted-read cost from one
+// measurement. From one start-up to the next on the same machine the fit moved more than
+// the noise of its rounds explains (data factor 1.64–2.15, per read 0.67–3.3 µs,
+// interrupted read 2–10 µs; bench/RESULTS.md): the machine's state changes over seconds
+// to minutes (other guests on the host, which CPU the client lands on, what is in the
+// caches), and one moment's fit carries that moment. So an edge goes on measuring while
+// it is idle, at several moments, and fits from every round it has, until it has
+// refineRounds of each kind. The rounds are kept in the calibration cache with the
+// costs, so that a restart continues where the last process stopped, and a build that
+// has its rounds measures no more.
+const (
+	// refineRounds is the pool of data rounds of each kind to reach: five start-ups'
+	// worth, about eight seconds of CPU in all beyond the start-up's.
+	refineRounds = 5 * dataFactorRounds
+	// refineBatch rounds are measured in one idle moment before the terms are fitted
+	// again, applied and stored.
+	refineBatch = 8
+
+	// The process is idle when it has used less than refineIdleShare of one CPU in each
+	// of the last refineIdleFor/refinePoll polls. An edge that serves even a request
+	// a second is busier than that (health checks alone use a fraction of it).
+	refineIdleFor   = 5 * time.Second
+	refinePoll      = time.Second
+	refineIdleShare = 0.01
+
+	// refineQuietCPU is the most CPU the process may use in a round's pause
+	// (dataFactorPause, the refiner itself does nothing then) for the round to count:
+	// more means something else ran, and the round is dropped.
+	refineQuietCPU = 2 * time.Millisecond
+)
+
+// errNoChild: refinement measures against a client process only.
+var errNoChild = errors.New("no calibration client process")
+
+// refineState is what Refine needs: where the calibration is kept and the samples its
+// costs were fitted from (nil: not calibrated here, nothing to refine).
+type refineState struct {
+	dir     string
+	key     cacheKey
+	samples *calSamples
+	idle    idleRule
+}
+
+// idleRule says when the process is idle: it used less than share of one CPU in each of
+// the last polls taken every poll for idleFor.
+type idleRule struct {
+	idleFor, poll time.Duration
+	share         float64
+}
+
+// defaultIdle is refinement's rule (tests set a shorter one).
+var defaultIdle = idleRule{idleFor: refineIdleFor, poll: refinePoll, share: refineIdleShare}
+
+// rounds is the number of data rounds of each kind in s.
+func (s *calSamples) rounds() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.Bulk)
+}
+
+// Refine measures more calibration rounds in the moments the process is idle and fits the
+// data terms from all of them, until refineRounds rounds of each kind are pooled
+// (edgeproxy_tls_calibration_rounds); after each idle moment's rounds it applies the new
+// fit and stores it in the calibration cache. A round during which anything else ran in
+// the process is dropped, and the moment ends: refinement never competes with traffic.
+// It returns when ctx ends, when the pool is full, or at once for costs given in Options;
+// it waits for the start-up calibration first. Run it for as long as the edge runs.
+func (a *Accountant) Refine(ctx context.Context) {
+	if a == nil {
+		return
+	}
+	select {
+	case <-a.Calibrated():
+	case <-ctx.Done():
+		return
+	}
+	if !a.refineMu.TryLock() {
+		return // another Refine is at work
+	}
+	defer a.refineMu.Unlock()
+	if a.refine.samples == nil {
+		return
+	}
+	cert, err := calibrationCert()
+	if err != nil {
+		a.log.Info("tlscost: no refinement of the calibration", "err", err.Error())
+		return
+	}
+	for a.refine.samples.rounds() < refineRounds {
+		if !a.refine.idle.wait(ctx) {
+			return
+		}
+		if err := a.refineOnce(ctx, cert); err != nil {
+			a.log.Info("tlscost: refinement of the calibration stopped", "err", err.Error())
+			return
+		}
+	}
+}
+
+// wait returns true once the process has been idle by the rule, false when ctx ends
+// first.
+func (r idleRule) wait(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	t := time.NewTicker(r.poll)
+	defer t.Stop()
+	quiet, last := 0, processCPU()
+	for quiet < int(r.idleFor/r.poll) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+		now := processCPU()
+		if float64(now-last) < r.share*float64(r.poll) {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		last = now
+	}
+	return true
+}
+
+// refineOnce measures up to refineBatch rounds of each kind and an interrupted read while
+// the process stays idle, then fits, applies and stores the costs with every sample.
+func (a *Accountant) refineOnce(ctx context.Context, cert tls.Certificate) error {
+	cur := a.costs.Load()
+	b, err := newCalBench(cert, cur)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	if b.child == nil {
+		return errNoChild
+	}
+	if err := b.openData(); err != nil {
+		return err
+	}
+	s := a.refine.samples.clone()
+	traffic := a.okHandshakes.Load()
+	added := 0
+	for range refineBatch {
+		if ctx.Err() != nil || s.rounds() >= refineRounds {
+			break
+		}
+		bulk, small, err := b.dataRound(s.rounds())
+		if err != nil {
+			return err
+		}
+		if b.pauseCPU > int64(refineQuietCPU) || a.okHandshakes.Load() != traffic {
+			break // not idle any more: this round saw other work
+		}
+		s.Bulk, s.Small = append(s.Bulk, bulk), append(s.Small, small)
+		added++
+	}
+	if added == 0 {
+		return nil
+	}
+	if ir, err := measureInterruptedRead(cert, cur); err == nil && a.okHandshakes.Load() == traffic {
+		s.Interrupted = append(s.Interrupted, ir)
+	}
+	factor, dataFactor, perRead, err := s.fit()
+	if err != nil {
+		return err
+	}
+	c := *cur
+	c.HandshakeFactor, c.DataFactor, c.PerRead = factor, dataFactor, perRead
+	if m, ok := s.medianInterrupted(); ok {
+		c.InterruptedRead = m
+	}
+	a.applyCosts(&c)
+	a.refine.samples = s
+	a.roundsGauge.Set(float64(s.rounds()))
+	where := "none: no cache directory"
+	if a.refine.dir != "" {
+		where = a.refine.key.path(a.refine.dir)
+		if err := storeCosts(a.refine.dir, a.refine.key, &c, s); err != nil {
+			where = "none: " + err.Error()
+		}
+	}
+	a.log.Info("tlscost: calibration refined", "rounds", s.rounds(), "added", added, "handshake_factor", c.HandshakeFactor,
+		"data_factor", c.DataFactor, "per_read_us", c.PerRead*1e6, "interrupted_read_us", c.InterruptedRead*1e6, "cached_in", where)
+	return nil
+}
+
+// clone is a copy of s that appending to does not change s.
+func (s *calSamples) clone() *calSamples {
+	return &calSamples{HS: s.HS, Bulk: slices.Clone(s.Bulk), Small: slices.Clone(s.Small), Interrupted: slices.Clone(s.Interrupted)}
+}
+
+// medianInterrupted is the median of the interrupted-read costs measured.
+func (s *calSamples) medianInterrupted() (float64, bool) {
+	if len(s.Interrupted) == 0 {
+		return 0, false
+	}
+	v := slices.Sorted(slices.Values(s.Interrupted))
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2, true
+	}
+	return v[len(v)/2], true
+}

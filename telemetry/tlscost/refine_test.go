@@ -1,0 +1,157 @@
+package tlscost
+
+import (
+	"context"
+	"math"
+	"reflect"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// The data terms are fitted from every round pooled, the start-up's and refinement's
+// alike, and the handshake factor gives back the reads' share at the per-read cost fitted.
+func TestCalSamples_FitFromEveryRound(t *testing.T) {
+	// DataFactor 1.5, PerRead 4000 ns; two moments whose rounds differ, as start-ups do.
+	s := &calSamples{HS: hsSums{Extra: 1e6 + 4000*50, Seg: 5e5, Reads: 50}}
+	for i := range 16 {
+		k := float64(1 + i%2) // the second moment moves twice the bytes per round
+		s.Bulk = append(s.Bulk, dataRound{Extra: 1.5*10000*k + 4000*100, Charged: 10000 * k, Reads: 100})
+		s.Small = append(s.Small, dataRound{Extra: 1.5*2000 + 4000*400*k, Charged: 2000, Reads: 400 * k})
+	}
+	factor, dataFactor, perRead, err := s.fit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(dataFactor-1.5) > 1e-9 || math.Abs(perRead-4e-6) > 1e-15 {
+		t.Errorf("fit: data factor %v, per read %v; want 1.5, 4e-6", dataFactor, perRead)
+	}
+	if math.Abs(factor-2) > 1e-9 {
+		t.Errorf("fit: handshake factor %v; want 2 (the reads' 200 µs taken out of 1.2 ms over 0.5 ms of segments)", factor)
+	}
+	if got := s.HS.factor(1); got != 1 {
+		t.Errorf("handshake factor with reads costing more than all the extra CPU: %v; want 1 (never below)", got)
+	}
+}
+
+// The samples are kept with the costs, so that a restart refines from where the last
+// process stopped; samples that cannot be fitted from are dropped, the costs kept.
+func TestCache_KeepsTheSamplesWithTheCosts(t *testing.T) {
+	dir, k := t.TempDir(), currentCacheKey()
+	c := ProvisionalCosts()
+	s := &calSamples{HS: hsSums{Extra: 3, GC: 1, Seg: 2, Reads: 4},
+		Bulk: []dataRound{{Extra: 1, Charged: 2, Reads: 3}}, Small: []dataRound{{Extra: 4, Charged: 5, Reads: 6}}, Interrupted: []float64{2e-6}}
+	if err := storeCosts(dir, k, c, s); err != nil {
+		t.Fatal(err)
+	}
+	f, err := loadCachedCosts(dir, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(f.Samples, s) || f.Costs.PerRead != c.PerRead {
+		t.Errorf("loaded samples %+v, per read %v; want %+v, %v", f.Samples, f.Costs.PerRead, s, c.PerRead)
+	}
+	s.Small = nil // a bulk round without its small one
+	if err := storeCosts(dir, k, c, s); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := loadCachedCosts(dir, k); err != nil || f.Samples != nil || f.Costs == nil {
+		t.Errorf("unpaired rounds: samples %+v, err %v; want the costs without samples", f, err)
+	}
+}
+
+// Refinement waits for an idle process: while something uses the CPU it does not start.
+func TestIdleRule_WaitsUntilTheProcessIsQuiet(t *testing.T) {
+	rule := idleRule{idleFor: 150 * time.Millisecond, poll: 50 * time.Millisecond, share: 0.2}
+	var stop atomic.Bool
+	spun := make(chan struct{})
+	go func() {
+		defer close(spun)
+		deadline := time.Now().Add(5 * time.Second) // bounded, whatever happens below
+		for !stop.Load() && time.Now().Before(deadline) {
+		}
+	}()
+	busy, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if rule.wait(busy) {
+		t.Error("wait returned while a goroutine kept a CPU busy")
+	}
+	stop.Store(true)
+	<-spun
+	quiet, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	start := time.Now()
+	if !rule.wait(quiet) {
+		t.Fatal("wait did not return within 5 s of the CPU going quiet")
+	}
+	t.Logf("idle after %v", time.Since(start))
+}
+
+// An idle edge measures more rounds against its client process, applies the costs fitted
+// from all of them and keeps them in the cache; the next start continues from them.
+func TestRefine_AddsRoundsWhileIdleAndKeepsThem(t *testing.T) {
+	if !threadClockWorks() {
+		t.Skip("no thread CPU clock")
+	}
+	dir := t.TempDir()
+	a, err := New(Options{CacheDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCalibrated(t, a)
+	start := a.refine.samples.rounds()
+	if start != dataFactorRounds {
+		t.Fatalf("start-up calibration: %d rounds; want %d", start, dataFactorRounds)
+	}
+	a.refine.idle = idleRule{poll: time.Millisecond} // idle at once
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); a.Refine(ctx) }()
+	deadline := time.Now().Add(2 * time.Minute)
+	for gaugeValue(t, a.roundsGauge) <= float64(start) {
+		if time.Now().After(deadline) {
+			t.Fatal("no round added within 2 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+
+	f, err := loadCachedCosts(dir, currentCacheKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := f.Samples.rounds()
+	if n <= start || n > refineRounds {
+		t.Fatalf("cached rounds %d; want more than the start-up's %d", n, start)
+	}
+	_, dataFactor, perRead, err := f.Samples.fit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.costs.Load(); got.DataFactor != dataFactor || got.PerRead != perRead || f.Costs.DataFactor != dataFactor {
+		t.Errorf("costs in effect: data factor %v, per read %v; cached %v; want the fit of all %d rounds: %v, %v",
+			got.DataFactor, got.PerRead, f.Costs.DataFactor, n, dataFactor, perRead)
+	}
+	t.Logf("%d rounds: data factor %.2f, per read %.2f µs", n, dataFactor, perRead*1e6)
+
+	b, err := New(Options{CacheDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.refine.samples.rounds(); got != n || gaugeValue(t, b.roundsGauge) != float64(n) {
+		t.Errorf("next start: %d rounds; want the %d kept", got, n)
+	}
+}
+
+func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
+}
