@@ -2,14 +2,10 @@ package certs
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"log/slog"
-	"math/big"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,22 +31,10 @@ func fleetStore(t *testing.T, r *testutil.Redis) *fleet.Store {
 	return s
 }
 
-// issue makes a 90-day ECDSA certificate for name, as a CA would.
+// issue makes a certificate for name, as a CA would (testutil's: valid for two days).
 func issue(t *testing.T, name string) *tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{SerialNumber: serial, NotBefore: time.Now().Add(-time.Minute),
-		NotAfter: time.Now().Add(90 * 24 * time.Hour), DNSNames: []string{name}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	c := testutil.SelfSignedCert(t, name)
+	return &c
 }
 
 // Three replicas sharing a store, started together, order a name once: the others wait

@@ -2,13 +2,14 @@ package e2e
 
 import (
 	"crypto/tls"
-	"edgeproxy/internal/testutil"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"edgeproxy/internal/testutil"
 )
 
 // reloadTLSConfig is a config serving app.test from certDir with the given tls and log

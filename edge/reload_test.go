@@ -3,17 +3,21 @@ package edge
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"edgeproxy/config"
+	"edgeproxy/internal/testutil"
 )
 
 // namedBackend is a target that answers with its name.
@@ -76,33 +80,39 @@ func (h *awaitMessage) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
-// A reload whose last step fails changes nothing: the pool keeps its targets and their
-// health, requests get the old headers, and the certificate source stays. The same
-// configuration then applies once the step succeeds.
-func TestReload_FailedLastStepChangesNothing(t *testing.T) {
-	a, b := namedBackend(t, "a"), namedBackend(t, "b")
-	oldCfg := testConfig(t, a, "max-age=100", "1.2")
+// runEdge runs an edge for cfg until the test ends, and returns it once it serves: Run
+// reads the configuration while it starts (without the reload lock), so tests reload
+// after.
+func runEdge(t *testing.T, cfg *config.Config) *Edge {
+	t.Helper()
 	serving := &awaitMessage{msg: "edgeproxy serving", seen: make(chan struct{})}
-	e, err := New(oldCfg, slog.New(serving))
+	e, err := New(cfg, slog.New(serving))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		<-done
-	}()
-	// Run reads the configuration while it starts (without the reload lock): reload after.
-	<-serving.seen
-	deadline := time.Now().Add(5 * time.Second)
-	for !e.poolNamed("pool").Lookup(a).Healthy() {
-		if time.Now().After(deadline) {
-			t.Fatal("target not healthy within 5s")
-		}
-		time.Sleep(10 * time.Millisecond)
+	})
+	select {
+	case <-serving.seen:
+	case err := <-done:
+		t.Fatalf("Run ended before serving: %v", err)
 	}
+	return e
+}
+
+// A reload whose last step fails changes nothing: the pool keeps its targets and their
+// health, requests get the old headers, and the certificate source stays. The same
+// configuration then applies once the step succeeds.
+func TestReload_FailedLastStepChangesNothing(t *testing.T) {
+	a, b := namedBackend(t, "a"), namedBackend(t, "b")
+	oldCfg := testConfig(t, a, "max-age=100", "1.2")
+	e := runEdge(t, oldCfg)
+	waitHealthy(t, e, "pool", a)
 	oldCerts, oldTLS, oldTarget := e.certSrc.Load(), e.tls.Current(), e.poolNamed("pool").Lookup(a)
 
 	// A new target, new headers and new TLS settings (tls.min_version, swapped in by
@@ -135,5 +145,52 @@ func TestReload_FailedLastStepChangesNothing(t *testing.T) {
 	}
 	if v := e.tls.Current().MinVersion; v != tls.VersionTLS13 {
 		t.Errorf("after the reload: min version %x; want TLS 1.3", v)
+	}
+}
+
+// A reload with the same tls.certificates files, whose contents were replaced (certbot
+// renewed them), serves the new certificate to the handshakes that follow.
+func TestReload_ServesRenewedCertificateFiles(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, oldRoots := testutil.CertFiles(t, dir, "app.test")
+	file := filepath.Join(dir, "edge.yaml")
+	yaml := fmt.Sprintf(`listen: {https: "127.0.0.1:0"}
+tls: {certificates: [{cert: %q, key: %q}], tls_cost: false}
+pool: {targets: [%q]}
+`, certFile, keyFile, namedBackend(t, "a"))
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func() *config.Config {
+		cfg, err := config.Load(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	e := runEdge(t, load())
+	handshake := func(roots *x509.CertPool) error {
+		c, err := tls.Dial("tcp", e.Addrs()["https"], &tls.Config{ServerName: "app.test", RootCAs: roots})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := handshake(oldRoots); err != nil {
+		t.Fatalf("before the renewal: %v", err)
+	}
+
+	_, _, newRoots := testutil.CertFiles(t, dir, "app.test") // the same files, a new certificate
+	if err := handshake(newRoots); err == nil {
+		t.Fatal("the renewed certificate served before the reload")
+	}
+	if err := e.Reload(load()); err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake(newRoots); err != nil {
+		t.Errorf("after the reload: %v; want the renewed certificate", err)
+	}
+	if err := handshake(oldRoots); err == nil {
+		t.Error("after the reload the old certificate is still served")
 	}
 }

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -22,19 +23,23 @@ var reloadBase = map[string]string{
 	"passthrough": `[]`,
 }
 
-func reloadYAML(t *testing.T, section, value string) *config.Config {
+// reloadYAML is reloadBase with each section of overrides (section, value pairs) set to
+// its value; the value "" leaves the section out.
+func reloadYAML(t *testing.T, overrides ...string) *config.Config {
 	t.Helper()
+	sections := maps.Clone(reloadBase)
+	for i := 0; i+1 < len(overrides); i += 2 {
+		sections[overrides[i]] = overrides[i+1]
+	}
 	var b strings.Builder
-	for _, s := range []string{"listen", "tls", "pool", "limits", "forwarding", "headers", "log", "proxy", "passthrough"} {
-		v := reloadBase[s]
-		if s == section {
-			v = value
+	for _, s := range []string{"listen", "tls", "pool", "pools", "routes", "limits", "forwarding", "headers", "log", "proxy", "passthrough"} {
+		if v := sections[s]; v != "" {
+			b.WriteString(s + ": " + v + "\n")
 		}
-		b.WriteString(s + ": " + v + "\n")
 	}
 	cfg, err := config.Parse("edge.yaml", []byte(b.String()))
 	if err != nil {
-		t.Fatalf("%s: %v", section, err)
+		t.Fatalf("%v: %v", overrides, err)
 	}
 	return cfg
 }
@@ -84,17 +89,34 @@ func TestReload_KeysAppliedOrNeedingRestart(t *testing.T) {
 		{"passthrough", "passthrough", `[{server_names: [db.example.com], targets: ["127.0.0.1:5432"]}]`, applied},
 	} {
 		t.Run(tt.key, func(t *testing.T) {
-			old, cfg := reloadYAML(t, "", ""), reloadYAML(t, tt.section, tt.value)
-			if changed := config.Changed(old, cfg); !slices.ContainsFunc(changed, func(k string) bool { return k == tt.key || strings.HasPrefix(k, tt.key+".") }) {
-				t.Fatalf("the row changes %v, not %s", changed, tt.key)
-			}
-			got := needsRestart(old, cfg)
-			if tt.restart && !slices.Contains(got, tt.key) {
-				t.Errorf("needs restart: %v; want %s among them", got, tt.key)
-			}
-			if !tt.restart && len(got) > 0 {
-				t.Errorf("needs restart: %v; want none (%s is applied on reload)", got, tt.key)
-			}
+			checkReloadKey(t, tt.key, reloadYAML(t), reloadYAML(t, tt.section, tt.value), tt.restart)
 		})
+	}
+	// Named pools and routes replace the pool block: their rows start from two pools.
+	named := []string{"pool", "", "pools", `{web: {targets: ["127.0.0.1:8000"]}, api: {targets: ["127.0.0.1:8001"]}}`,
+		"routes", `[{path_prefix: /api/, pool: api}, {pool: web}]`}
+	for _, tt := range []struct{ key, value string }{
+		{"pools", `{web: {targets: ["127.0.0.1:8000"]}, api: {targets: ["127.0.0.1:8002"], balance: least_outstanding_requests}}`},
+		{"routes", `[{hosts: [api.example.com], pool: api}, {pool: web}]`},
+	} {
+		t.Run(tt.key, func(t *testing.T) {
+			checkReloadKey(t, tt.key, reloadYAML(t, named...), reloadYAML(t, append(slices.Clone(named), tt.key, tt.value)...), applied)
+		})
+	}
+}
+
+// checkReloadKey checks that the reload from old to cfg changes key, and that needsRestart
+// names it if and only if restart.
+func checkReloadKey(t *testing.T, key string, old, cfg *config.Config, restart bool) {
+	t.Helper()
+	if changed := config.Changed(old, cfg); !slices.ContainsFunc(changed, func(k string) bool { return k == key || strings.HasPrefix(k, key+".") }) {
+		t.Fatalf("the row changes %v, not %s", changed, key)
+	}
+	got := needsRestart(old, cfg)
+	if restart && !slices.Contains(got, key) {
+		t.Errorf("needs restart: %v; want %s among them", got, key)
+	}
+	if !restart && len(got) > 0 {
+		t.Errorf("needs restart: %v; want none (%s is applied on reload)", got, key)
 	}
 }

@@ -3,7 +3,6 @@ package health
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -186,9 +185,7 @@ func TestChecker_ReasonCodes(t *testing.T) {
 		}
 	}))
 	defer slow.Close()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	closed := ln.Addr().String()
-	ln.Close()
+	closed := testutil.DeadAddr(t)
 
 	for _, tc := range []struct {
 		name, addr, reason string

@@ -2,54 +2,31 @@ package pool
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"edgeproxy/config"
 	"edgeproxy/health"
+	"edgeproxy/internal/testutil"
 )
 
-// logRecorder is a slog.Handler that keeps each record's message and attributes.
-type logRecorder struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return l }
-func (l *logRecorder) WithGroup(string) slog.Handler            { return l }
-func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
-	line := r.Message
-	r.Attrs(func(a slog.Attr) bool {
-		line += fmt.Sprintf(" %s=%v", a.Key, a.Value)
-		return true
-	})
-	l.mu.Lock()
-	l.lines = append(l.lines, line)
-	l.mu.Unlock()
-	return nil
-}
-
-// matching returns the lines that contain every one of parts.
-func (l *logRecorder) matching(parts ...string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// matching returns the lines of logs that contain every one of parts.
+func matching(logs *testutil.Buffer, parts ...string) []string {
 	var out []string
 next:
-	for _, line := range l.lines {
+	for _, line := range strings.Split(logs.String(), "\n") {
 		for _, p := range parts {
 			if !strings.Contains(line, p) {
 				continue next
 			}
 		}
-		out = append(out, line)
+		if line != "" {
+			out = append(out, line)
+		}
 	}
 	return out
 }
@@ -142,11 +119,11 @@ func TestUpdate_KeepsStateByAddress(t *testing.T) {
 // and it retires as soon as the last request ends, long before the delay.
 func TestUpdate_DrainEndsAtZeroInFlight(t *testing.T) {
 	a, b := "127.0.0.1:8001", "127.0.0.1:8002"
-	logs := &logRecorder{}
+	log, logs := testutil.NewLogger(t)
 	var retired atomic.Value
 	cfg := checkedConfig([]string{a, b})
 	cfg.DeregistrationDelay = time.Hour
-	p := New(cfg, Options{Logger: slog.New(logs), OnRetire: func(addr string) { retired.Store(addr) }})
+	p := New(cfg, Options{Logger: log, OnRetire: func(addr string) { retired.Store(addr) }})
 	setHealthy(p, a, true)
 	setHealthy(p, b, true)
 	tb := p.Lookup(b)
@@ -168,7 +145,7 @@ func TestUpdate_DrainEndsAtZeroInFlight(t *testing.T) {
 	}
 	tb.End()
 	waitFor(t, "retirement", 2*time.Second, func() bool {
-		return retired.Load() == b && len(logs.matching("target "+b+" removed and drained")) == 1
+		return retired.Load() == b && len(matching(logs, "target "+b+" removed and drained")) == 1
 	})
 	if context.Cause(tb.Retired()) != ErrDeregistered {
 		t.Errorf("Retired cause %v; want ErrDeregistered", context.Cause(tb.Retired()))
@@ -176,11 +153,11 @@ func TestUpdate_DrainEndsAtZeroInFlight(t *testing.T) {
 	if len(p.Statuses()) != 1 {
 		t.Errorf("statuses %+v; want the retired target gone", p.Statuses())
 	}
-	if l := logs.matching("deregistration delay ended"); len(l) != 0 {
+	if l := matching(logs, "deregistration delay ended"); len(l) != 0 {
 		t.Errorf("logged %q for a drain that ended in time", l)
 	}
-	if l := logs.matching("target "+b+" removed and drained", "pool=test"); len(l) != 1 {
-		t.Errorf("drain logged %q; want one line", logs.matching())
+	if l := matching(logs, "target "+b+" removed and drained", "pool=test"); len(l) != 1 {
+		t.Errorf("drain logged %q; want one line", matching(logs))
 	}
 }
 
@@ -190,11 +167,11 @@ func TestUpdate_DrainEndsAtZeroInFlight(t *testing.T) {
 func TestUpdate_DrainCutOffAtDeregistrationDelay(t *testing.T) {
 	a, b := "127.0.0.1:8001", "127.0.0.1:8002"
 	const delay = 300 * time.Millisecond
-	logs := &logRecorder{}
+	log, logs := testutil.NewLogger(t)
 	var retired atomic.Value
 	cfg := checkedConfig([]string{a, b})
 	cfg.DeregistrationDelay = delay
-	p := New(cfg, Options{Logger: slog.New(logs), OnRetire: func(addr string) { retired.Store(addr) }})
+	p := New(cfg, Options{Logger: log, OnRetire: func(addr string) { retired.Store(addr) }})
 	start(t, p)
 	tb := p.Lookup(b)
 	tb.Begin()
@@ -216,8 +193,8 @@ func TestUpdate_DrainCutOffAtDeregistrationDelay(t *testing.T) {
 		t.Errorf("Retired cause %v; want ErrDeregistered", err)
 	}
 	waitFor(t, "OnRetire", time.Second, func() bool { return retired.Load() == b })
-	if l := logs.matching("deregistration delay ended", "target="+b, "pool=test", "in_flight=2"); len(l) != 1 {
-		t.Errorf("log %q; want one \"deregistration delay ended\" warning with target, pool and count", logs.matching())
+	if l := matching(logs, "deregistration delay ended", "target="+b, "pool=test", "in_flight=2"); len(l) != 1 {
+		t.Errorf("log %q; want one \"deregistration delay ended\" warning with target, pool and count", matching(logs))
 	}
 }
 
@@ -227,8 +204,8 @@ func TestFailOpen_LoggedOnceEachWay(t *testing.T) {
 	var failing atomic.Bool
 	failing.Store(true)
 	a, b := backend(t, &failing), backend(t, &failing)
-	logs := &logRecorder{}
-	p := New(checked(t, a, b), Options{Logger: slog.New(logs)})
+	log, logs := testutil.NewLogger(t)
+	p := New(checked(t, a, b), Options{Logger: log})
 	start(t, p)
 	waitFor(t, "fail-open", 5*time.Second, func() bool {
 		st := p.Statuses()
@@ -238,12 +215,12 @@ func TestFailOpen_LoggedOnceEachWay(t *testing.T) {
 		t.Errorf("pick %+v; want fail-open to a target", pk)
 	}
 	time.Sleep(150 * time.Millisecond) // more failed checks: still one line
-	if l := logs.matching("no healthy target: failing open, requests go to all targets", "pool=web"); len(l) != 1 {
-		t.Errorf("fail-open logged %d times; want once with the pool name: %q", len(l), logs.matching())
+	if l := matching(logs, "no healthy target: failing open, requests go to all targets", "pool=web"); len(l) != 1 {
+		t.Errorf("fail-open logged %d times; want once with the pool name: %q", len(l), matching(logs))
 	}
 	failing.Store(false)
 	waitFor(t, "fail-open over", 5*time.Second, func() bool {
-		return len(logs.matching("a target is healthy again: fail-open over", "pool=web")) == 1
+		return len(matching(logs, "a target is healthy again: fail-open over", "pool=web")) == 1
 	})
 	if pk := p.Next(); pk.FailOpen {
 		t.Errorf("pick %+v; want a healthy target", pk)
@@ -255,10 +232,10 @@ func TestFailOpen_LoggedOnceEachWay(t *testing.T) {
 func TestPassive_EjectionAndRestoreByChecks(t *testing.T) {
 	a, b := backend(t, nil), backend(t, nil)
 	obs := &ejections{}
-	logs := &logRecorder{}
+	log, logs := testutil.NewLogger(t)
 	cfg := checked(t, a, b)
 	cfg.Passive = Passive{ConsecutiveFailures: 2, EjectionTime: time.Hour}
-	p := New(cfg, Options{Observer: obs, Logger: slog.New(logs)})
+	p := New(cfg, Options{Observer: obs, Logger: log})
 	start(t, p)
 	waitFor(t, "both healthy", 5*time.Second, func() bool { return p.Lookup(a).Healthy() && p.Lookup(b).Healthy() })
 	ta := p.Lookup(a)
@@ -274,8 +251,8 @@ func TestPassive_EjectionAndRestoreByChecks(t *testing.T) {
 		t.Errorf("passes in a row after ejection: %d; want restarted", n)
 	}
 	waitFor(t, "restore by active checks", 5*time.Second, func() bool { return !ta.Ejected() })
-	if l := logs.matching("target " + a + " back from passive ejection: active checks pass"); len(l) != 1 {
-		t.Errorf("restore logged %q; want once", logs.matching())
+	if l := matching(logs, "target "+a+" back from passive ejection: active checks pass"); len(l) != 1 {
+		t.Errorf("restore logged %q; want once", matching(logs))
 	}
 	seen := map[string]bool{}
 	for range 4 {
@@ -310,10 +287,10 @@ func TestNoActiveChecks_TargetsHealthy(t *testing.T) {
 func TestUpdate_AddressBackWhileDraining(t *testing.T) {
 	a, b := "127.0.0.1:8001", "127.0.0.1:8002"
 	var retired atomic.Int32
-	logs := &logRecorder{}
+	log, logs := testutil.NewLogger(t)
 	cfg := checkedConfig([]string{a, b})
 	cfg.DeregistrationDelay = 50 * time.Millisecond
-	p := New(cfg, Options{Logger: slog.New(logs), OnRetire: func(string) { retired.Add(1) }})
+	p := New(cfg, Options{Logger: log, OnRetire: func(string) { retired.Add(1) }})
 	old := p.Lookup(b)
 	old.Begin()
 	defer old.End()
@@ -328,7 +305,7 @@ func TestUpdate_AddressBackWhileDraining(t *testing.T) {
 		t.Errorf("statuses %+v; want %s once, as the new target", st, b)
 	}
 	waitFor(t, "the old target cut off at the delay", 5*time.Second, func() bool {
-		return len(logs.matching("target "+b+" removed and drained")) == 1
+		return len(matching(logs, "target "+b+" removed and drained")) == 1
 	})
 	if n := retired.Load(); n != 0 {
 		t.Errorf("OnRetire called %d times; want none while the address is back", n)
