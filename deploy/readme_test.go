@@ -14,7 +14,7 @@ func TestREADME_OperateRowsAreTheTestedOnes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var sources strings.Builder
-	for _, f := range []string{"docker_test.go", "compose_test.go", "kubernetes_test.go", "alerts_test.go", "../e2e/monitoring_test.go"} {
+	for _, f := range []string{"docker_test.go", "compose_test.go", "kubernetes_test.go", "fleet_test.go", "alerts_test.go", "../e2e/monitoring_test.go"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -24,6 +24,7 @@ func TestREADME_OperateRowsAreTheTestedOnes(t *testing.T) {
 	for _, row := range []struct{ name, cellSays, test string }{
 		{"image built and run", "podman", "func TestImage_BuiltAndRun("},
 		{"compose with Django", "podman-compose", "func TestCompose_PodmanComposeUp("},
+		{"Kubernetes manifest", "podman play kube", "func TestKubernetes_PlayKubeFleet("},
 		{"Kubernetes manifest", "podman play kube", "func TestKubernetes_PlayKube("},
 		{"alert rules", "promtool", "func TestMonitoring_RulesAndDashboardAnswerFromARealPrometheus("},
 	} {
