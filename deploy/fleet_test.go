@@ -1,12 +1,18 @@
 package deploy_test
 
 import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -138,4 +144,96 @@ func TestCompose_FleetSharesRedisAndKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	validateSyntax(t, string(data))
+}
+
+// `podman play kube` runs the fleet manifest's pod from the image (built as buildImage
+// says), with its Secret, emptyDir and ConfigMap volumes: the replica runs as 65532, reads
+// the fleet key from the Secret mounted where its config says, orders a certificate from
+// ACME (Pebble) into Redis, sealed, and serves it; a request through the pod reaches a
+// backend.
+//
+// What the test changes, in a copy: the Deployment as playKubeOnHost says (one replica:
+// on the host's network a second one would find its ports taken); the Secret as the
+// comment in the test says, with a real key; the config listens on free loopback ports, orders from Pebble (its CA added
+// to the ConfigMap, so mounted beside the config), stores in a redis-server on loopback
+// and has the test's backend as its target. The Service is left out: podman has no load
+// balancer.
+func TestKubernetes_PlayKubeFleet(t *testing.T) {
+	p := newPodman(t)
+	testutil.RequireTool(t, "catatonit") // the pod's infra process
+	redis := testutil.StartRedis(t, testutil.RedisOptions{})
+	p.buildImage("localhost/edgeproxy:latest")
+	s := newImageSite(t)
+	ca, err := os.ReadFile(s.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	docs := kubeDocsOf(t, kubeFleetManifest)
+	cm := get(t, docs["ConfigMap"], "data").(map[string]any)
+	var cfg map[string]any
+	if err := yaml.Unmarshal([]byte(cm["edgeproxy.yaml"].(string)), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["listen"] = map[string]any{"https": s.https, "metrics": s.metrics}
+	acme := get(t, cfg, "tls", "acme").(map[string]any)
+	acme["domains"] = []string{imageDomain}
+	acme["email"] = "ops@" + imageDomain
+	acme["directory"] = s.pebble.DirectoryURL
+	acme["ca_roots"] = "/etc/edgeproxy/acme-ca.pem"
+	get(t, acme, "storage", "redis").(map[string]any)["addr"] = redis.Addr
+	cfg["pool"] = map[string]any{"targets": []string{s.backend}, "health_check": map[string]any{"path": "/health", "interval": "200ms"}}
+	text, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm["edgeproxy.yaml"] = string(text)
+	cm["acme-ca.pem"] = string(ca)
+	// Debian's podman 4.3 mounts a Secret's data without decoding it and ignores its
+	// stringData, and it crashes on a secret volume that does not say whether it is
+	// optional: the copy has the key under data (hex is base64 of itself to podman), and
+	// optional: false.
+	secret := docs["Secret"]
+	delete(secret, "stringData")
+	secret["data"] = map[string]any{"fleet-key": strings.Repeat("5e", 32)}
+	for _, v := range get(t, docs["Deployment"], "spec", "template", "spec", "volumes").([]any) {
+		if sv, ok := v.(map[string]any)["secret"].(map[string]any); ok {
+			sv["optional"] = false
+		}
+	}
+	p.playKubeOnHost(docs, "ConfigMap", "Secret", "Deployment")
+
+	testutil.WaitHTTPHost(t, "https://"+imageDomain+"/", "", s.client(), http.StatusOK, 60*time.Second)
+	if code, body, err := s.get("/"); err != nil || code != http.StatusOK || body != "backend" {
+		t.Errorf("GET / through the played fleet pod: %d %q %v; want 200 \"backend\"", code, body, err)
+	}
+	p.checkRunsAs65532("edgeproxy-fleet-pod-0-edgeproxy")
+	prefix := get(t, acme, "storage", "redis", "key_prefix").(string)
+	if n := redisKeyCount(t, redis.Addr, prefix+"*"); n == 0 {
+		t.Errorf("no key %s* in Redis: the fleet's certificate is not in the shared storage", prefix)
+	}
+}
+
+// redisKeyCount asks the Redis at addr how many keys match pattern (KEYS, as an inline
+// command: a test's Redis is small).
+func redisKeyCount(t *testing.T, addr, pattern string) int {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "KEYS %s\r\n", pattern); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("Redis KEYS: %v", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
+	if err != nil || !strings.HasPrefix(line, "*") {
+		t.Fatalf("Redis KEYS: reply %q", line)
+	}
+	return n
 }

@@ -158,13 +158,9 @@ func TestKubernetes_ManifestAgreesWithImageAndConfig(t *testing.T) {
 // `podman play kube` runs the manifest's pod from the image (built as buildImage says),
 // and a request through it reaches a backend.
 //
-// What the test changes, in a copy: the pod uses the host's network (hostNetwork, as
-// these machines run containers; `--network host` too, or podman would create its
-// machine-wide kube network all the same), so the sysctl (the host's, then, not the pod's) and the
-// container ports (podman maps them only on a pod network) go, and the probes with them
-// (podman would run them inside the container, which has no curl); the config listens on
-// free loopback ports, with a self-signed certificate and the test's backend as its
-// target. The Service is left out: podman has no load balancer.
+// What the test changes, in a copy: the Deployment as playKubeOnHost says; the config
+// listens on free loopback ports, with a self-signed certificate and the test's backend
+// as its target. The Service is left out: podman has no load balancer.
 func TestKubernetes_PlayKube(t *testing.T) {
 	p := newPodman(t)
 	testutil.RequireTool(t, "catatonit") // the pod's infra process
@@ -195,35 +191,7 @@ func TestKubernetes_PlayKube(t *testing.T) {
 		t.Fatal(err)
 	}
 	cm["edgeproxy.yaml"] = string(text)
-	pod := get(t, docs["Deployment"], "spec", "template", "spec").(map[string]any)
-	pod["hostNetwork"] = true
-	delete(pod["securityContext"].(map[string]any), "sysctls")
-	container := get(t, pod, "containers", 0).(map[string]any)
-	for _, k := range []string{"ports", "livenessProbe", "readinessProbe"} {
-		delete(container, k)
-	}
-
-	var manifest bytes.Buffer
-	enc := yaml.NewEncoder(&manifest)
-	for _, kind := range []string{"ConfigMap", "PersistentVolumeClaim", "Deployment"} {
-		if err := enc.Encode(docs[kind]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	file := filepath.Join(t.TempDir(), "edgeproxy.yaml")
-	if err := os.WriteFile(file, manifest.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p.run("play", "kube", "--network", "host", file)
-	t.Cleanup(func() {
-		if t.Failed() {
-			out, _ := p.cmd("pod", "logs", "edgeproxy-pod-0").CombinedOutput()
-			t.Logf("podman pod logs edgeproxy-pod-0:\n%s", out)
-		}
-		if out, err := p.try("play", "kube", "--down", file); err != nil {
-			t.Logf("podman play kube --down: %v %s", err, out)
-		}
-	})
+	p.playKubeOnHost(docs, "ConfigMap", "PersistentVolumeClaim", "Deployment")
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // self-signed
@@ -249,4 +217,49 @@ func TestKubernetes_PlayKube(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// playKubeOnHost plays the documents kinds of a manifest (read by kubeDocsOf) with
+// `podman play kube`, its Deployment changed as these machines run containers: one
+// replica, on the host's network (hostNetwork, and `--network host`, or podman would
+// create its machine-wide kube network all the same), so the sysctl (the host's, then,
+// not the pod's) and the container ports (podman maps them only on a pod network) go, and
+// the probes with them (podman would run them inside the container, which has no curl).
+// The pod, DEPLOYMENT-pod-0, is taken down at the end of the test, its logs printed if
+// the test failed.
+func (p *podman) playKubeOnHost(docs map[string]map[string]any, kinds ...string) {
+	t := p.t
+	t.Helper()
+	dep := docs["Deployment"]
+	get(t, dep, "spec").(map[string]any)["replicas"] = 1
+	pod := get(t, dep, "spec", "template", "spec").(map[string]any)
+	pod["hostNetwork"] = true
+	delete(pod["securityContext"].(map[string]any), "sysctls")
+	container := get(t, pod, "containers", 0).(map[string]any)
+	for _, k := range []string{"ports", "livenessProbe", "readinessProbe"} {
+		delete(container, k)
+	}
+
+	var manifest bytes.Buffer
+	enc := yaml.NewEncoder(&manifest)
+	for _, kind := range kinds {
+		if err := enc.Encode(docs[kind]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "manifest.yaml")
+	if err := os.WriteFile(file, manifest.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.run("play", "kube", "--network", "host", file)
+	podName := get(t, dep, "metadata", "name").(string) + "-pod-0"
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := p.cmd("pod", "logs", podName).CombinedOutput()
+			t.Logf("podman pod logs %s:\n%s", podName, out)
+		}
+		if out, err := p.try("play", "kube", "--down", file); err != nil {
+			t.Logf("podman play kube --down: %v %s", err, out)
+		}
+	})
 }
