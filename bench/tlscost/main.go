@@ -50,6 +50,7 @@ var (
 	gate         = flag.String("gate", "", "matrix: LO,HI: the ratio range every gated cell must be in (default 0.85,1.15); when set, a cell outside it makes the command fail")
 	edgeCPU      = flag.Int("edge-cpu", -1, "pin the edgeproxy processes to this CPU with taskset (-1: no pinning)")
 	calEach      = flag.Bool("calibrate-each", false, "give every edge its own calibration cache, so that each calibrates at start-up")
+	settle       = flag.Int("settle", 160, "accuracy, matrix: before measuring, let the first edge refine its calibration while idle until it has this many rounds (edgeproxy_tls_calibration_rounds), as a deployed edge does; 0: measure on the start-up's calibration alone")
 )
 
 func main() {
@@ -173,6 +174,8 @@ type edgeOptions struct {
 	cacheDir string
 	// noWait returns as soon as the edge serves, without waiting for its calibration.
 	noWait bool
+	// settle waits, after the calibration, until the edge has refined it to -settle rounds.
+	settle bool
 }
 
 func startEdge(dir, backend string, o edgeOptions) (*edge, error) {
@@ -231,6 +234,9 @@ log: {format: text}
 			// The edge serves at once and calibrates in the background: measure only
 			// once it charges the calibrated costs.
 			if res.StatusCode == 200 && (!o.tlsCost || o.noWait || e.logged("tlscost: calibrated")) {
+				if o.settle && o.tlsCost && *settle > 0 {
+					return e, e.settle()
+				}
 				return e, nil
 			}
 		}
@@ -240,6 +246,20 @@ log: {format: text}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// settle waits until the edge, left idle, has refined its calibration to -settle rounds
+// (tlscost.Refine), for up to five minutes.
+func (e *edge) settle() error {
+	start := time.Now()
+	for e.metric("edgeproxy_tls_calibration_rounds") < float64(*settle) {
+		if time.Since(start) > 5*time.Minute {
+			return fmt.Errorf("the calibration was not refined to %d rounds within 5 minutes (%v now)", *settle, e.metric("edgeproxy_tls_calibration_rounds"))
+		}
+		time.Sleep(time.Second)
+	}
+	fmt.Fprintf(os.Stderr, "calibration refined to %v rounds in %v\n", e.metric("edgeproxy_tls_calibration_rounds"), time.Since(start).Round(time.Second))
+	return nil
 }
 
 func (e *edge) stop() {
@@ -367,7 +387,7 @@ func n(base int) int { return max(100, int(float64(base)**scale)) }
 // one edgeproxy process. Extra CPU = CPU(TLS phase) - CPU(plain phase), both with the same
 // requests; measured = the increase of edgeproxy_tls_cpu_seconds_total in the TLS phase.
 func accuracy(dir, backend string) error {
-	e, err := startEdge(dir, backend, edgeOptions{tlsCost: true})
+	e, err := startEdge(dir, backend, edgeOptions{tlsCost: true, settle: true})
 	if err != nil {
 		return err
 	}
@@ -432,10 +452,17 @@ func (e *edge) logged(s string) bool {
 // log line): the handshake and data factors and the record costs.
 func printCalibration(e *edge) {
 	logs := e.stderr.String()
+	refined := ""
 	for _, line := range strings.Split(logs, "\n") {
 		if strings.Contains(line, "tlscost: calibrated") {
 			fmt.Printf("edge start-up: %s\n\n", line[strings.Index(line, "handshake_factor"):])
 		}
+		if strings.Contains(line, "tlscost: calibration refined") {
+			refined = line[strings.Index(line, "rounds="):]
+		}
+	}
+	if refined != "" {
+		fmt.Printf("refined while idle: %s\n\n", refined)
 	}
 }
 

@@ -167,7 +167,8 @@ func matrix(dir, backend string) error {
 	// serves it), over TLS and, with listen.h2c, in clear: its plain baseline.
 	edges := map[bool]*edge{}
 	for _, netHTTP := range []bool{false, true} {
-		e, err := startEdge(dir, backend, edgeOptions{tlsCost: true, netHTTP: netHTTP, h2c: true})
+		// The first refines the calibration (-settle); the second starts from it.
+		e, err := startEdge(dir, backend, edgeOptions{tlsCost: true, netHTTP: netHTTP, h2c: true, settle: !netHTTP})
 		if err != nil {
 			return err
 		}

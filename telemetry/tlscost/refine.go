@@ -102,11 +102,43 @@ func (a *Accountant) Refine(ctx context.Context) {
 		if !a.refine.idle.wait(ctx) {
 			return
 		}
-		if err := a.refineOnce(ctx, cert); err != nil {
+		if err := a.refineWhileIdle(ctx, cert); err != nil {
 			a.log.Info("tlscost: refinement of the calibration stopped", "err", err.Error())
 			return
 		}
 	}
+}
+
+// refineWhileIdle measures batches of rounds against one client process for as long as
+// the process stays idle (every round of the last batch counted) and the pool is not full.
+func (a *Accountant) refineWhileIdle(ctx context.Context, cert tls.Certificate) error {
+	unlock, ok := lockRefinement(a.refine.dir)
+	if !ok {
+		return nil // another edge on this machine is at it; its rounds come through the cache
+	}
+	defer unlock()
+	a.adoptCachedRounds()
+	if a.refine.samples.rounds() >= refineRounds {
+		return nil
+	}
+	b, err := newCalBench(cert, a.costs.Load())
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	if b.child == nil {
+		return errNoChild
+	}
+	if err := b.openData(); err != nil {
+		return err
+	}
+	for ctx.Err() == nil && a.refine.samples.rounds() < refineRounds {
+		idle, err := a.refineBatch(ctx, b, cert)
+		if err != nil || !idle {
+			return err
+		}
+	}
+	return nil
 }
 
 // wait returns true once the process has been idle by the rule, false when ctx ends
@@ -135,21 +167,11 @@ func (r idleRule) wait(ctx context.Context) bool {
 	return true
 }
 
-// refineOnce measures up to refineBatch rounds of each kind and an interrupted read while
-// the process stays idle, then fits, applies and stores the costs with every sample.
-func (a *Accountant) refineOnce(ctx context.Context, cert tls.Certificate) error {
+// refineBatch measures up to refineBatch rounds of each kind and an interrupted read while
+// the process stays idle, then fits, applies and stores the costs with every sample. It
+// reports whether the process stayed idle throughout.
+func (a *Accountant) refineBatch(ctx context.Context, b *calBench, cert tls.Certificate) (idle bool, err error) {
 	cur := a.costs.Load()
-	b, err := newCalBench(cert, cur)
-	if err != nil {
-		return err
-	}
-	defer b.close()
-	if b.child == nil {
-		return errNoChild
-	}
-	if err := b.openData(); err != nil {
-		return err
-	}
 	s := a.refine.samples.clone()
 	traffic := a.okHandshakes.Load()
 	added := 0
@@ -159,7 +181,7 @@ func (a *Accountant) refineOnce(ctx context.Context, cert tls.Certificate) error
 		}
 		bulk, small, err := b.dataRound(s.rounds())
 		if err != nil {
-			return err
+			return false, err
 		}
 		if b.pauseCPU > int64(refineQuietCPU) || a.okHandshakes.Load() != traffic {
 			break // not idle any more: this round saw other work
@@ -167,15 +189,16 @@ func (a *Accountant) refineOnce(ctx context.Context, cert tls.Certificate) error
 		s.Bulk, s.Small = append(s.Bulk, bulk), append(s.Small, small)
 		added++
 	}
+	idle = added == refineBatch
 	if added == 0 {
-		return nil
+		return false, nil
 	}
 	if ir, err := measureInterruptedRead(cert, cur); err == nil && a.okHandshakes.Load() == traffic {
 		s.Interrupted = append(s.Interrupted, ir)
 	}
 	factor, dataFactor, perRead, err := s.fit()
 	if err != nil {
-		return err
+		return false, err
 	}
 	c := *cur
 	c.HandshakeFactor, c.DataFactor, c.PerRead = factor, dataFactor, perRead
@@ -194,7 +217,23 @@ func (a *Accountant) refineOnce(ctx context.Context, cert tls.Certificate) error
 	}
 	a.log.Info("tlscost: calibration refined", "rounds", s.rounds(), "added", added, "handshake_factor", c.HandshakeFactor,
 		"data_factor", c.DataFactor, "per_read_us", c.PerRead*1e6, "interrupted_read_us", c.InterruptedRead*1e6, "cached_in", where)
-	return nil
+	return idle, nil
+}
+
+// adoptCachedRounds takes the costs and samples in the cache when another process has
+// stored more rounds than this one has (edges of the same build on the same machine).
+func (a *Accountant) adoptCachedRounds() {
+	if a.refine.dir == "" {
+		return
+	}
+	f, err := loadCachedCosts(a.refine.dir, a.refine.key)
+	if err != nil || f.Samples.rounds() <= a.refine.samples.rounds() {
+		return
+	}
+	a.applyCosts(f.Costs)
+	a.refine.samples = f.Samples
+	a.roundsGauge.Set(float64(f.Samples.rounds()))
+	a.log.Info("tlscost: calibration refined elsewhere", "rounds", f.Samples.rounds(), "data_factor", f.Costs.DataFactor, "per_read_us", f.Costs.PerRead*1e6)
 }
 
 // clone is a copy of s that appending to does not change s.

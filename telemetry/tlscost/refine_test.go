@@ -155,3 +155,49 @@ func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
 	}
 	return m.GetGauge().GetValue()
 }
+
+// Edges of one build on one machine share the refinement through the cache: one measures
+// at a time, and the others take its rounds instead of measuring their own.
+func TestRefine_OneEdgeAtATimeAndTheOthersAdoptItsRounds(t *testing.T) {
+	dir, k := t.TempDir(), currentCacheKey()
+	unlock, ok := lockRefinement(dir)
+	if !ok {
+		t.Fatal("the first lock was refused")
+	}
+	if _, ok := lockRefinement(dir); ok {
+		t.Error("a second refinement got the lock while the first held it")
+	}
+	unlock()
+	unlock2, ok := lockRefinement(dir)
+	if !ok {
+		t.Error("the lock was not free after unlock")
+	} else {
+		unlock2()
+	}
+
+	rounds := func(n int) *calSamples {
+		s := &calSamples{HS: hsSums{Extra: 2, Seg: 1}}
+		for range n {
+			s.Bulk, s.Small = append(s.Bulk, dataRound{Extra: 3, Charged: 2, Reads: 1}), append(s.Small, dataRound{Extra: 2, Charged: 1, Reads: 1})
+		}
+		return s
+	}
+	c := ProvisionalCosts()
+	if err := storeCosts(dir, k, c, rounds(dataFactorRounds)); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Options{CacheDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := *c
+	other.DataFactor, other.PerRead = 1.23, 4.5e-6
+	if err := storeCosts(dir, k, &other, rounds(dataFactorRounds+8)); err != nil {
+		t.Fatal(err)
+	}
+	a.adoptCachedRounds()
+	if got := a.costs.Load(); got.DataFactor != 1.23 || got.PerRead != 4.5e-6 || a.refine.samples.rounds() != dataFactorRounds+8 {
+		t.Errorf("after another edge stored more rounds: data factor %v, per read %v, %d rounds; want its 1.23, 4.5e-06, %d",
+			got.DataFactor, got.PerRead, a.refine.samples.rounds(), dataFactorRounds+8)
+	}
+}
