@@ -149,7 +149,7 @@ func TestCheckARI_RandomTimeInWindowAndRetryAfter(t *testing.T) {
 // A window that is already open (the CA's signal after a revocation) makes the
 // certificate due at once; when the CA cannot be asked, the lifetime decides (or the
 // last window, once one is known), and the next check backs off, no sooner than the
-// CA's Retry-After; a CA without renewal information is not asked again.
+// CA's Retry-After (up to ARIPoll); a CA without renewal information is not asked again.
 func TestCheckARI_OpenWindowFailureAndNoARI(t *testing.T) {
 	now := time.Date(2027, 2, 1, 0, 0, 0, 0, time.UTC)
 
@@ -175,6 +175,14 @@ func TestCheckARI_OpenWindowFailureAndNoARI(t *testing.T) {
 		if got := sc.ari.nextCheck.Sub(now); got != 10*time.Minute {
 			t.Errorf("next check in %v; want the CA's Retry-After, 10m (longer than RetryMin)", got)
 		}
+		// A failure's Retry-After is clamped as a success's is: a CA asking for two days
+		// cannot keep a revocation signal from being seen for longer than ARIPoll.
+		ca.set(func(ca *ariCA) { ca.retryAfter = "172800" })
+		a.checkARI(context.Background(), d, d.current.Load())
+		if got := d.current.Load().ari.nextCheck.Sub(now); got != defaultARIPoll {
+			t.Errorf("failed check with Retry-After 2 days: next check in %v; want ARIPoll, %v", got, defaultARIPoll)
+		}
+		ca.set(func(ca *ariCA) { ca.retryAfter = "" })
 		// Once a window is known, a failed check keeps it.
 		ca.set(func(ca *ariCA) {
 			ca.status, ca.retryAfter, ca.start, ca.end = http.StatusOK, "", now.Add(5*24*time.Hour), now.Add(6*24*time.Hour)
