@@ -97,7 +97,7 @@ func TestAcme_Pebble_ARIWindowInThePastRenewsWithReplaces(t *testing.T) {
 
 	// Pebble 2.8.0 files an issued certificate under the hex of its serial's shortest
 	// big-endian bytes, and looks a "replaces" up by the hex of the ID's bytes: a serial
-	// whose first octet has its top bit set (about one in 128 of Pebble's 63-bit ones)
+	// whose first octet has its top bit set (about one in 256 of Pebble's 63-bit ones)
 	// carries a zero octet in the ID (DER, RFC 9773 §4.1, as Let's Encrypt takes it), and
 	// Pebble answers 500 "could not find an order". The renewal then goes through without
 	// "replaces" (refusedByCA).
