@@ -182,7 +182,8 @@ func (a *acmeManager) fetchRenewalInfo(ctx context.Context, leaf *x509.Certifica
 // it: a new window gets a random renewal time in it (at once when that is past, as when
 // the CA signals a revocation), an unchanged one keeps its time. The next check is
 // after the CA's Retry-After, clamped to [1 minute, ARIPoll]; after a failure, after a
-// backoff, the last window (or the lifetime) still deciding.
+// backoff or the CA's Retry-After (up to ARIPoll), the last window (or the lifetime)
+// still deciding.
 func (a *acmeManager) checkARI(ctx context.Context, d *acmeDomain, cur *servedCert) {
 	leaf := cur.cert.Leaf
 	info, retryAfter, err := a.fetchARI(ctx, leaf)
@@ -201,7 +202,7 @@ func (a *acmeManager) checkARI(ctx context.Context, d *acmeDomain, cur *servedCe
 		s.failures++
 		s.err = err.Error()
 		wait := min(growth(a.opts.RetryMin, a.opts.ARIPoll, s.failures), a.opts.ARIPoll)
-		s.nextCheck = now.Add(max(wait, retryAfter))
+		s.nextCheck = now.Add(max(wait, min(retryAfter, a.opts.ARIPoll)))
 		a.log.Warn(fmt.Sprintf("acme: cannot get the renewal information of %s: %v; checking again in %s, meanwhile renewing by %s",
 			d.name, err, roughly(s.nextCheck.Sub(now)), map[bool]string{true: "the last window", false: "the lifetime"}[s.info != nil]), "domain", d.name)
 	default:

@@ -11,6 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"edgeproxy/internal/testutil"
 )
 
 // fakeCA serves an ACME directory over HTTPS: with renewal information and Let's
@@ -128,5 +131,18 @@ func TestNoDomainHint(t *testing.T) {
 		if r := d.noDomainHint(d.newSite(parseConfig(t, yaml))); r != nil {
 			t.Errorf("%s: %+v; want no hint", name, r)
 		}
+	}
+}
+
+// A domain that does not resolve fails its dns: check, which tells a user without a
+// domain yet that an IP-address certificate needs none.
+func TestCheckDNS_UnresolvedNameHintsIPCertificates(t *testing.T) {
+	d, err := New(Options{ConfigFile: "c.yaml", Resolver: testutil.DeadAddr(t), Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.checkDNS(context.Background(), "www.example.invalid")
+	if r.Status != Fail || !strings.Contains(r.Detail, "does not resolve") || !strings.Contains(r.Detail, "No domain yet? tls.acme.ip_addresses") {
+		t.Errorf("unresolved name: %+v; want a failure with the IP-address certificate hint", r)
 	}
 }

@@ -193,7 +193,14 @@ func pebbleBinary(t testing.TB, name string) string {
 		candidates = append(candidates, p)
 	}
 	var seen []string
+	read := map[string]bool{} // by resolved path: /bin is /usr/bin on Debian
 	for _, c := range candidates {
+		if r, err := filepath.EvalSymlinks(c); err == nil {
+			if read[r] {
+				continue
+			}
+			read[r] = true
+		}
 		info, err := buildinfo.ReadFile(c)
 		if err != nil {
 			continue
@@ -201,7 +208,11 @@ func pebbleBinary(t testing.TB, name string) string {
 		if info.Main.Path == PebbleModule && info.Main.Version == PebbleVersion {
 			return c
 		}
-		seen = append(seen, fmt.Sprintf("%s is %s %s", c, info.Main.Path, info.Main.Version))
+		if info.Main.Path == "" {
+			seen = append(seen, c+" has no module version (a distribution's build, such as Debian's 2.4.0)")
+		} else {
+			seen = append(seen, fmt.Sprintf("%s is %s %s", c, info.Main.Path, info.Main.Version))
+		}
 	}
 	what := name + " " + PebbleVersion
 	if len(seen) > 0 {
