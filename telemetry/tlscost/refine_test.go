@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -64,28 +65,31 @@ func TestCache_KeepsTheSamplesWithTheCosts(t *testing.T) {
 }
 
 // Refinement waits for an idle process: while something uses the CPU it does not start.
+// (Two spinning goroutines, so that the process stays busy on a machine whose other CPU
+// is taken too; quiet means under 5% of a CPU in six polls in a row.)
 func TestIdleRule_WaitsUntilTheProcessIsQuiet(t *testing.T) {
-	rule := idleRule{idleFor: 150 * time.Millisecond, poll: 50 * time.Millisecond, share: 0.2}
+	rule := idleRule{idleFor: 300 * time.Millisecond, poll: 50 * time.Millisecond, share: 0.05}
 	var stop atomic.Bool
-	spun := make(chan struct{})
-	go func() {
-		defer close(spun)
-		deadline := time.Now().Add(5 * time.Second) // bounded, whatever happens below
-		for !stop.Load() && time.Now().Before(deadline) {
-		}
-	}()
-	busy, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	var spinning sync.WaitGroup
+	for range 2 {
+		spinning.Go(func() {
+			deadline := time.Now().Add(10 * time.Second) // bounded, whatever happens below
+			for !stop.Load() && time.Now().Before(deadline) {
+			}
+		})
+	}
+	busy, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if rule.wait(busy) {
-		t.Error("wait returned while a goroutine kept a CPU busy")
+		t.Error("wait returned while two goroutines kept the CPUs busy")
 	}
 	stop.Store(true)
-	<-spun
-	quiet, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	spinning.Wait()
+	quiet, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel2()
 	start := time.Now()
 	if !rule.wait(quiet) {
-		t.Fatal("wait did not return within 5 s of the CPU going quiet")
+		t.Fatal("wait did not return within 10 s of the CPU going quiet")
 	}
 	t.Logf("idle after %v", time.Since(start))
 }
