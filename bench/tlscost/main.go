@@ -256,7 +256,7 @@ func (e *edge) settle() error {
 		if time.Since(start) > 5*time.Minute {
 			return fmt.Errorf("the calibration was not refined to %d rounds within 5 minutes (%v now)", *settle, e.metric("edgeproxy_tls_calibration_rounds"))
 		}
-		time.Sleep(time.Second)
+		time.Sleep(3 * time.Second) // a scrape now and then, as Prometheus's; not keeping the edge busy
 	}
 	fmt.Fprintf(os.Stderr, "calibration refined to %v rounds in %v\n", e.metric("edgeproxy_tls_calibration_rounds"), time.Since(start).Round(time.Second))
 	return nil

@@ -74,7 +74,8 @@ func (s *calSamples) rounds() int {
 // data terms from all of them, until refineRounds rounds of each kind are pooled
 // (edgeproxy_tls_calibration_rounds); after each idle moment's rounds it applies the new
 // fit and stores it in the calibration cache. A round during which anything else ran in
-// the process is dropped, and the moment ends: refinement never competes with traffic.
+// the process is dropped, and after two in a row, or a handshake, the moment ends:
+// refinement never competes with traffic.
 // It returns when ctx ends, when the pool is full, or at once for costs given in Options;
 // it waits for the start-up calibration first. Run it for as long as the edge runs.
 func (a *Accountant) Refine(ctx context.Context) {
@@ -174,20 +175,26 @@ func (a *Accountant) refineBatch(ctx context.Context, b *calBench, cert tls.Cert
 	cur := a.costs.Load()
 	s := a.refine.samples.clone()
 	traffic := a.okHandshakes.Load()
-	added := 0
-	for range refineBatch {
+	added, disturbed := 0, 0
+	for added < refineBatch && disturbed < 2 {
 		if ctx.Err() != nil || s.rounds() >= refineRounds {
 			break
 		}
-		bulk, small, err := b.dataRound(s.rounds())
+		bulk, small, err := b.dataRound(s.rounds() + disturbed)
 		if err != nil {
 			return false, err
 		}
-		if b.pauseCPU > int64(refineQuietCPU) || a.okHandshakes.Load() != traffic {
-			break // not idle any more: this round saw other work
+		if a.okHandshakes.Load() != traffic {
+			break // serving again
+		}
+		if b.pauseCPU > int64(refineQuietCPU) {
+			// Something else ran: a scrape of /metrics or a health check now and
+			// then (the round is dropped), or traffic (two rounds in a row).
+			disturbed++
+			continue
 		}
 		s.Bulk, s.Small = append(s.Bulk, bulk), append(s.Small, small)
-		added++
+		added, disturbed = added+1, 0
 	}
 	idle = added == refineBatch
 	if added == 0 {
