@@ -9,3 +9,5 @@ func threadCPU() int64 { return 0 }
 func threadClockWorks() bool { return false }
 
 func processCPU() int64 { return 0 }
+
+func machineCPU() int64 { return 0 }

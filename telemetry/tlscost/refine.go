@@ -33,6 +33,8 @@ const (
 	refineIdleFor   = 5 * time.Second
 	refinePoll      = time.Second
 	refineIdleShare = 0.01
+	// refineMachineIdle is the most CPU the whole machine may use meanwhile, in CPUs.
+	refineMachineIdle = 0.5
 
 	// refineQuietCPU is the most CPU the process may use in a round's pause
 	// (dataFactorPause, the refiner itself does nothing then) for the round to count:
@@ -52,15 +54,19 @@ type refineState struct {
 	idle    idleRule
 }
 
-// idleRule says when the process is idle: it used less than share of one CPU in each of
-// the last polls taken every poll for idleFor.
+// idleRule says when the process is idle: it used less than share of one CPU, and the
+// machine as a whole less than machine CPUs' worth, in each of the polls taken every poll
+// for idleFor. The machine counts too: rounds measured while another process (Django on
+// the same box, a benchmark's other proxy) keeps the CPUs busy are noisy, and they would
+// take CPU from it.
 type idleRule struct {
 	idleFor, poll time.Duration
 	share         float64
+	machine       float64
 }
 
 // defaultIdle is refinement's rule (tests set a shorter one).
-var defaultIdle = idleRule{idleFor: refineIdleFor, poll: refinePoll, share: refineIdleShare}
+var defaultIdle = idleRule{idleFor: refineIdleFor, poll: refinePoll, share: refineIdleShare, machine: refineMachineIdle}
 
 // rounds is the number of data rounds of each kind in s.
 func (s *calSamples) rounds() int {
@@ -138,32 +144,43 @@ func (a *Accountant) refineWhileIdle(ctx context.Context, cert tls.Certificate) 
 		if err != nil || !idle {
 			return err
 		}
+		// The batch kept the machine busy itself: look again, for one poll, whether
+		// anything else does before the next.
+		if !a.refine.idle.quietFor(ctx, 1) {
+			return nil
+		}
 	}
 	return nil
 }
 
-// wait returns true once the process has been idle by the rule, false when ctx ends
-// first.
+// wait returns true once the process and the machine have been idle by the rule, false
+// when ctx ends first.
 func (r idleRule) wait(ctx context.Context) bool {
+	return r.quietFor(ctx, int(r.idleFor/r.poll))
+}
+
+// quietFor returns true once polls polls in a row found the process and the machine idle,
+// false when ctx ends first.
+func (r idleRule) quietFor(ctx context.Context, polls int) bool {
 	if ctx.Err() != nil {
 		return false
 	}
 	t := time.NewTicker(r.poll)
 	defer t.Stop()
-	quiet, last := 0, processCPU()
-	for quiet < int(r.idleFor/r.poll) {
+	quiet, last, lastMachine := 0, processCPU(), machineCPU()
+	for quiet < polls {
 		select {
 		case <-ctx.Done():
 			return false
 		case <-t.C:
 		}
-		now := processCPU()
-		if float64(now-last) < r.share*float64(r.poll) {
+		now, machine := processCPU(), machineCPU()
+		if float64(now-last) < r.share*float64(r.poll) && (r.machine == 0 || float64(machine-lastMachine) < r.machine*float64(r.poll)) {
 			quiet++
 		} else {
 			quiet = 0
 		}
-		last = now
+		last, lastMachine = now, machine
 	}
 	return true
 }

@@ -3,6 +3,7 @@ package tlscost
 import (
 	"context"
 	"math"
+	"os/exec"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -94,6 +95,41 @@ func TestIdleRule_WaitsUntilTheProcessIsQuiet(t *testing.T) {
 	t.Logf("idle after %v", time.Since(start))
 }
 
+// The machine's busy time (/proc/stat) grows by at least what a goroutine spinning on one
+// CPU adds: the idle rule sees another process keeping the machine busy.
+func TestMachineCPU_CountsBusyCPUs(t *testing.T) {
+	if machineCPU() == 0 {
+		t.Skip("no /proc/stat")
+	}
+	m0, start := machineCPU(), time.Now()
+	for time.Since(start) < 300*time.Millisecond {
+	}
+	if d := time.Duration(machineCPU() - m0); d < 150*time.Millisecond {
+		t.Errorf("machine busy time grew by %v while this process spun for 300 ms; want at least 150 ms", d)
+	}
+}
+
+// Another process keeping a CPU busy (Django on the same box, say) holds refinement back
+// as well, although this process is idle.
+func TestIdleRule_WaitsWhileAnotherProcessKeepsTheMachineBusy(t *testing.T) {
+	if machineCPU() == 0 {
+		t.Skip("no /proc/stat")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // bounds the spinner too
+	defer cancel()
+	spinner := exec.CommandContext(ctx, "sh", "-c", "while :; do :; done")
+	if err := spinner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = spinner.Process.Kill(); _ = spinner.Wait() }()
+	rule := idleRule{idleFor: 300 * time.Millisecond, poll: 50 * time.Millisecond, share: 100, machine: 0.5}
+	busy, cancelBusy := context.WithTimeout(ctx, time.Second)
+	defer cancelBusy()
+	if rule.wait(busy) {
+		t.Error("wait returned while another process kept a CPU busy")
+	}
+}
+
 // An idle edge measures more rounds against its client process, applies the costs fitted
 // from all of them and keeps them in the cache; the next start continues from them.
 func TestRefine_AddsRoundsWhileIdleAndKeepsThem(t *testing.T) {
@@ -110,7 +146,7 @@ func TestRefine_AddsRoundsWhileIdleAndKeepsThem(t *testing.T) {
 	if start != dataFactorRounds {
 		t.Fatalf("start-up calibration: %d rounds; want %d", start, dataFactorRounds)
 	}
-	a.refine.idle = idleRule{poll: time.Millisecond} // idle at once
+	a.refine.idle = idleRule{poll: time.Millisecond, share: 100} // idle at once, and between batches
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); a.Refine(ctx) }()
