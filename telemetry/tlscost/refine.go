@@ -116,8 +116,9 @@ func (a *Accountant) Refine(ctx context.Context) {
 	}
 }
 
-// refineWhileIdle measures batches of rounds against one client process for as long as
-// the process stays idle (every round of the last batch counted) and the pool is not full.
+// refineWhileIdle measures batches of rounds for as long as the process stays idle (every
+// round of the last batch counted, and the machine quiet between batches) and the pool is
+// not full, against a client process started afresh every refineBenchLife.
 func (a *Accountant) refineWhileIdle(ctx context.Context, cert tls.Certificate) error {
 	unlock, ok := lockRefinement(a.refine.dir)
 	if !ok {
@@ -125,32 +126,46 @@ func (a *Accountant) refineWhileIdle(ctx context.Context, cert tls.Certificate) 
 	}
 	defer unlock()
 	a.adoptCachedRounds()
-	if a.refine.samples.rounds() >= refineRounds {
-		return nil
+	for ctx.Err() == nil && a.refine.samples.rounds() < refineRounds {
+		idle, err := a.refineFor(ctx, cert, refineBenchLife)
+		if err != nil || !idle {
+			return err
+		}
 	}
+	return nil
+}
+
+// refineBenchLife bounds one client process's life: the calibration's connections have
+// deadlines of 30 s (serveCalibration), as a start-up calibration takes less.
+const refineBenchLife = 15 * time.Second
+
+// refineFor measures batches against one client process for up to life; idle is false
+// when the process or the machine stopped being idle.
+func (a *Accountant) refineFor(ctx context.Context, cert tls.Certificate, life time.Duration) (idle bool, err error) {
+	start := time.Now()
 	b, err := newCalBench(cert, a.costs.Load())
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer b.close()
 	if b.child == nil {
-		return errNoChild
+		return false, errNoChild
 	}
 	if err := b.openData(); err != nil {
-		return err
+		return false, err
 	}
-	for ctx.Err() == nil && a.refine.samples.rounds() < refineRounds {
+	for ctx.Err() == nil && a.refine.samples.rounds() < refineRounds && time.Since(start) < life {
 		idle, err := a.refineBatch(ctx, b, cert)
 		if err != nil || !idle {
-			return err
+			return false, err
 		}
 		// The batch kept the machine busy itself: look again, for one poll, whether
 		// anything else does before the next.
 		if !a.refine.idle.quietFor(ctx, 1) {
-			return nil
+			return false, nil
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // wait returns true once the process and the machine have been idle by the rule, false
