@@ -419,6 +419,11 @@ var exchangeKinds = map[string]struct {
 	"small": {'s', smallResponse, smallExchanges},
 }
 
+// calibrationConnLife is the deadline of a calibration connection and of its target
+// connection: a start-up calibration is done well within it, and refinement starts a new
+// client process before it (refineBenchLife).
+const calibrationConnLife = 30 * time.Second
+
 // serveCalibration is the calibration server's side of a connection. A kept-alive one is
 // served as edgeproxy's fast path serves a request: the request is forwarded to a target
 // (served by the child process, as a backend is another process, on the CPUs the
@@ -433,7 +438,7 @@ var exchangeKinds = map[string]struct {
 // charged 1.5–1.8 times what TLS added to 16 KiB–1 MiB responses.)
 func serveCalibration(c net.Conn, target *string) {
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(calibrationConnLife))
 	var b [bulkRequest]byte
 	if _, err := io.ReadFull(c, b[:1]); err != nil {
 		return
@@ -459,7 +464,7 @@ func serveCalibration(c net.Conn, target *string) {
 	}
 	up = sysconn.Wrap(up) // as the fast path's target connections
 	defer up.Close()
-	_ = up.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = up.SetDeadline(time.Now().Add(calibrationConnLife))
 	head := make([]byte, bulkPiece)
 	var rest []byte // the rest of a long body, read at once (fastpath: bodyBuf)
 	batch := writebatch.Under(c)
@@ -504,7 +509,7 @@ func serveCalibration(c net.Conn, target *string) {
 // backends write a body they have whole.
 func serveTarget(c net.Conn) {
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(calibrationConnLife))
 	var b [bulkRequest]byte
 	resp := make([]byte, bulkResponse)
 	for {

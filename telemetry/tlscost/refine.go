@@ -135,9 +135,9 @@ func (a *Accountant) refineWhileIdle(ctx context.Context, cert tls.Certificate) 
 	return nil
 }
 
-// refineBenchLife bounds one client process's life: the calibration's connections have
-// deadlines of 30 s (serveCalibration), as a start-up calibration takes less.
-const refineBenchLife = 15 * time.Second
+// refineBenchLife bounds one client process's life well within its connections' deadline
+// (calibrationConnLife): past it, they end with EOF mid-batch.
+const refineBenchLife = calibrationConnLife / 2
 
 // refineFor measures batches against one client process for up to life; idle is false
 // when the process or the machine stopped being idle.
