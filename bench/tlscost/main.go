@@ -231,13 +231,8 @@ log: {format: text}
 		res, err := http.Get("http://" + e.http + "/bytes?n=1")
 		if err == nil {
 			res.Body.Close()
-			// The edge serves at once and calibrates in the background: measure only
-			// once it charges the calibrated costs.
-			if res.StatusCode == 200 && (!o.tlsCost || o.noWait || e.logged("tlscost: calibrated")) {
-				if o.settle && o.tlsCost && *settle > 0 {
-					return e, e.settle()
-				}
-				return e, nil
+			if res.StatusCode == 200 {
+				break
 			}
 		}
 		if time.Now().After(deadline) {
@@ -246,6 +241,20 @@ log: {format: text}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// The edge serves at once and calibrates in the background: measure only once it
+	// charges the calibrated costs. Its log says when; requests meanwhile would land in
+	// the calibration's measured batches.
+	for o.tlsCost && !o.noWait && !e.logged("tlscost: calibrated") {
+		if time.Now().After(deadline) {
+			e.stop()
+			return nil, fmt.Errorf("edgeproxy did not calibrate within 2 minutes\n%s", e.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if o.settle && o.tlsCost && *settle > 0 {
+		return e, e.settle()
+	}
+	return e, nil
 }
 
 // settle waits until the edge, left idle, has refined its calibration to -settle rounds

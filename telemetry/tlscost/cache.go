@@ -92,7 +92,7 @@ func loadCachedCosts(dir string, k cacheKey) (*cacheFile, error) {
 	if f.Costs.Open == nil {
 		f.Costs.Open = map[string]Linear{}
 	}
-	if s := f.Samples; s != nil && (len(s.Bulk) != len(s.Small) || len(s.Bulk) == 0) {
+	if s := f.Samples; s != nil && (len(s.Bulk) != len(s.Small) || len(s.Bulk) == 0 || s.StartUp < 0 || s.StartUp > len(s.Bulk)) {
 		f.Samples = nil // not refinable: the costs stand as they are
 	}
 	return &f, nil

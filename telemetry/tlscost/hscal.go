@@ -68,7 +68,7 @@ func measureHandshakeFactor(cert tls.Certificate, costs *Costs) (factor, gcShare
 		return factor, gcShare, dataFactor, perRead, nil, err
 	}
 	defer b.close()
-	s = &calSamples{}
+	s = &calSamples{StartUp: dataFactorRounds}
 	if s.HS, err = b.handshakeRounds(); err != nil {
 		return factor, gcShare, dataFactor, perRead, nil, err
 	}
@@ -98,6 +98,10 @@ type calSamples struct {
 	// Bulk and Small are the data rounds of each kind (calBench.dataRound).
 	Bulk  []dataRound `json:"bulk"`
 	Small []dataRound `json:"small"`
+	// StartUp is how many of the first rounds the start-up calibration measured, while
+	// the edge was starting and perhaps already serving; refinement drops them once it has
+	// as many of its own (refine.go).
+	StartUp int `json:"start_up_rounds"`
 	// Interrupted are the interrupted-read costs measured (measureInterruptedRead), the
 	// start-up's and one per refinement; their median is charged.
 	Interrupted []float64 `json:"interrupted_reads"`

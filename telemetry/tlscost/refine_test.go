@@ -39,6 +39,24 @@ func TestCalSamples_FitFromEveryRound(t *testing.T) {
 	}
 }
 
+// The start-up's rounds, measured while the edge was starting, count until refinement has
+// as many of its own, and then no more.
+func TestCalSamples_StartUpRoundsLeaveOnceRefinementHasAsMany(t *testing.T) {
+	s := &calSamples{StartUp: 4}
+	for i := range 7 {
+		s.Bulk, s.Small = append(s.Bulk, dataRound{Extra: float64(i)}), append(s.Small, dataRound{Extra: float64(i)})
+		s.dropStartUp()
+	}
+	if s.rounds() != 7 || s.StartUp != 4 {
+		t.Fatalf("3 refined rounds beside 4 of the start-up: %d rounds, start-up %d; want all 7 kept", s.rounds(), s.StartUp)
+	}
+	s.Bulk, s.Small = append(s.Bulk, dataRound{Extra: 7}), append(s.Small, dataRound{Extra: 7})
+	s.dropStartUp()
+	if s.rounds() != 4 || s.StartUp != 0 || s.Bulk[0].Extra != 4 || s.Small[3].Extra != 7 {
+		t.Errorf("4 refined rounds: %+v; want only those 4 (4..7)", s)
+	}
+}
+
 // The samples are kept with the costs, so that a restart refines from where the last
 // process stopped; samples that cannot be fitted from are dropped, the costs kept.
 func TestCache_KeepsTheSamplesWithTheCosts(t *testing.T) {
