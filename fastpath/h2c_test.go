@@ -165,7 +165,13 @@ func TestServer_H2CPriorKnowledge(t *testing.T) {
 		if len(resps) != 1 || resps[0].StatusCode != 200 || resps[0].ProtoMajor != 1 {
 			t.Errorf("fast=%v: HTTP/1.1 got %d responses %v; want one 200", fast, len(resps), resps)
 		}
+		// The access log line is written once the response is out: the client can read the
+		// response before it is there.
 		logs := s.logs.String()
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs, `proto=HTTP/1.1`) && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+			logs = s.logs.String()
+		}
 		if !strings.Contains(logs, `proto=HTTP/2.0`) || !strings.Contains(logs, `proto=HTTP/1.1`) {
 			t.Errorf("fast=%v: access log lacks the HTTP/2 or the HTTP/1.1 request:\n%s", fast, logs)
 		}
