@@ -79,9 +79,10 @@ func (s *calSamples) rounds() int {
 // Refine measures more calibration rounds in the moments the process is idle and fits the
 // data terms from all of them, until refineRounds rounds of each kind are pooled
 // (edgeproxy_tls_calibration_rounds); after each idle moment's rounds it applies the new
-// fit and stores it in the calibration cache. A round during which anything else ran in
-// the process is dropped, and after two in a row, or a handshake, the moment ends:
-// refinement never competes with traffic.
+// fit and stores it in the calibration cache. It starts only when the process and the
+// machine have been idle (idleRule); a round during which anything else ran in the process
+// is dropped, and after two in a row, a handshake, or a busy machine between batches the
+// moment ends: refinement never competes with traffic, the edge's or another process's.
 // It returns when ctx ends, when the pool is full, or at once for costs given in Options;
 // it waits for the start-up calibration first. Run it for as long as the edge runs.
 func (a *Accountant) Refine(ctx context.Context) {
